@@ -1,0 +1,92 @@
+"""What every reader of a raw study layout hands to ``glfa prepare``.
+
+A reader (``generic``, ``wen2017``, ``fudan``) walks a study folder and describes it as
+subjects, stimuli and runs. Runs load lazily, one at a time, so a study larger than memory
+streams into the store. Data flows one way: the reader never sees the store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class Stimulus:
+    """One stimulus clip: its video file, its split and its caption(s).
+
+    ``captions`` holds one caption for the whole clip, or one per stored video frame
+    (the store repeats a single caption over every frame).
+    """
+
+    stimulus_id: str
+    video: Path
+    split: Split
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """One showing of a stimulus inside a run; times in seconds from the run's first TR (before any drop)."""
+
+    stimulus_id: str
+    onset: float
+    duration: float
+
+
+@dataclass
+class Run:
+    """One fMRI run of one subject.
+
+    ``load()`` returns the run's data: ``[T, V]`` surface time series over ``vertices``
+    (kind ``"surface"``), or ``[T, H, W]`` flat images already on the study's image grid
+    (kind ``"image"``). It is called once, when ``prepare`` reaches this run.
+    """
+
+    subject: str
+    run_id: str
+    tr: float
+    kind: Literal["surface", "image"]
+    load: Callable[[], np.ndarray]
+    presentations: list[Presentation]
+    files: list[Path] = field(default_factory=list)
+
+
+class StudySource(ABC):
+    """Base class of the readers: subclasses fill ``subjects``, ``stimuli`` and ``runs``.
+
+    Attributes
+    ----------
+    root : Path
+        The study folder.
+    layout : str
+        The layout's name (``generic``, ``wen2017``, ``fudan``).
+    """
+
+    layout: str = ""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @abstractmethod
+    def subjects(self) -> list[str]:
+        """Subject ids, sorted."""
+
+    @abstractmethod
+    def stimuli(self) -> dict[str, Stimulus]:
+        """Every stimulus the runs present, by id."""
+
+    @abstractmethod
+    def runs(self, subject: str) -> list[Run]:
+        """The subject's runs, in acquisition order."""
+
+    def image_mask(self) -> np.ndarray | None:
+        """For image-kind sources, the visual-cortex mask ``[H, W]`` (bool); None for surface sources."""
+        return None
