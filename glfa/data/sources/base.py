@@ -87,6 +87,18 @@ class StudySource(ABC):
     def runs(self, subject: str) -> list[Run]:
         """The subject's runs, in acquisition order."""
 
-    def image_mask(self) -> np.ndarray | None:
-        """For image-kind sources, the visual-cortex mask ``[H, W]`` (bool); None for surface sources."""
-        return None
+    # Image-kind sources (data already flat, e.g. Fudan) also implement the three methods below.
+    # ``prepare`` preprocesses the pixels of ``native_mask`` as if they were vertices, then
+    # calls ``to_image_grid`` to crop and resize them onto the study's square grid.
+
+    def native_mask(self) -> np.ndarray:
+        """Image sources: the cortex pixels ``[H0, W0]`` (bool) of the source images to preprocess."""
+        raise TypeError(f"{self.layout} is a surface source: it has no native image mask")
+
+    def image_mask(self, size: int) -> np.ndarray:
+        """Image sources: the visual-cortex mask ``[size, size]`` (bool) on the study's grid."""
+        raise TypeError(f"{self.layout} is a surface source: use the FlatMapProjector's mask")
+
+    def to_image_grid(self, frames: np.ndarray, size: int) -> np.ndarray:
+        """Image sources: preprocessed ``[T, H0, W0]`` frames -> ``[T, size, size]``, zero outside the mask."""
+        raise TypeError(f"{self.layout} is a surface source: use the FlatMapProjector")
