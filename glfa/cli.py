@@ -25,9 +25,9 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    config = _config(args)
     from glfa.data.prepare import prepare_study
 
-    config = _config(args)
     store = prepare_study(
         Path(args.source), Path(args.store), config, layout=args.layout, overwrite=args.overwrite
     )
@@ -50,9 +50,9 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    config = _config(args)
     from glfa.data.synthetic import simulate_study
 
-    config = _config(args)
     out = simulate_study(Path(args.out), config, seed=args.seed)
     print(f"synthetic study written to {out}")
     return 0
