@@ -1,0 +1,152 @@
+"""Decode, resample and write video clips.
+
+Frames are always ``uint8`` arrays ``[f, h, w, 3]`` (RGB). Files are mp4 (H.264, yuv420p,
+through PyAV) or animated GIF. Writes are atomic (temp file + ``os.replace``) and
+reproducible: the encoder runs single-threaded with fixed options and no timestamps in the
+metadata, so the same frames give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from glfa.errors import DataError
+
+__all__ = ["write_video", "read_video", "resample_video", "write_gif"]
+
+
+def _check_frames(frames: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Validate ``[f, h, w, 3]`` uint8 frames (ValueError otherwise)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"{path or 'frames'}: expected frames of shape [f, h, w, 3] with f >= 1, got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{path or 'frames'}: expected uint8 frames, got {frames.dtype}")
+    return frames
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    """A fresh temporary file name in ``path``'s folder (same filesystem, so os.replace is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18) -> Path:
+    """Write ``frames`` (uint8 ``[f, h, w, 3]``) as an H.264 mp4 at ``fps``; atomic and reproducible.
+
+    Odd heights or widths are padded by one replicated row/column (yuv420p needs even sizes),
+    so such a clip reads back one pixel larger.
+    """
+    import av
+
+    path = Path(path)
+    frames = _check_frames(frames, path)
+    if not fps > 0:
+        raise ValueError(f"{path}: fps must be positive, got {fps}")
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    rate = Fraction(fps).limit_denominator(1001)
+    tmp = _temp_beside(path, ".mp4")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(
+                "libx264", rate=rate, options={"crf": str(crf), "preset": "medium", "threads": "1"}
+            )
+            stream.width = frames.shape[2]
+            stream.height = frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.thread_count = 1
+            for frame in frames:
+                packet = stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+                container.mux(packet)
+            container.mux(stream.encode(None))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode a video file -> (frames uint8 ``[f, h, w, 3]``, fps); DataError naming the file if it cannot."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("video file not found", path=path)
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise DataError("no video stream in the file", path=path)
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except DataError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise DataError(f"cannot decode the video ({exc.__class__.__name__}: {exc})", path=path) from None
+    if not frames:
+        raise DataError("the video holds no decodable frame", path=path)
+    if not rate:
+        raise DataError("the video has no frame rate", path=path)
+    return np.stack(frames), float(rate)
+
+
+def resample_times(n_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Source frame index shown at each output time ``t_i = i / dst_fps`` (nearest frame), ``[f_out]``.
+
+    The clip lasts ``n_frames / src_fps`` seconds; output times run over ``[0, duration)``.
+    """
+    if n_frames < 1 or not src_fps > 0 or not dst_fps > 0:
+        raise ValueError(f"need n_frames >= 1 and positive rates, got {n_frames}, {src_fps}, {dst_fps}")
+    n_out = max(1, int(np.ceil(n_frames * dst_fps / src_fps - 1e-9)))
+    times = np.arange(n_out) / dst_fps
+    return np.minimum(np.floor(times * src_fps + 0.5 + 1e-9).astype(np.int64), n_frames - 1)
+
+
+def resample_video(
+    frames: np.ndarray, src_fps: float, dst_fps: float, height: int, width: int
+) -> np.ndarray:
+    """Resample uint8 ``[f, h, w, 3]`` frames in time (nearest frame) and space (antialiased bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    frames = _check_frames(frames)
+    frames = frames[resample_times(frames.shape[0], src_fps, dst_fps)]  # [f_out, h, w, 3]
+    if frames.shape[1:3] == (height, width):
+        return np.ascontiguousarray(frames)
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    chunk = max(1, int(2**24 // (frames.shape[1] * frames.shape[2] * 3)))
+    for start in range(0, frames.shape[0], chunk):
+        x = torch.from_numpy(np.ascontiguousarray(frames[start:start + chunk])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Write ``frames`` (uint8 ``[f, h, w, 3]``) as a looping animated GIF at ``fps``; atomic."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = _check_frames(frames, path)
+    if not fps > 0:
+        raise ValueError(f"{path}: fps must be positive, got {fps}")
+    images = [Image.fromarray(frame) for frame in frames]
+    tmp = _temp_beside(path, ".gif")
+    try:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:],
+            duration=int(round(1000 / fps)), loop=0, optimize=False,
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
