@@ -40,5 +40,9 @@ class CheckpointError(GlfaError):
     """A checkpoint or saved model is missing, corrupt or half-written."""
 
 
+class BackboneError(GlfaError):
+    """A pretrained backbone folder (or hub id) is missing, incomplete or of the wrong kind."""
+
+
 class NotFittedError(GlfaError):
     """An estimator was used before ``fit``."""
