@@ -1,0 +1,235 @@
+"""Tiny studies in the real file layouts and formats, for the readers' and the pipeline's tests.
+
+Each writer returns a :class:`FixtureStudy`: the study folder and every fMRI array it wrote
+(relative path -> array), so tests compare what a reader loads with what was written.
+Surface files hold the visual-ROI vertices of the atlas (8,405 for ``rois="paper"``) with a
+handful of TRs; image files are small; videos are 32 x 32 mp4 clips of a few seconds.
+All writers take a ``seed`` and are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from glfa.data.video import write_video
+
+VIDEO_SIZE = 32
+
+
+@dataclass
+class FixtureStudy:
+    """A written fixture study: its folder, the fMRI arrays by relative path, and layout details."""
+
+    root: Path
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def smooth_series(rng: np.random.Generator, n_trs: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Smooth random float32 ``[T, *shape]``: white noise averaged over 3 TRs plus a per-element offset."""
+    noise = rng.standard_normal((n_trs + 2, *shape)).astype(np.float32)
+    smooth = (noise[:-2] + noise[1:-1] + noise[2:]) / 3.0
+    return (smooth + rng.uniform(50, 150, size=(1, *shape)).astype(np.float32)).astype(np.float32)
+
+
+def write_clip(path: Path, seconds: float, fps: float, seed: int) -> None:
+    """A ``seconds``-long 32 x 32 mp4 at ``fps`` with a moving gradient (distinct per seed)."""
+    n = max(1, int(round(seconds * fps)))
+    t = np.arange(n)[:, None, None]
+    y, x = np.mgrid[0:VIDEO_SIZE, 0:VIDEO_SIZE]
+    base = (x[None] * 6 + y[None] * 2 + t * 9 + seed * 37) % 256
+    frames = np.stack([base, (base + 85 + seed * 11) % 256, (255 - base) % 256], axis=-1).astype(np.uint8)
+    write_video(path, frames, fps)
+
+
+def _roi(rois: str):
+    from glfa.surface.atlas import visual_roi
+
+    return visual_roi(rois)
+
+
+def _write_surface(path: Path, data: np.ndarray, roi, tr: float) -> None:
+    from glfa.surface.cifti import write_dtseries
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_dtseries(path, data, roi.left, roi.right, tr)
+
+
+# ----------------------------------------------------------------------------- generic
+
+
+def write_generic_study(
+    root: str | Path,
+    *,
+    subjects: tuple[str, ...] = ("01", "02"),
+    tr: float = 0.8,
+    clip_seconds: float = 4.0,
+    gap_seconds: float = 1.6,
+    fps: float = 3.0,
+    tail_trs: int = 10,
+    rois: str = "paper",
+    seed: int = 0,
+) -> FixtureStudy:
+    """A generic-layout study: clips ``a``, ``b`` (train) and ``t`` (test, shown twice) in one run per subject.
+
+    The run shows ``a, t, b, t`` at onsets ``k * (clip_seconds + gap_seconds)``;
+    ``info["onsets"]`` lists (stim_file, onset) in order.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    roi = _roi(rois)
+    clips = {"a.mp4": "train", "b.mp4": "train", "sub/t.mp4": "test"}
+    captions = {"a.mp4": "a red square", "b.mp4": "a blue circle", "sub/t.mp4": "a test clip"}
+    for i, name in enumerate(clips):
+        write_clip(root / "stimuli" / name, clip_seconds, fps, seed + i)
+    order = ["a.mp4", "sub/t.mp4", "b.mp4", "sub/t.mp4"]
+    step = clip_seconds + gap_seconds
+    onsets = [(name, round(k * step, 6)) for k, name in enumerate(order)]
+    n_trs = int(math.ceil(len(order) * step / tr)) + tail_trs
+    out = FixtureStudy(root, info={"onsets": onsets, "tr": tr, "n_trs": n_trs, "splits": clips})
+    for subject in subjects:
+        func = root / f"sub-{subject}" / "func"
+        stem = f"sub-{subject}_task-movie_run-1"
+        data = smooth_series(rng, n_trs, (roi.n_vertices,))
+        _write_surface(func / f"{stem}_bold.dtseries.nii", data, roi, tr)
+        out.data[f"sub-{subject}/func/{stem}_bold.dtseries.nii"] = data
+        lines = ["onset\tduration\tstim_file\tcaption\tsplit"]
+        lines += [f"{onset:g}\t{clip_seconds:g}\t{name}\t{captions[name]}\t{clips[name]}" for name, onset in onsets]
+        (func / f"{stem}_events.tsv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------- Wen 2017
+
+
+def write_wen_study(
+    root: str | Path,
+    *,
+    subjects: tuple[str, ...] = ("1", "2"),
+    segments: int = 2,
+    tests: int = 2,
+    train_repeats: int = 2,
+    test_repeats: int = 2,
+    movie_trs: int = 6,
+    tr: float = 2.0,
+    fps: float = 4.0,
+    captions: bool = True,
+    rois: str = "paper",
+    seed: int = 0,
+) -> FixtureStudy:
+    """A Wen 2017 study: ``seg1..`` and ``test1..`` in the release's folders, movies of ``movie_trs`` TRs.
+
+    Like the release, ``seg{N}`` and ``test1`` runs hold 1 + movie + 4 volumes and ``test2..`` runs
+    one more leading volume (the 245 / 246 volumes of the real files). With ``captions``,
+    ``captions/seg1.json`` holds one caption per frame at ``fps`` and the other stimuli one string.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    roi = _roi(rois)
+    movie_seconds = movie_trs * tr
+    stims = [f"seg{n}" for n in range(1, segments + 1)] + [f"test{n}" for n in range(1, tests + 1)]
+    for i, stim in enumerate(stims):
+        write_clip(root / "stimuli" / f"{stim}.mp4", movie_seconds, fps, seed + i)
+    if captions:
+        folder = root / "captions"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stim in stims:
+            text = ([f"{stim} frame {i}" for i in range(int(round(movie_seconds * fps)))]
+                    if stim == "seg1" else f"a scene from {stim}")
+            (folder / f"{stim}.json").write_text(json.dumps(text))
+    out = FixtureStudy(root, info={"movie_trs": movie_trs, "tr": tr, "stimuli": stims})
+    for subject in subjects:
+        for stim in stims:
+            repeats = train_repeats if stim.startswith("seg") else test_repeats
+            leading = 2 if stim.startswith("test") and stim != "test1" else 1
+            for r in range(1, repeats + 1):
+                rel = f"subject{subject}/fmri/{stim}/cifti/{stim}_{r}_Atlas.dtseries.nii"
+                data = smooth_series(rng, leading + movie_trs + 4, (roi.n_vertices,))
+                _write_surface(root / rel, data, roi, tr)
+                out.data[rel] = data
+    return out
+
+
+# ----------------------------------------------------------------------------- Fudan
+
+#: Condition files of the fixtures: test ids (>= 100) appear in several files, train ids once.
+FUDAN_CONDITIONS = {
+    "webvid": [[101, 102], [1, 2, 3, 4], [102, 101]],
+    "fcvid": [[1, 2], [101, 102], [102, 101], [101, 102]],
+}
+
+
+def fudan_labels(height: int = 24, width: int = 32) -> np.ndarray:
+    """A label image: 0 background border, -1 other cortex, 1 a visual-cortex block."""
+    labels = np.zeros((height, width), dtype=np.int8)
+    labels[2:-2, 2:-2] = -1
+    labels[8:15, 10:22] = 1
+    return labels
+
+
+def write_fudan_study(
+    root: str | Path,
+    *,
+    part: str = "webvid",
+    subjects: tuple[int, ...] = (1, 2),
+    runs_per_condition: tuple[int, ...] = (1, 2),
+    captions: str = "pickle",
+    tail_trs: int = 8,
+    seed: int = 0,
+) -> FixtureStudy:
+    """A Fudan fMRI-Video study of ``part`` (webvid: 8 s clips + 2.4 s blank; fcvid: 10 s clips, no blank).
+
+    Subject ``subjects[i]`` has ``runs_per_condition[i]`` runs per condition file (1 like subject 1
+    of the release, more like subjects 2-5). ``captions``: ``pickle`` (vid2name.npy), ``json``,
+    ``tsv`` or ``none``. Each run: 3 lead-in TRs, its clips, then ``tail_trs`` TRs.
+    """
+    from glfa.data.sources.fudan import PARTS
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    spec = PARTS[part]
+    tr = spec.tr
+    labels = fudan_labels()
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "vc_roi.npz", images=labels[None])
+    conditions = FUDAN_CONDITIONS[part]
+    cond_dir = root / "stimuli" / "condition"
+    cond_dir.mkdir(parents=True, exist_ok=True)
+    for c, ids in enumerate(conditions, start=1):
+        (cond_dir / f"run{c}.txt").write_text("".join(f"{vid}\n" for vid in ids))
+    ids = sorted({vid for ids in conditions for vid in ids})
+    fps = 3.0 if part == "webvid" else 5.0
+    for vid in ids:
+        write_clip(root / "stimuli" / f"{vid}.mp4", spec.clip_seconds, fps, seed + vid)
+    names = {vid: f"clip number {vid}" for vid in ids}
+    if captions == "pickle":
+        np.save(root / "stimuli" / "vid2name.npy", names, allow_pickle=True)
+    elif captions == "json":
+        (root / "stimuli" / "captions.json").write_text(json.dumps({str(k): v for k, v in names.items()}))
+    elif captions == "tsv":
+        lines = ["video_id\tcaption"] + [f"{k}\t{v}" for k, v in names.items()]
+        (root / "stimuli" / "captions.tsv").write_text("\n".join(lines) + "\n")
+    out = FixtureStudy(root, info={"part": part, "tr": tr, "conditions": conditions, "runs": {}})
+    for subject, k in zip(subjects, runs_per_condition):
+        sub = f"sub-{subject:04d}"
+        run_ids: dict[int, list[int]] = {}
+        for c, cond in enumerate(conditions):
+            share = len(cond) // k
+            for j in range(k):
+                run_ids[c * k + j + 1] = cond[j * share:(j + 1) * share]
+        for r, clip_ids in run_ids.items():
+            n_trs = spec.lead_in_trs + int(math.ceil(len(clip_ids) * spec.trial_seconds / tr - 1e-9)) + tail_trs
+            images = smooth_series(rng, n_trs, labels.shape) * (labels != 0)
+            rel = f"processed-fmri/{sub}/hdf5/{sub}_task-video_run-{r}_space-fsLR_den-91k_bold.dtseries.h5"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(root / rel, "w") as f:
+                f.create_dataset("images", data=images.astype(np.float32))
+            out.data[rel] = images.astype(np.float32)
+        out.info["runs"][str(subject)] = {r: [str(v) for v in clip_ids] for r, clip_ids in run_ids.items()}
+    return out
