@@ -16,6 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from glfa.errors import ConfigError, DataError
+from glfa.models.layers import normal_parameter
 
 
 def _as_frames(x: torch.Tensor, height: int, width: int, name: str) -> tuple[torch.Tensor, bool]:
@@ -49,7 +50,7 @@ class GlobalParcelMap(nn.Module):
                               field="parcel_size")
         self.height, self.width, self.parcel_size = height, width, parcel_size
         self.num_parcels = (height // parcel_size) * (width // parcel_size)
-        self.weight = nn.Parameter(torch.randn(self.num_parcels, self.num_parcels) * (1e-4 / parcel_size))
+        self.weight = normal_parameter(self.num_parcels, self.num_parcels, std=1e-4 / parcel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1, H, W] or [N, H, W] -> same shape (unmasked)."""
@@ -134,7 +135,7 @@ class LocallyConnected2d(nn.Module):
             raise ConfigError(f"kernel_size must be a positive odd integer, got {kernel_size}", field="kernel_size")
         self.height, self.width, self.kernel_size = height, width, kernel_size
         kk = kernel_size * kernel_size
-        self.weight = nn.Parameter(torch.randn(kk, height, width) * (1e-4 / kernel_size))
+        self.weight = normal_parameter(kk, height, width, std=1e-4 / kernel_size)
         delta = torch.zeros(kk, 1, 1)
         delta[kk // 2] = 1.0
         self.register_buffer("delta", delta, persistent=False)

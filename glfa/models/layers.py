@@ -92,6 +92,14 @@ def sincos_pos_embed_2d(dim: int, grid_size: int, *, cls_token: bool = True) -> 
     return torch.from_numpy(emb).float()
 
 
+def normal_parameter(*shape: int, std: float) -> nn.Parameter:
+    """A parameter drawn from N(0, std^2); left uninitialised on the meta device (shape only, no cost)."""
+    tensor = torch.empty(*shape)
+    if tensor.device.type != "meta":
+        tensor.normal_(0.0, std)
+    return nn.Parameter(tensor)
+
+
 def init_vit_weights(module: nn.Module) -> None:
     """MAE initialisation: xavier-uniform Linear weights, zero biases, unit LayerNorm."""
     if isinstance(module, nn.Linear):

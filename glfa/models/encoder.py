@@ -1,0 +1,120 @@
+"""FmriEncoder: optional GLFA -> fMRI-PTE encoder per frame -> spatiotemporal block -> heads.
+
+With ``config.glfa.enabled`` False this is fMRI-PTE-V; with it True, the paper's GLFA model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from glfa.config import ModelConfig
+from glfa.errors import CheckpointError, ConfigError, DataError
+from glfa.models.glfa import GLFA
+from glfa.models.heads import ClipHead, TokenProjector
+from glfa.models.pte import FmriPTE, PteEncoder
+from glfa.models.serialization import load_state, load_weights, read_config, save_model
+from glfa.models.temporal import SpatioTemporalBlock
+
+# PTE constructor arguments that must match for its encoder weights to fit an FmriEncoder.
+_PTE_ENCODER_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+class FmriEncoder(nn.Module):
+    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+
+    Parameters
+    ----------
+    config : ModelConfig (or a dict of one).
+    image_size : side of the square flat cortical images.
+    num_frames : n, fMRI frames per window.
+    mask : [H, W] visual-cortex mask for GLFA (saved with the weights); None = every pixel.
+    """
+
+    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int, mask=None):
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig.model_validate(config)
+        if num_frames <= 0:
+            raise ConfigError(f"num_frames must be positive, got {num_frames}", field="num_frames")
+        self.config, self.image_size, self.num_frames = config, image_size, num_frames
+        pte, heads = config.pte, config.heads
+        self.glfa = GLFA.from_config(config.glfa, height=image_size, width=image_size, mask=mask) \
+            if config.glfa.enabled else None
+        self.pte = PteEncoder(image_size=image_size, patch_size=pte.patch_size, embed_dim=pte.embed_dim,
+                              depth=pte.depth, num_heads=pte.num_heads, mlp_ratio=pte.mlp_ratio)
+        self.temporal = SpatioTemporalBlock.from_config(config.temporal, dim=pte.embed_dim, num_frames=num_frames)
+        num_input_tokens = num_frames * (self.pte.num_patches + 1)
+        self.token_head = TokenProjector(num_input_tokens=num_input_tokens, dim=pte.embed_dim,
+                                         num_tokens=heads.num_tokens, token_dim=heads.token_dim,
+                                         dropout=heads.dropout)
+        self.clip_head = ClipHead(dim=pte.embed_dim, clip_dim=heads.clip_dim, dropout=heads.dropout)
+
+    def set_mask(self, mask) -> None:
+        """Set GLFA's visual-cortex mask ([H, W]); no effect without GLFA."""
+        if self.glfa is not None:
+            self.glfa.set_mask(mask)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the PTE and spatiotemporal activations in backward."""
+        self.pte.gradient_checkpointing = enabled
+        self.temporal.gradient_checkpointing = enabled
+
+    def align(self, fmri: torch.Tensor) -> torch.Tensor:
+        """GLFA on every frame: [B, n, H, W] -> [B, n, H, W] (the input itself when GLFA is off)."""
+        if self.glfa is None:
+            return fmri
+        b = fmri.shape[0]
+        frames = self.glfa(rearrange(fmri, "b n h w -> (b n) h w"))  # [(b n), h, w]
+        return rearrange(frames, "(b n) h w -> b n h w", b=b)
+
+    def forward(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}."""
+        expected = (self.num_frames, self.image_size, self.image_size)
+        if fmri.dim() != 4 or tuple(fmri.shape[1:]) != expected:
+            raise DataError(f"expected fmri of shape [B, {', '.join(map(str, expected))}], got {list(fmri.shape)}",
+                            field="fmri")
+        b = fmri.shape[0]
+        aligned = self.align(fmri)
+        tokens = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
+        tokens = self.temporal(rearrange(tokens, "(b n) t d -> b n t d", b=b))  # [b, n, p+1, d]
+        tokens = rearrange(tokens, "b n t d -> b (n t) d")
+        return {"tokens": self.token_head(tokens), "clip": self.clip_head(tokens), "aligned": aligned}
+
+    def load_pte(self, source: str | Path | FmriPTE) -> None:
+        """Copy the encoder weights of a pretrained FmriPTE (a saved folder or a model) into ``self.pte``."""
+        if isinstance(source, FmriPTE):
+            saved, state, where = source.config, source.encoder.state_dict(), "<FmriPTE>"
+        else:
+            meta = read_config(source, "FmriPTE")
+            saved, where = meta["config"], str(source)
+            weights = load_weights(source, meta)
+            state = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+        mine = {"image_size": self.image_size, **{k: getattr(self.config.pte, k) for k in _PTE_ENCODER_KEYS[1:]}}
+        for key in _PTE_ENCODER_KEYS:
+            if float(saved.get(key, -1)) != float(mine[key]):
+                raise CheckpointError(f"the pretrained PTE has {key}={saved.get(key)}, this encoder needs {mine[key]}",
+                                      path=where, field=key)
+        load_state(self.pte, state, where)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (model config, image size, frames) atomically."""
+        config = {"model": self.config.model_dump(mode="json"), "image_size": self.image_size,
+                  "num_frames": self.num_frames}
+        return save_model(directory, type(self).__name__, config, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> FmriEncoder:
+        """Load a model written by :meth:`save_pretrained` (the GLFA mask included)."""
+        meta = read_config(directory, cls.__name__)
+        cfg = meta["config"]
+        try:
+            model = cls(ModelConfig.model_validate(cfg["model"]), cfg["image_size"], cfg["num_frames"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid model config ({exc.__class__.__name__}: {exc})".splitlines()[0],
+                                  path=Path(directory) / "config.json") from None
+        load_state(model, load_weights(directory, meta), directory)
+        return model.to(map_location)

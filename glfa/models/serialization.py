@@ -1,0 +1,103 @@
+"""save_pretrained / from_pretrained for glfa models: safetensors weights + a JSON config, atomic.
+
+A saved model is a folder holding ``model.safetensors`` and ``config.json``. The weights are
+written first and the config last (each through a temporary file and ``os.replace``); the
+config records the class, a format version and the byte size of the weights, so a folder whose
+write was interrupted, or whose files were truncated or swapped, is refused with a
+:class:`~glfa.errors.CheckpointError` naming it. No pickle is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from glfa.errors import CheckpointError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(directory: str | Path, class_name: str, config: dict[str, Any],
+               state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``state_dict`` (safetensors) and ``config`` (JSON) into ``directory`` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    weights = directory / WEIGHTS_NAME
+    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"class": class_name}))
+    meta = {"class": class_name, "format_version": FORMAT_VERSION, "weights_bytes": weights.stat().st_size,
+            "config": config}
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+    _atomic_write(directory / CONFIG_NAME, write_json)
+    return directory
+
+
+def read_config(directory: str | Path, class_name: str) -> dict[str, Any]:
+    """The ``config`` section of a saved ``class_name``; CheckpointError for a missing or foreign folder."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CheckpointError(f"no saved model here (missing {CONFIG_NAME})", path=directory)
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable config ({exc.__class__.__name__}: {exc})", path=cfg_path) from None
+    if not isinstance(meta, dict) or "config" not in meta or "class" not in meta:
+        raise CheckpointError("not a glfa model config (expected keys 'class' and 'config')", path=cfg_path)
+    if meta["class"] != class_name:
+        raise CheckpointError(f"holds a {meta['class']}, expected a {class_name}", path=directory, field="class")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"written by a newer glfa (format {meta['format_version']} > {FORMAT_VERSION})",
+                              path=cfg_path, field="format_version")
+    return meta
+
+
+def load_weights(directory: str | Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Read the safetensors weights of a saved model, checking them against its config."""
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"missing {WEIGHTS_NAME}", path=directory)
+    size = weights.stat().st_size
+    if size != meta.get("weights_bytes"):
+        raise CheckpointError(f"weights are {size} bytes, the config expects {meta.get('weights_bytes')} "
+                              "(half-written or replaced)", path=weights)
+    try:
+        return load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt weights ({exc.__class__.__name__}: {exc})", path=weights) from None
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``module.load_state_dict(state, strict=True)``, turning mismatches into a CheckpointError."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"weights do not fit the model: {' '.join(first[:3])}", path=path) from None
