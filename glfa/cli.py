@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from glfa import __version__
-from glfa.errors import GlfaError
+from glfa.errors import ConfigError, DataError, GlfaError
 
 
 def _config(args: argparse.Namespace):
@@ -80,10 +80,206 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# ----------------------------------------------------------------------------- align
+
+
+def _subject_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _cmd_align_fit(args: argparse.Namespace) -> int:
+    from glfa.align import GLFAAligner, responses_from_store
+    from glfa.data.store import StudyStore
+
+    config = _config(args)
+    store = StudyStore.open(args.store)
+    subjects = _subject_list(args.subjects) if args.subjects else store.subjects
+    responses = responses_from_store(store, subjects, args.split)
+    aligner = GLFAAligner.from_config(config, mask=store.mask, projector=store.projector, verbose=not args.quiet)
+    aligner.fit(responses)
+    out = aligner.save(args.output)
+    print(f"GLFA fitted on subjects {','.join(subjects)} ({next(iter(responses.values())).shape[0]} time points "
+          f"of the {args.split!r} split) in {aligner.fit_seconds_:.1f} s; L_GLFA {aligner.loss_history_[0]:.4f} -> "
+          f"{aligner.loss_history_[-1]:.4f}; saved to {out}")
+    return 0
+
+
+def _read_arrays(path: Path, key: str | None) -> dict[str, object]:
+    """Arrays of a .npy (key None) or .npz file (every array, or only ``key``), without pickle."""
+    import numpy as np
+
+    if not path.is_file():
+        raise DataError("input file not found", path=path)
+    try:
+        if path.suffix == ".npy":
+            return {None: np.load(path, allow_pickle=False)}
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if key is not None:
+                    if key not in npz.files:
+                        raise DataError(f"no array {key!r}; the file holds {npz.files}", path=path, field="--key")
+                    return {key: npz[key]}
+                return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read the array(s) ({exc})", path=path) from None
+    raise DataError("expected a .npy or .npz file", path=path)
+
+
+def _write_arrays(path: Path, arrays: dict[str | None, object]) -> None:
+    """Write one array as .npy, or named arrays as .npz, atomically (temp file + rename)."""
+    import os
+
+    import numpy as np
+
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError("the output must end in .npy or .npz", path=path, field="--output")
+    if path.suffix == ".npy" and len(arrays) != 1:
+        raise DataError(f"{len(arrays)} arrays cannot go into one .npy file; write a .npz", path=path,
+                        field="--output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            if path.suffix == ".npy":
+                np.save(fh, next(iter(arrays.values())), allow_pickle=False)
+            else:
+                np.savez(fh, **{("aligned" if k is None else k): v for k, v in arrays.items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cmd_align_transform(args: argparse.Namespace) -> int:
+    from glfa.align import GLFAAligner
+
+    if (args.input is None) == (args.store is None):
+        raise ConfigError("give either INPUT (a .npy/.npz file) or --store STORE --subject S", field="INPUT")
+    aligner = GLFAAligner.load(args.aligner)
+    output = Path(args.output)
+    if args.store is not None:
+        from glfa.data.store import StudyStore
+
+        if not args.subject:
+            raise ConfigError("--store needs --subject", field="--subject")
+        if output.suffix != ".npz":
+            raise DataError("with --store the output is a .npz file (one array per stimulus)", path=output,
+                            field="--output")
+        store = StudyStore.open(args.store)
+        stimuli = [st for st in store.stimuli
+                   if (args.split is None or store.split_of(st) == args.split) and store.has(args.subject, st)]
+        if not stimuli:
+            raise DataError(f"subject {args.subject!r} has no stored response"
+                            + (f" in split {args.split!r}" if args.split else ""), path=store.path, field="--subject")
+        arrays = {st: store.response(args.subject, st) for st in stimuli}
+    else:
+        arrays = _read_arrays(Path(args.input), args.key)
+    aligned = {None: aligner.transform(arrays[None])} if None in arrays else aligner.transform(arrays)
+    _write_arrays(output, aligned)
+    print(f"aligned {len(aligned)} array(s) written to {output}")
+    return 0
+
+
+def _register_align(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("align", help="GLFA as a standalone functional alignment: fit on subjects, transform any")
+    asub = p.add_subparsers(dest="align_command", metavar="ACTION", required=True)
+    f = asub.add_parser("fit", help="fit GLFA on subjects' responses to the shared stimuli of a split")
+    f.add_argument("store", help="a study store (written by glfa prepare)")
+    f.add_argument("--subjects", help="comma-separated subjects to fit on (default: all)")
+    f.add_argument("-o", "--output", required=True, help="folder to save the aligner to")
+    f.add_argument("-c", "--config", help="YAML config: model.glfa (parcel, kernel, lambda) and align (steps, ...)")
+    f.add_argument("--split", choices=["train", "test"], default="train", help="stimuli to fit on (default: train)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_align_fit)
+    t = asub.add_parser(
+        "transform", help="align responses with a fitted aligner",
+        description="Align INPUT (a .npy array [T, H, W] or [T, V], or every array of a .npz) and write OUTPUT "
+                    "(.npy for one array, .npz keeps the input's names; a .npy input is named 'aligned'). "
+                    "Or align a subject's stored responses: --store STORE --subject S [--split test] writes a "
+                    ".npz with one array [T_s, H, W] per stimulus id.")
+    t.add_argument("aligner", help="a folder written by 'glfa align fit' (or GLFAAligner.save)")
+    t.add_argument("input", nargs="?", help=".npy or .npz file of responses")
+    t.add_argument("-o", "--output", required=True, help=".npy or .npz file to write")
+    t.add_argument("--key", help="only this array of a .npz input")
+    t.add_argument("--store", help="align a subject's responses stored here instead of INPUT")
+    t.add_argument("--subject", help="the subject whose stored responses are aligned (with --store)")
+    t.add_argument("--split", choices=["train", "test"], default=None, help="with --store: only this split")
+    t.set_defaults(func=_cmd_align_transform)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
+    from glfa.data.store import StudyStore
+    from glfa.evaluation import evaluate_alignment, write_alignment_table
+
+    config = _config(args)
+    store = StudyStore.open(args.store)
+    subjects = _subject_list(args.subjects) if args.subjects else None
+    table = evaluate_alignment(store, config, subjects=subjects, verbose=not args.quiet)
+    out = Path(args.output) if args.output else Path(config.output_dir) / config.name / "alignment"
+    paths = write_alignment_table(table, out, config, store_path=store.path)
+    print(f"fSC and ISC on the {table.split!r} split ({table.n_timepoints} time points); bold: the subject "
+          "held out of fitting")
+    print(table.to_markdown())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    return 0
+
+
+def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser("alignment", help="leave-one-subject-out fSC and ISC before and after GLFA (Table 1)")
+    p.add_argument("store", help="a study store (written by glfa prepare)")
+    p.add_argument("-c", "--config", help="YAML config: model.glfa and align sections")
+    p.add_argument("-o", "--output", help="output folder (default: OUTPUT_DIR/NAME/alignment of the config)")
+    p.add_argument("--subjects", help="comma-separated subjects of the table (default: all; at least 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_alignment)
+
+
+# Each entry adds one evaluation protocol under `glfa evaluate`.
+_EVALUATE_PROTOCOLS = [_register_evaluate_alignment]
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluation protocols: alignment metrics (fSC, ISC)")
+    esub = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    for register in _EVALUATE_PROTOCOLS:
+        register(esub)
+
+
+# ----------------------------------------------------------------------------- caption
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from glfa.backbones import load_captioner
+    from glfa.captioning import caption_store
+    from glfa.data.store import StudyStore
+
+    store = StudyStore.open(Path(args.store))
+    model = load_captioner(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+    out = caption_store(store, model, out_dir=args.out, batch_size=args.batch_size)
+    print(f"captions of {len(store.stimuli)} stimuli in {out} (one JSON list per stimulus, {store.fps:g} fps); "
+          f"to use them, copy the *.json files except index.json to <raw study>/captions/ "
+          f"and rerun glfa prepare --overwrite")
+    return 0
+
+
+def _register_caption(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="caption every stored video frame with BLIP-2 (resumable)")
+    p.add_argument("store", help="the study store (a folder written by glfa prepare)")
+    p.add_argument("--model", required=True, help="BLIP-2 folder or cached hub id (e.g. Salesforce/blip2-opt-2.7b)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per BLIP-2 call (default 16)")
+    p.add_argument("--out", default=None, help="output folder (default: STORE/cache/captions)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="longest caption in tokens (default 30)")
+    p.set_defaults(func=_cmd_caption)
+
+
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo]
+_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_align, _register_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -255,6 +255,22 @@ class EvaluationConfig(_Strict):
     seed: int = 0
 
 
+# ----------------------------------------------------------------------------- standalone alignment
+
+
+class AlignConfig(_Strict):
+    """GLFA fitted on its own as a functional alignment (``glfa align``, ``glfa evaluate alignment``).
+
+    Parcel size, kernel size and lambda come from ``model.glfa``.
+    """
+
+    steps: int = Field(300, gt=0, description="AdamW steps")
+    batch_size: int = Field(8, gt=0, description="time points per step, taken jointly from every subject")
+    learning_rate: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
 # ----------------------------------------------------------------------------- simulation
 
 
@@ -309,6 +325,7 @@ class GlfaConfig(_Strict):
     cotrain: CotrainConfig = CotrainConfig()
     generation: GenerationConfig = GenerationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    align: AlignConfig = AlignConfig()
     simulation: SimulationConfig = SimulationConfig()
 
     # Where the config came from; used in error messages, never serialised.
