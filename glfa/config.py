@@ -77,7 +77,7 @@ class DataConfig(_Strict):
     image_size: int = Field(256, ge=16, description="side of the square flat cortical image")
     fmri_dtype: Literal["float16", "float32"] = "float16"
     store_compression: Literal["none", "lzf", "gzip"] = Field(
-        "lzf", description="HDF5 chunk filter of the stored fMRI frames (lzf shrinks the zeros outside the mask)"
+        "none", description="HDF5 chunk filter of the stored fMRI frames: lzf/gzip halve them, reads get slower"
     )
     allow_pickle: bool = Field(False, description="allow reading pickled files (Fudan captions); off by default")
     skip_bad_runs: bool = Field(False, description="skip (and count) unreadable runs instead of failing")

@@ -85,6 +85,7 @@ class StudyStore:
         self._manifest = manifest
         self._h5 = None
         self._h5_pid: int | None = None
+        self._datasets: dict[str, Any] = {}
         self._config = None
         self._load_tables()
 
@@ -132,11 +133,22 @@ class StudyStore:
         pid = os.getpid()
         if self._h5 is None or self._h5_pid != pid:
             try:
-                self._h5 = h5py.File(self._path / H5_FILE, "r", rdcc_nbytes=8 * 2**20)
+                # no chunk cache: every read covers whole chunks (frames), which HDF5 then reads
+                # straight into the output buffer (about 10 times faster than through the cache)
+                self._h5 = h5py.File(self._path / H5_FILE, "r", rdcc_nbytes=0)
             except OSError as exc:
                 raise StoreError(f"cannot read {H5_FILE} ({exc})", path=self._path) from None
             self._h5_pid = pid
+            self._datasets = {}
         return self._h5
+
+    def _dataset(self, name: str):
+        """An HDF5 dataset of the open file, looked up once per process."""
+        f = self._file()
+        ds = self._datasets.get(name)
+        if ds is None:
+            ds = self._datasets[name] = f[name]
+        return ds
 
     def close(self) -> None:
         """Close the HDF5 file (it reopens on the next read)."""
@@ -144,11 +156,13 @@ class StudyStore:
             self._h5.close()
         self._h5 = None
         self._h5_pid = None
+        self._datasets = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_h5"] = None
         state["_h5_pid"] = None
+        state["_datasets"] = {}
         return state
 
     def __repr__(self) -> str:
@@ -255,6 +269,11 @@ class StudyStore:
         return int(self._manifest["video_frames"])
 
     @property
+    def fmri_dtype(self) -> np.dtype:
+        """The dtype the fMRI frames are stored in (``data.fmri_dtype``)."""
+        return np.dtype(self._manifest.get("fmri_dtype", "float16"))
+
+    @property
     def mask(self) -> np.ndarray:
         """``[H, W]`` bool: the cortex pixels of the images."""
         return self._mask.copy()
@@ -302,33 +321,41 @@ class StudyStore:
                              path=self._path) from None
 
     def _fmri_ds(self, subject: str):
-        return self._file()[f"fmri/s{self._subjects.index(subject)}/frames"]
+        return self._dataset(f"fmri/s{self._subjects.index(subject)}/frames")
 
     def response(self, subject: str, stimulus_id: str) -> np.ndarray:
         """The whole stored response of ``subject`` to a stimulus, float32 ``[T_s, H, W]``."""
         start, length = self._offset(subject, stimulus_id)
         return self._fmri_ds(subject)[start:start + length].astype(np.float32)
 
-    def fmri(self, subject: str, window: Window) -> np.ndarray:
-        """``subject``'s fMRI frames of one window, float32 ``[n, H, W]``."""
+    def fmri(self, subject: str, window: Window, out: np.ndarray | None = None) -> np.ndarray:
+        """``subject``'s fMRI frames of one window, float32 ``[n, H, W]``.
+
+        With ``out`` (an ``[n, H, W]`` array of any float dtype, e.g. :attr:`fmri_dtype` to skip
+        the conversion) the frames are written into it and ``out`` is returned.
+        """
         start, length = self._offset(subject, window.stimulus_id)
         n = self.fmri_frames
         if window.fmri_start + n > length:
             raise StoreError(f"window {window.index} needs fMRI frames {window.fmri_start}..{window.fmri_start + n} "
                              f"but the response to {window.stimulus_id!r} holds {length}", path=self._path)
         a = start + window.fmri_start
-        return self._fmri_ds(subject)[a:a + n].astype(np.float32)
+        stored = self._fmri_ds(subject)[a:a + n]  # [n, H, W] in the stored dtype
+        if out is None:
+            return stored.astype(np.float32)
+        np.copyto(out, stored)
+        return out
 
     def video(self, stimulus_id: str) -> np.ndarray:
         """Every stored frame of a stimulus, uint8 ``[F, h, w, 3]``."""
         s = self._stimulus(stimulus_id)
         a = s["video_start"]
-        return self._file()["video/frames"][a:a + s["video_length"]]
+        return self._dataset("video/frames")[a:a + s["video_length"]]
 
     def frames(self, window: Window) -> np.ndarray:
         """The video frames of one window, uint8 ``[m, h, w, 3]``."""
         a = self._stimulus(window.stimulus_id)["video_start"] + window.video_start
-        return self._file()["video/frames"][a:a + self.video_frames]
+        return self._dataset("video/frames")[a:a + self.video_frames]
 
     def captions(self, window: Window) -> list[str]:
         """The captions of one window's frames (``m`` strings)."""

@@ -1,0 +1,184 @@
+"""Study store -> Dataset throughput, and the store's size for the real datasets.
+
+Builds fixture stores with :class:`~glfa.data.store.StoreWriter` (3 subjects, 256 x 256 fMRI
+frames that are z-scored noise on the paper's visual-cortex vertices projected through the real
+FlatMapProjector, so 0 outside the mask as in a real store; uint8 video), one per fMRI chunk
+filter (none, lzf, gzip level 1). For each it measures
+
+- the stored bytes per fMRI frame and per video frame (HDF5 storage size / frames);
+- samples/s of :class:`~glfa.data.datasets.StimulusWindowDataset` (5 fMRI frames x 3 subjects
+  per sample) through a DataLoader with ``--workers`` workers, with and without video
+  (reads come from the OS page cache once the store has been read: a warm, in-memory store);
+
+then extrapolates the size of a Wen 2017 and a Fudan WebVid store from the measured bytes per
+frame. Prints Markdown tables.
+
+    python benchmarks/bench_store.py [--subjects 3] [--stimuli 12] [--trs 40] [--size 256]
+        [--samples 600] [--workers 2] [--batch-size 8] [--video-frames 12] [--dir DIR]
+
+Target (issue 2): >= 200 samples/s with 2 workers for windows of 5 frames x 3 subjects at 256 x 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TR = 0.8
+FMRI_FRAMES = 5  # n: 4 s at TR 0.8
+
+
+def build_fixture(path: Path, *, subjects: int, stimuli: int, trs: int, size: int, video_frames: int,
+                  compression: str | None, seed: int = 0) -> float:
+    """Write a fixture store; returns the seconds it took."""
+    from glfa.data.store import StoreWriter
+    from glfa.data.windows import Window
+    from glfa.surface.flatmap import FlatMapProjector
+
+    rng = np.random.default_rng(seed)
+    projector = FlatMapProjector(rois="paper", height=size, width=size)
+    fps = video_frames / 4.0  # m frames per 4 s window
+    frames_per_stim = int(round(trs * TR * fps))
+    t0 = time.perf_counter()
+    with StoreWriter(path, image_size=size, video_size=(size, size), compression=compression) as w:
+        w.set_mask(projector.mask)
+        w.set_projector(projector.to_arrays())
+        windows = []
+        yy, xx = np.mgrid[0:size, 0:size]
+        for s in range(stimuli):
+            # smooth moving gradients: a stand-in for natural video (stored raw, so its content does not matter)
+            phase = rng.uniform(0, 2 * np.pi, 3)
+            video = np.stack([
+                (127 + 120 * np.sin(xx[..., None] / 17.0 + yy[..., None] / 23.0 + f / 5.0 + phase)).astype(np.uint8)
+                for f in range(frames_per_stim)])  # [F, H, W, 3]
+            w.add_stimulus(f"clip{s:04d}", "train", video, [f"caption {s}"] * frames_per_stim, trs * TR)
+            onset = 0.0
+            while int(round(onset / TR)) + FMRI_FRAMES <= trs and int(round(onset * fps)) + video_frames <= \
+                    frames_per_stim:
+                windows.append(Window(f"clip{s:04d}", "train", onset, int(round(onset / TR)),
+                                      int(round(onset * fps)), len(windows)))
+                onset += 4.0
+        for i in range(subjects):
+            for s in range(stimuli):
+                x = rng.standard_normal((trs, projector.n_vertices)).astype(np.float32)  # z-scored vertices
+                w.add_response(f"sub{i + 1}", f"clip{s:04d}", projector.to_image(x))
+        w.finish(windows, {"tr": TR, "fps": fps, "fmri_frames": FMRI_FRAMES, "video_frames": video_frames,
+                           "config": {}})
+    return time.perf_counter() - t0
+
+
+def bytes_per_frame(path: Path) -> tuple[float, float, float]:
+    """(fMRI bytes per frame, video bytes per frame, fraction of mask pixels) of a store."""
+    import h5py
+
+    with h5py.File(path / "study.h5", "r") as f:
+        fmri_bytes = fmri_frames = 0
+        for name in f["fmri"]:
+            ds = f[f"fmri/{name}/frames"]
+            fmri_bytes += ds.id.get_storage_size()
+            fmri_frames += ds.shape[0]
+        video = f["video/frames"]
+        mask = f["mask"][()]
+        return fmri_bytes / fmri_frames, video.id.get_storage_size() / video.shape[0], float(mask.mean())
+
+
+def throughput(path: Path, *, samples: int, workers: int, batch_size: int, with_video: bool) -> float:
+    """Samples/s of StimulusWindowDataset through a DataLoader (after one warm-up pass over the store)."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from glfa.data.datasets import StimulusWindowDataset, collate_windows
+
+    ds = StimulusWindowDataset(path, None, "train", with_video=with_video)
+    for i in range(len(ds)):  # warm the page cache, as a store read every epoch is
+        ds[i]
+    sampler = RandomSampler(ds, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_windows, persistent_workers=False)
+    it = iter(loader)
+    first = next(it)  # worker start-up is not part of the steady rate
+    count = 0
+    t0 = time.perf_counter()
+    for batch in it:
+        count += batch["fmri"].shape[0]
+    elapsed = time.perf_counter() - t0
+    assert first["fmri"].shape[1:3] == (len(ds.subjects), FMRI_FRAMES)
+    return count / elapsed
+
+
+def extrapolate(fmri_bpf: float, size: int) -> list[tuple[str, int, int, int, float, float]]:
+    """(dataset, fMRI frames, video frames, video bytes per frame, fMRI GB, video GB) for the real datasets."""
+    # Wen 2017: 3 subjects; 18 training + 5 test segments of 240 TRs, repeats averaged -> one response each
+    # (at most 240 TRs; the lag trims a few); video 8 min per segment at 8 fps, 256 x 256.
+    wen_fmri = 3 * (18 + 5) * 240
+    wen_video = (18 + 5) * 480 * 8
+    wen_vbpf = 256 * 256 * 3
+    # Fudan WebVid: 5 subjects x (1000 train + 200 test) clips, each response 10 TRs (two 5-TR windows);
+    # video 8 s at 3 fps, 320 x 576 (configs/fudan-webvid.yaml).
+    fudan_fmri = 5 * (1000 + 200) * 10
+    fudan_video = (1000 + 200) * 8 * 3
+    fudan_vbpf = 320 * 576 * 3
+    scale = fmri_bpf * (256 * 256) / (size * size)
+    return [
+        ("Wen 2017", wen_fmri, wen_video, wen_vbpf, wen_fmri * scale / 1e9, wen_video * wen_vbpf / 1e9),
+        ("Fudan WebVid", fudan_fmri, fudan_video, fudan_vbpf, fudan_fmri * scale / 1e9,
+         fudan_video * fudan_vbpf / 1e9),
+    ]
+
+
+def main() -> None:
+    """Run the benchmark and print Markdown tables."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=3)
+    ap.add_argument("--stimuli", type=int, default=12)
+    ap.add_argument("--trs", type=int, default=40, help="fMRI frames per stimulus response")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--video-frames", type=int, default=12, help="m: video frames per sample")
+    ap.add_argument("--dir", default=None, help="where to build the fixtures (default: a temp folder)")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="glfa-bench-store-", dir=args.dir))
+    rows = []
+    try:
+        for compression in (None, "lzf", "gzip"):
+            path = root / f"store-{compression or 'none'}"
+            write_s = build_fixture(path, subjects=args.subjects, stimuli=args.stimuli, trs=args.trs,
+                                    size=args.size, video_frames=args.video_frames, compression=compression)
+            fmri_bpf, video_bpf, mask_frac = bytes_per_frame(path)
+            rates = {v: throughput(path, samples=args.samples, workers=args.workers, batch_size=args.batch_size,
+                                   with_video=v) for v in (False, True)}
+            rows.append((compression or "none", write_s, fmri_bpf, video_bpf, mask_frac, rates[False], rates[True]))
+            shutil.rmtree(path)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    n_fmri = args.subjects * args.stimuli * args.trs
+    print(f"Fixture: {args.subjects} subjects x {args.stimuli} stimuli x {args.trs} TRs = {n_fmri} fMRI frames "
+          f"at {args.size} x {args.size} float16 (mask {rows[0][4]:.1%} of the pixels); "
+          f"samples of {FMRI_FRAMES} fMRI frames x {args.subjects} subjects + {args.video_frames} video frames "
+          f"at {args.size} x {args.size}; DataLoader workers {args.workers}, batch {args.batch_size}, "
+          f"{args.samples} random samples (warm page cache).\n")
+    print("| fMRI chunk filter | write s | fMRI KB/frame | video KB/frame | samples/s (fMRI only) "
+          "| samples/s (fMRI + video) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, write_s, fbpf, vbpf, _, r0, r1 in rows:
+        print(f"| {name} | {write_s:.1f} | {fbpf / 1024:.1f} | {vbpf / 1024:.1f} | {r0:.0f} | {r1:.0f} |")
+    print("\nStore size extrapolated from the measured bytes per frame (video stored raw uint8):\n")
+    print("| dataset | fMRI frames | video frames | fMRI GB (none / lzf / gzip-1) | video GB | total GB (lzf) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    per = {name: extrapolate(fbpf, args.size) for name, _, fbpf, *_ in rows}
+    for i, (dataset, nf, nv, _, _, video_gb) in enumerate(per["none"]):
+        gbs = " / ".join(f"{per[c][i][4]:.2f}" for c in ("none", "lzf", "gzip"))
+        print(f"| {dataset} | {nf:,} | {nv:,} | {gbs} | {video_gb:.1f} | {per['lzf'][i][4] + video_gb:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
