@@ -119,6 +119,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for flag in (False, True):
         pte.enable_gradient_checkpointing(flag)
+        assert pte.is_gradient_checkpointing is flag
         pte.zero_grad()
         pte.reconstruction_loss(x).backward()
         grads.append([p.grad.clone() for p in pte.parameters()])
@@ -200,6 +201,7 @@ def test_encoder_gradients_reach_glfa_and_checkpointing_matches():
     grads = []
     for flag in (False, True):
         enc.enable_gradient_checkpointing(flag)
+        assert enc.is_gradient_checkpointing is flag and enc.temporal.gradient_checkpointing is flag
         enc.zero_grad()
         out = enc(x)
         (out["tokens"].square().mean() + out["clip"].sum()).backward()

@@ -63,6 +63,11 @@ class FmriEncoder(nn.Module):
         self.pte.gradient_checkpointing = enabled
         self.temporal.gradient_checkpointing = enabled
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the PTE and spatiotemporal activations are recomputed in backward."""
+        return self.pte.gradient_checkpointing
+
     def align(self, fmri: torch.Tensor) -> torch.Tensor:
         """GLFA on every frame: [B, n, H, W] -> [B, n, H, W] (the input itself when GLFA is off)."""
         if self.glfa is None:

@@ -119,6 +119,11 @@ class FmriPTE(nn.Module):
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether block activations are recomputed in backward."""
+        return self.encoder.gradient_checkpointing
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1, H, W] -> tokens [N, p + 1, D]."""
         return self.encoder(x)
