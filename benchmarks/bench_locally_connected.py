@@ -19,13 +19,7 @@ import subprocess
 import sys
 import time
 
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from _memory import status_kib
 
 
 def run_variant(variant: str, frames: int, size: int, kernel: int, repeats: int, device: str, threads: int) -> dict:
@@ -62,11 +56,11 @@ def run_variant(variant: str, frames: int, size: int, kernel: int, repeats: int,
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _status_kib("VmRSS") * 1024
+        base = status_kib("VmRSS") * 1024
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _status_kib("VmHWM") * 1024) - base
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else status_kib("VmHWM") * 1024) - base
     times = [first]
     for _ in range(repeats - 1):
         t0 = time.perf_counter()

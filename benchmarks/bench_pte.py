@@ -16,22 +16,10 @@ import argparse
 import time
 
 import torch
+from _memory import reset_peak, status_kib
 
 from glfa.config import ModelConfig
 from glfa.models.pte import FmriPTE, PteEncoder
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_cpu_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # resets VmHWM to the current resident size
 
 
 def main() -> None:
@@ -73,10 +61,10 @@ def main() -> None:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_cpu_peak()
-        base = _status_kib("VmRSS") * 1024
+        reset_peak()
+        base = status_kib("VmRSS") * 1024
     times = [forward() for _ in range(args.repeats)]
-    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda" else _status_kib("VmHWM") * 1024) - base
+    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda" else status_kib("VmHWM") * 1024) - base
     weights_mib = sum(p.numel() * p.element_size() for p in encoder.parameters()) / 2**20
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"fMRI-PTE encoder (full preset) forward on {args.frames} x 1 x {args.image_size} x {args.image_size}, "
