@@ -80,6 +80,34 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def _cmd_train_pretrain(args: argparse.Namespace) -> int:
+    from glfa.training.pretrain import run_pretrain
+
+    config = _config(args)
+    result = run_pretrain(config, Path(args.store), args.out, resume=args.resume, init_from=args.init,
+                          progress=not args.quiet)
+    print(f"fMRI-PTE fine-tuned for {result.step} steps (final loss {result.metrics.get('final_loss')})")
+    print(f"PTE saved to {result.outputs['pte']}")
+    print(f"metrics, config and checkpoints in {result.stage_dir}")
+    return 0
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a stage of the fMRI-to-video model")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    q = stages.add_parser("pretrain", help="stage 0: reconstruction fine-tuning of fMRI-PTE on the training split")
+    q.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
+    q.add_argument("--store", required=True, help="the study store (written by glfa prepare)")
+    q.add_argument("--out", default=None, help="run folder (default: OUTPUT_DIR/NAME from the config)")
+    q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    q.add_argument("--init", default=None, help="a saved FmriPTE folder to fine-tune (default: random init)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_cmd_train_pretrain)
+
+
 # ----------------------------------------------------------------------------- align
 
 
@@ -279,7 +307,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_align, _register_evaluate]
+_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_align,
+             _register_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

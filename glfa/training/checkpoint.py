@@ -1,0 +1,404 @@
+"""Training checkpoints: safetensors + JSON, written atomically, validated before use.
+
+A checkpoint is a folder ``checkpoint-<step>`` inside a run's checkpoint root::
+
+    checkpoint-<step>/
+      model-<name>.safetensors   weights of every trained model, one file each
+      optimizer.safetensors      the optimizer's state tensors, flattened ("state.<param>.<key>")
+      optimizer.json             the optimizer's non-tensor state (param groups, scalars)
+      state.json                 step, scheduler, RNG states, data position, file sizes and hashes
+    latest                       text file naming the newest checkpoint, written last
+
+It is written into a hidden temporary folder, every file fsynced, ``state.json`` last, then
+renamed into place with :func:`os.replace`; older checkpoints are pruned (the last ``keep``
+stay). Nothing is ever unpickled: tensors come from safetensors, everything else from JSON.
+A truncated file, a missing ``state.json`` or one without its required keys is refused with a
+:class:`~glfa.errors.CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from glfa.errors import CheckpointError
+
+FORMAT = "glfa-checkpoint"
+VERSION = 1
+STATE_FILE = "state.json"
+LATEST_FILE = "latest"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+# Keys every state.json must hold; a file without one of them is refused.
+REQUIRED_KEYS = ("format", "version", "stage", "step", "files", "scheduler", "rng", "data")
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file, fsync and :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+
+def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a torch optimizer ``state_dict`` into safetensors tensors and JSON-able data."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = _jsonable(value, f"optimizer state {key}")
+    groups = [{k: _jsonable(v, f"param group {k}") for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild a torch optimizer ``state_dict`` from :func:`flatten_optimizer_state`'s parts."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, param_id, key = name.split(".", 2)
+        state.setdefault(int(param_id), {})[key] = value
+    for param_id, entry in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(entry)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    """``value`` as plain JSON data (tuples become lists, 0-d tensors numbers); else an error."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, what) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, what) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{what}: {type(value).__name__} cannot be stored as JSON")
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """The JSON-able part of an LR scheduler's ``state_dict`` (callables are rebuilt by the stage)."""
+    out = {}
+    for key, value in scheduler.state_dict().items():
+        try:
+            out[key] = _jsonable(value, f"scheduler {key}")
+        except TypeError:
+            continue
+    return out
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG states of python, numpy and torch (CPU and every CUDA device) as JSON data."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the python, numpy and torch RNGs to a state from :func:`capture_rng`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = [_bytes_tensor(s) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+# ----------------------------------------------------------------------------- write
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint read back from disk."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]  # the parsed state.json
+    models: dict[str, dict[str, torch.Tensor]]  # name -> state dict
+    optimizer: dict[str, Any]  # a torch optimizer state_dict
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    models: dict[str, dict[str, torch.Tensor]],
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write ``checkpoint-<step>`` under ``root`` atomically, point ``latest`` at it, prune old ones.
+
+    Parameters
+    ----------
+    root
+        The checkpoint root folder (created if needed).
+    step
+        The optimizer step the checkpoint holds.
+    models
+        Model name -> state dict (tensors); names are ``[A-Za-z0-9_]+``.
+    optimizer
+        A torch optimizer ``state_dict``.
+    state
+        JSON data: must hold ``stage``, ``scheduler``, ``rng`` and ``data``; ``step``, ``format``,
+        ``version`` and ``files`` are filled in here.
+    keep
+        How many of the newest checkpoints stay after this one is written.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files: dict[str, dict[str, Any]] = {}
+
+    def _put(name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        path = tmp / name
+        save_file(tensors, str(path), metadata=metadata)
+        _fsync_file(path)
+        files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+    for name, weights in models.items():
+        if not _MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} must match [A-Za-z0-9_]+")
+        _put(f"model-{name}.safetensors", {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()})
+    opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
+    _put(OPTIMIZER_TENSORS, opt_tensors)
+    opt_json = tmp / OPTIMIZER_JSON
+    opt_json.write_text(json.dumps(opt_meta, sort_keys=True))
+    _fsync_file(opt_json)
+    files[OPTIMIZER_JSON] = {"bytes": opt_json.stat().st_size, "sha256": _sha256(opt_json)}
+
+    full = dict(state)
+    full.update({"format": FORMAT, "version": VERSION, "step": int(step), "files": files,
+                 "models": sorted(models)})
+    missing = [k for k in REQUIRED_KEYS if k not in full]
+    if missing:
+        raise ValueError(f"checkpoint state lacks {missing}")
+    state_path = tmp / STATE_FILE
+    state_path.write_text(json.dumps(full, sort_keys=True))
+    _fsync_file(state_path)
+    _fsync_dir(tmp)
+
+    if final.exists():  # a step written again (e.g. the end of a resumed run): move the old one aside first
+        old = root / f".trash-checkpoint-{step}-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_bytes_atomic(root / LATEST_FILE, f"{final.name}\n".encode())
+    prune_checkpoints(root, keep=keep)
+    return final
+
+
+def prune_checkpoints(root: str | Path, *, keep: int = 2) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints (renamed aside first, so none is left half-deleted)."""
+    removed = []
+    for _, path in list_checkpoints(root)[:-keep] if keep > 0 else list_checkpoints(root):
+        trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def clean_partial(root: str | Path) -> list[Path]:
+    """Remove temporary folders left by a checkpoint write or prune that was killed."""
+    root = Path(root)
+    removed = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith((".tmp-checkpoint-", ".trash-checkpoint-")) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-<step>`` folder under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest ``checkpoint-<step>`` under ``root`` (None when there is none).
+
+    The folders themselves are the truth: a ``latest`` pointer can lag one checkpoint behind when a
+    run is killed between the rename and the pointer write, so the highest step wins.
+    """
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """Parse and check a checkpoint's ``state.json``; refuse a missing, unreadable or incomplete one."""
+    path = Path(path)
+    state_path = path / STATE_FILE
+    if not path.is_dir():
+        raise CheckpointError("checkpoint folder not found", path=path)
+    if not state_path.is_file():
+        raise CheckpointError(f"missing {STATE_FILE}: the checkpoint is half-written or damaged", path=state_path)
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc})", path=state_path) from None
+    if not isinstance(state, dict):
+        raise CheckpointError("expected a JSON object", path=state_path)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"missing required key(s) {missing}", path=state_path)
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"expected format {FORMAT!r}, got {state['format']!r}", path=state_path, field="format")
+    if not isinstance(state["version"], int) or state["version"] > VERSION:
+        raise CheckpointError(
+            f"written by a newer checkpoint format (version {state['version']!r}); this glfa reads up to {VERSION}",
+            path=state_path, field="version",
+        )
+    if not isinstance(state["files"], dict) or not state["files"]:
+        raise CheckpointError("expected a non-empty mapping of files", path=state_path, field="files")
+    return state
+
+
+def _check_file(folder: Path, name: str, expected: dict[str, Any]) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError("file listed in state.json is missing", path=path)
+    size = path.stat().st_size
+    if size != expected.get("bytes"):
+        raise CheckpointError(f"expected {expected.get('bytes')} bytes, found {size} (truncated or overwritten)", path=path)
+    if _sha256(path) != expected.get("sha256"):
+        raise CheckpointError("contents do not match the sha256 recorded in state.json (corrupt)", path=path)
+    return path
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a readable safetensors file ({exc})", path=path) from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint folder (sizes, hashes, safetensors headers, JSON keys)."""
+    path = Path(path)
+    state = read_state(path)
+    files = state["files"]
+    for name, expected in files.items():
+        _check_file(path, name, expected if isinstance(expected, dict) else {})
+    names = state.get("models", [])
+    models = {}
+    for name in names:
+        fname = f"model-{name}.safetensors"
+        if fname not in files:
+            raise CheckpointError(f"model {name!r} has no weights file", path=path / STATE_FILE, field="files")
+        models[name] = _load_tensors(path / fname)
+    for needed in (OPTIMIZER_TENSORS, OPTIMIZER_JSON):
+        if needed not in files:
+            raise CheckpointError(f"{needed} is not listed", path=path / STATE_FILE, field="files")
+    try:
+        opt_meta = json.loads((path / OPTIMIZER_JSON).read_text())
+        optimizer = unflatten_optimizer_state(_load_tensors(path / OPTIMIZER_TENSORS), opt_meta)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"optimizer state is malformed ({exc})", path=path / OPTIMIZER_JSON) from None
+    return Checkpoint(path=path, step=int(state["step"]), state=state, models=models, optimizer=optimizer)

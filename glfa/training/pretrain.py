@@ -1,0 +1,187 @@
+"""Stage 0: reconstruction fine-tuning of fMRI-PTE on the store's training split.
+
+Single fMRI frames of the training subjects' training windows (every distinct frame once per
+epoch) go through the PTE autoencoder; the loss is the MSE on the cortex-mask pixels. Batch size,
+learning rate, weight decay and steps come from ``config.pretrain`` (the paper: 64, 1e-4, 0.01,
+2000). Test-split windows and held-out subjects are never read. The result is saved with
+``FmriPTE.save_pretrained`` into ``RUN_DIR/pte/``, where the later stages load it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from glfa.config import GlfaConfig
+from glfa.errors import ConfigError, DataError, StoreError
+from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+
+PTE_DIR = "pte"
+
+
+class TrainingFrames(Dataset):
+    """Every distinct fMRI frame of ``subjects``' training windows, one item each: {"fmri": [1, H, W]}.
+
+    Windows overlap when their stride is shorter than their fMRI span, so a frame is keyed by
+    (subject, stimulus, frame index in the stored response) and listed once. Items depend only
+    on their index; the store reopens its HDF5 file in each DataLoader worker.
+    """
+
+    def __init__(self, store, subjects: list[str]):
+        n = store.fmri_frames
+        self.store = store
+        self.subjects = list(subjects)
+        self.windows = {}
+        self.items: list[tuple[str, int, int]] = []  # (subject, window index, frame within the window)
+        seen: set[tuple[str, str, int]] = set()
+        for window in store.windows("train"):
+            if window.split != "train":
+                raise StoreError(f"window {window.index} listed as training has split {window.split!r}",
+                                 path=store.path)
+            self.windows[window.index] = window
+        for subject in self.subjects:
+            for window in self.windows.values():
+                if not store.has(subject, window.stimulus_id):
+                    continue
+                for j in range(n):
+                    key = (subject, window.stimulus_id, window.fmri_start + j)
+                    if key not in seen:
+                        seen.add(key)
+                        self.items.append((subject, window.index, j))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        subject, window_index, j = self.items[i]
+        frames = self.store.fmri(subject, self.windows[window_index])  # [n, H, W]
+        return {"fmri": torch.from_numpy(frames[j][None].copy())}  # [1, H, W]
+
+
+class PretrainStage(Stage):
+    """Stage 0 plugged into :func:`~glfa.training.loop.train`: FmriPTE, masked reconstruction MSE.
+
+    Parameters
+    ----------
+    config
+        The experiment config (``model`` for the PTE preset, ``pretrain`` for the hyperparameters,
+        ``subjects`` for who trains).
+    store
+        An open :class:`~glfa.data.store.StudyStore`.
+    init_from
+        A folder written by ``FmriPTE.save_pretrained`` (e.g. converted UK Biobank fMRI-PTE
+        weights) to fine-tune; None starts from a random initialisation.
+    """
+
+    name = "pretrain"
+
+    def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None):
+        self.config = config
+        self.store = store
+        self.source = config.source
+        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
+        self.settings = TrainSettings.from_config(config.pretrain)
+        self.init_from = Path(init_from) if init_from is not None else None
+        mask = store.mask  # [H, W] bool
+        if not mask.any():
+            raise DataError("the store's cortex mask selects no pixel", path=store.path, field="mask")
+        self.mask = torch.from_numpy(mask)
+        self._frames: TrainingFrames | None = None
+
+    def _expected_config(self) -> dict[str, Any]:
+        """FmriPTE constructor arguments from ``config.model.pte`` at the store's image size."""
+        pte = self.config.model.pte
+        return {"image_size": self.store.image_size, "patch_size": pte.patch_size, "embed_dim": pte.embed_dim,
+                "depth": pte.depth, "num_heads": pte.num_heads, "mlp_ratio": float(pte.mlp_ratio),
+                "decoder_depth": pte.decoder_depth, "decoder_num_heads": pte.decoder_num_heads,
+                "bottleneck_dim": pte.bottleneck_dim}
+
+    def build_models(self) -> dict[str, nn.Module]:
+        """The PTE autoencoder of ``config.model`` at the store's image size (or the ``init_from`` weights)."""
+        from glfa.models.pte import FmriPTE
+
+        expected = self._expected_config()
+        if self.store.image_size % self.config.model.pte.patch_size:
+            raise ConfigError(f"patch_size {self.config.model.pte.patch_size} does not divide the store's "
+                              f"image size {self.store.image_size}", path=self.source, field="model.pte.patch_size")
+        if self.init_from is None:
+            return {"pte": FmriPTE(**expected)}
+        saved = FmriPTE.read_saved_config(self.init_from)
+        differ = sorted(k for k in expected if saved.get(k) != expected[k])
+        if differ:
+            detail = ", ".join(f"{k}: config {expected[k]!r}, saved {saved.get(k)!r}" for k in differ)
+            raise ConfigError(f"the PTE in {self.init_from} does not match model.pte and the store ({detail})",
+                              path=self.source, field="model.pte")
+        return {"pte": FmriPTE.from_pretrained(self.init_from)}
+
+    def dataset(self) -> TrainingFrames:
+        """Single frames of the training split of the training subjects."""
+        if self._frames is None:
+            self._frames = TrainingFrames(self.store, self.train_subjects)
+            if len(self._frames) == 0:
+                raise DataError(f"no training-split fMRI frame for subjects {self.train_subjects}",
+                                path=self.store.path)
+        return self._frames
+
+    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> StepOutput:
+        """Masked MSE between the reconstruction and the input frames."""
+        from glfa.losses import masked_mse
+
+        x = batch["fmri"].float()  # [b, 1, H, W]
+        recon = models["pte"](x)  # [b, 1, H, W]
+        return StepOutput(loss=masked_mse(recon.float(), x, self.mask.to(x.device)))
+
+    def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
+        """Save the fine-tuned PTE into ``RUN_DIR/pte/``."""
+        path = models["pte"].save_pretrained(Path(run_dir) / PTE_DIR)
+        return {"pte": str(path)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Model, subjects, store and initial weights: a resumed run must share them."""
+        return {"model": self._expected_config(), "train_subjects": self.train_subjects,
+                "store": str(Path(self.store.path).resolve()), "dataset_size": len(self.dataset()),
+                "init_from": str(self.init_from.resolve()) if self.init_from else None}
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The full config plus what was resolved against the store."""
+        return {"config": self.config.to_dict(), "stage": self.name, "store": str(Path(self.store.path).resolve()),
+                "train_subjects": self.train_subjects, "held_out": self.held_out,
+                "init_from": str(self.init_from) if self.init_from else None,
+                "training_frames": len(self.dataset()), "image_size": self.store.image_size}
+
+
+def default_run_dir(config: GlfaConfig) -> Path:
+    """``output_dir/name``: the run folder shared by the stages of one experiment."""
+    return Path(config.output_dir) / config.name
+
+
+def run_pretrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *, resume: bool = False,
+                 init_from: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune fMRI-PTE on ``store``'s training split; the PTE lands in ``RUN_DIR/pte/``.
+
+    Parameters
+    ----------
+    config
+        The experiment config.
+    store
+        A store folder or an open :class:`~glfa.data.store.StudyStore`.
+    run_dir
+        The run folder (default :func:`default_run_dir`).
+    resume
+        Continue from the newest checkpoint in ``RUN_DIR/pretrain/checkpoints``.
+    init_from
+        A saved FmriPTE folder to start from (None: random initialisation).
+    progress
+        Show a progress bar.
+    """
+    if isinstance(store, (str, Path)):
+        from glfa.data.store import StudyStore
+
+        store = StudyStore.open(store)
+    stage = PretrainStage(config, store, init_from=init_from)
+    return train(stage, run_dir if run_dir is not None else default_run_dir(config), resume=resume,
+                 device=config.device, progress=progress)

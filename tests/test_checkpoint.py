@@ -1,0 +1,293 @@
+"""Checkpoints: safetensors + JSON round trips, atomic layout, corrupt ones refused, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from glfa.errors import CheckpointError
+from glfa.training.checkpoint import (
+    capture_rng,
+    flatten_optimizer_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    unflatten_optimizer_state,
+)
+from glfa.training.loop import Stage, StepOutput, TrainSettings, train
+
+# ----------------------------------------------------------------------------- a toy stage (also used by test_training)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run on one thread: on a shared 2-core machine more threads only contend (10x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+
+class ToyData(Dataset):
+    """y = x @ w + small noise, fixed by a seed: items depend only on their index."""
+
+    def __init__(self, n: int = 48, dim: int = 6, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.x = rng.normal(size=(n, dim)).astype(np.float32)
+        w = rng.normal(size=(dim, 1)).astype(np.float32)
+        self.y = (self.x @ w + 0.05 * rng.normal(size=(n, 1))).astype(np.float32)
+        self.loaded: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        self.loaded.append(i)
+        return {"x": torch.from_numpy(self.x[i]), "y": torch.from_numpy(self.y[i]), "index": i}
+
+
+class ToyStage(Stage):
+    """A small MLP with dropout and an RNG-drawing step, so data order and RNG both matter."""
+
+    name = "toy"
+
+    def __init__(self, settings: TrainSettings, *, delay: float = 0.0, dropout: float = 0.2, noise: float = 0.01,
+                 n: int = 48):
+        self.settings = settings
+        self.delay = delay
+        self.noise = noise
+        self.dropout = dropout
+        self.data = ToyData(n=n)
+        self.finished: dict[str, nn.Module] = {}
+
+    def build_models(self) -> dict[str, nn.Module]:
+        net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(self.dropout), nn.Linear(16, 1))
+        return {"net": net}
+
+    def dataset(self) -> Dataset:
+        return self.data
+
+    def step(self, models, batch) -> StepOutput:
+        if self.delay:
+            time.sleep(self.delay)
+        x = batch["x"] + self.noise * torch.randn_like(batch["x"])  # [b, 6]
+        loss = torch.nn.functional.mse_loss(models["net"](x), batch["y"])
+        return StepOutput(loss=loss, logs={"x_mean": x.mean()})
+
+    def finish(self, models, run_dir: Path) -> dict[str, str]:
+        self.finished = models
+        path = run_dir / "toy.txt"
+        path.write_text("done\n")
+        return {"toy": str(path)}
+
+    def resolved_config(self):
+        return {"toy": True}
+
+
+def toy_settings(**values) -> TrainSettings:
+    """Tiny CPU settings for the toy stage."""
+    base = dict(steps=30, batch_size=8, learning_rate=1e-2, weight_decay=0.01, seed=3,
+                checkpoint_every=10, log_every=5, num_workers=0)
+    base.update(values)
+    return TrainSettings(**base)
+
+
+def final_weights(run_dir: Path, stage: str = "toy") -> dict[str, torch.Tensor]:
+    """The trained weights in the newest checkpoint of a run."""
+    newest = latest_checkpoint(run_dir / stage / "checkpoints")
+    return load_file(str(newest / "model-net.safetensors"))
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def _adam_after_steps(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}], lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+    return model, opt
+
+
+def test_optimizer_state_round_trip_continues_identically():
+    model, opt = _adam_after_steps()
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
+    json.dumps(meta)  # the rest is plain JSON
+    restored = unflatten_optimizer_state(tensors, json.loads(json.dumps(meta)))
+
+    twin = nn.Linear(4, 3)
+    twin.load_state_dict(model.state_dict())
+    twin_opt = torch.optim.AdamW([{"params": [twin.weight]}, {"params": [twin.bias], "weight_decay": 0.0}], lr=0.5)
+    twin_opt.load_state_dict(restored)
+    assert twin_opt.param_groups[0]["lr"] == 0.1 and twin_opt.param_groups[0]["betas"] == (0.9, 0.999)
+    x = torch.randn(5, 4)
+    for m, o in ((model, opt), (twin, twin_opt)):
+        o.zero_grad()
+        m(x).pow(2).mean().backward()
+        o.step()
+    assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
+
+
+def test_rng_round_trip_through_json():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = json.loads(json.dumps(capture_rng()))
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng(state)
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def _write(root: Path, step: int, keep: int = 2) -> Path:
+    model, opt = _adam_after_steps(step)
+    return save_checkpoint(root, step, models={"net": model.state_dict()}, optimizer=opt.state_dict(),
+                           state={"stage": "toy", "scheduler": {}, "rng": [capture_rng()], "data": {"offset": step}},
+                           keep=keep)
+
+
+def test_save_layout_latest_pointer_and_pruning(tmp_path):
+    for step in (10, 20, 30):
+        path = _write(tmp_path, step)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 30]
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-30" == path.name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    ckpt = load_checkpoint(path)
+    model, opt = _adam_after_steps(30)
+    assert ckpt.step == 30 and ckpt.state["data"]["offset"] == 30
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt.models["net"][key], value)
+    assert torch.equal(ckpt.optimizer["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    # the same step written twice (a resumed run's end) replaces the folder
+    assert _write(tmp_path, 30) == path and load_checkpoint(path).step == 30
+
+
+# ----------------------------------------------------------------------------- corrupt or half-written
+
+
+def test_truncated_safetensors_refused(tmp_path):
+    path = _write(tmp_path, 5)
+    weights = path / "model-net.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model-net.safetensors") as info:
+        load_checkpoint(path)
+    assert "truncated" in str(info.value)
+
+
+def test_flipped_byte_refused(tmp_path):
+    path = _write(tmp_path, 5)
+    weights = path / "optimizer.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="optimizer.safetensors.*corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_or_incomplete_state_json_refused(tmp_path):
+    path = _write(tmp_path, 5)
+    state_path = path / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["rng"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"state\.json.*'rng'"):
+        load_checkpoint(path)
+    state_path.write_text('{"format": "glfa-checkpoint", "ver')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(path)
+    state_path.unlink()
+    with pytest.raises(CheckpointError, match="missing state.json"):
+        load_checkpoint(path)
+
+
+def test_resume_refuses_a_corrupt_newest_checkpoint_and_ignores_half_written(tmp_path):
+    train(ToyStage(toy_settings(steps=20)), tmp_path, progress=False)
+    root = tmp_path / "toy" / "checkpoints"
+    # a killed write leaves a hidden temp folder: ignored and cleaned on resume
+    half = root / ".tmp-checkpoint-30-999"
+    half.mkdir()
+    (half / "model-net.safetensors").write_bytes(b"\x00" * 10)
+    result = train(ToyStage(toy_settings(steps=20)), tmp_path, resume=True, progress=False)
+    assert result.resumed_from == root / "checkpoint-20" and not half.exists()
+    # a damaged checkpoint-20 is refused, naming the file
+    weights = root / "checkpoint-20" / "model-net.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="checkpoint-20/model-net.safetensors"):
+        train(ToyStage(toy_settings(steps=40)), tmp_path, resume=True, progress=False)
+
+
+def test_fresh_run_refuses_existing_checkpoints_and_config_change_refused(tmp_path):
+    train(ToyStage(toy_settings(steps=10)), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(ToyStage(toy_settings(steps=10)), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        train(ToyStage(toy_settings(steps=20, learning_rate=0.5)), tmp_path, resume=True, progress=False)
+
+
+# ----------------------------------------------------------------------------- SIGKILL and resume
+
+_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_checkpoint import ToyStage, toy_settings
+from glfa.training.loop import train
+train(ToyStage(toy_settings(steps=40, gradient_accumulation_steps=2), delay={delay}), {run!r},
+      resume={resume}, progress=False)
+"""
+
+
+def _run_script(run: Path, *, delay: float, resume: bool) -> subprocess.Popen:
+    code = _SCRIPT.format(tests=str(Path(__file__).parent), run=str(run), delay=delay, resume=resume)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_sigkill_gives_identical_weights(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    victim = _run_script(killed, delay=0.02, resume=False)
+    train(ToyStage(toy_settings(steps=40, gradient_accumulation_steps=2)), whole, progress=False)
+    latest = killed / "toy" / "checkpoints" / "latest"
+    deadline = time.time() + 60
+    while not latest.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    steps_done = [s for s, _ in list_checkpoints(killed / "toy" / "checkpoints")]
+    assert steps_done and max(steps_done) < 40  # killed in the middle
+    resumed = _run_script(killed, delay=0.0, resume=True)
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err.decode()
+    a, b = final_weights(whole), final_weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the metrics log was continued, not duplicated
+    steps = [json.loads(line)["step"] for line in (killed / "toy" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 41, 5))
+    state = json.loads((killed / "toy" / "checkpoints" / "checkpoint-40" / "state.json").read_text())
+    assert state["data"]["offset"] == 40 * 2 * 8 and state["data"]["epoch"] == 640 // 48
