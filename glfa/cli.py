@@ -308,7 +308,7 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
 _REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_align,
-             _register_evaluate]
+             _register_evaluate, _register_caption]
 
 
 def build_parser() -> argparse.ArgumentParser:
