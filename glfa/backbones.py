@@ -581,7 +581,7 @@ def load_video_generator(
 
     text_encoder = tokenizer = None
     if (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir():
-        library, class_name = index.get("text_encoder", ["transformers", "CLIPTextModel"])
+        _, class_name = index.get("text_encoder", ["transformers", "CLIPTextModel"])
         encoder_class = getattr(transformers, str(class_name), transformers.CLIPTextModel)
         text_encoder = _frozen(_load("text encoder", folder / "text_encoder", encoder_class.from_pretrained, folder,
                                      subfolder="text_encoder",

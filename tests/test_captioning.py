@@ -61,9 +61,10 @@ def test_captioner_loads_and_captions_every_frame(captioner):
 def test_loading_errors(blip_dir, tmp_path):
     with pytest.raises(BackboneError, match="folder not found.*Blip2ForConditionalGeneration"):
         B.load_captioner(tmp_path / "nowhere")
-    clip = B.tiny_clip(tmp_path / "clip")
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text(json.dumps({"model_type": "clip"}))
     with pytest.raises(BackboneError, match="model_type is 'clip'.*blip-2"):
-        B.load_captioner(clip)
+        B.load_captioner(tmp_path / "clip")
 
 
 def test_caption_videos_format_and_skip(captioner, tmp_path):
