@@ -275,3 +275,14 @@ def test_overwrite_and_prepare_study_entry_point(tmp_path, monkeypatch):
     assert StudyStore.open(out).subjects == ["1"]
     with pytest.raises(DataError, match="study folder not found"):
         prepare_study(tmp_path / "nowhere", tmp_path / "s2", config, progress=False)
+
+
+@pytest.mark.parametrize("shown, onsets", [(7.99, [0.0, 4.0]), (4.0, [0.0])])
+def test_clip_duration_is_the_time_it_was_shown(tmp_path, shown, onsets):
+    source, _, _ = _fudan_like(tmp_path / "study", subjects=("1",))
+    for run in source._runs["1"]:
+        run.presentations = [Presentation(p.stimulus_id, p.onset, shown if p.stimulus_id == "c0" else p.duration)
+                             for p in run.presentations]
+    store = StudyStore.open(build_store(source, tmp_path / "store", _fudan_config(), progress=False))
+    assert [w.onset for w in store.windows() if w.stimulus_id == "c0"] == onsets
+    assert store.response("1", "c0").shape[0] == 5 * len(onsets)

@@ -9,10 +9,10 @@ for every window of the clip, repeats of a stimulus are averaged (on the vertice
 projection, which is linear) and the result is projected to ``[T, H, W]`` flat images.
 
 The clip duration is the stored video's (frames / fps), or the shortest presentation when a
-clip was shown for less. Windows whose fMRI would run past the end of a run (the last seconds
-of a continuous run, when the lag pushes the response beyond the scan) are left out, counted in
-the manifest and reported in a warning; a window longer than any stored response is a config
-error naming ``data.windows.fmri_seconds``.
+clip was shown for more than one stored frame less. Windows whose fMRI would run past the end
+of a run (the last seconds of a continuous run, when the lag pushes the response beyond the
+scan) are left out, counted in the manifest and reported in a warning; a window longer than
+any stored response is a config error naming ``data.windows.fmri_seconds``.
 """
 
 from __future__ import annotations
@@ -231,7 +231,10 @@ def _read_videos(plan: _Plan, config: GlfaConfig, writer: StoreWriter, checksums
                             path=stim.video, field="captions")
         if stim.split not in ("train", "test"):
             raise DataError(f"stimulus {sid!r} has split {stim.split!r}; expected train or test", path=stim.video)
-        duration = min(len(frames) / win.fps, plan.shown_for.get(sid, np.inf))
+        duration = len(frames) / win.fps
+        shown = plan.shown_for.get(sid, np.inf)
+        if shown < duration - 1.0 / win.fps:  # shown for clearly less than the clip (not a rounding of it)
+            duration = shown
         writer.add_stimulus(sid, stim.split, frames, captions, duration)
         checksums[_relative(stim.video, root)] = file_sha256(stim.video)
         out[sid] = {"frames": len(frames), "duration": duration}
