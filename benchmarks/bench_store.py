@@ -97,6 +97,12 @@ def throughput(path: Path, *, samples: int, workers: int, batch_size: int, with_
     ds = StimulusWindowDataset(path, None, "train", with_video=with_video)
     for i in range(len(ds)):  # warm the page cache, as a store read every epoch is
         ds[i]
+    if workers == 0:  # one process, no DataLoader: the cost of reading and converting a sample
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        for i in range(samples):
+            ds[i % len(ds)]
+        return samples / (time.perf_counter() - t0)
     sampler = RandomSampler(ds, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_windows, persistent_workers=False)
@@ -153,9 +159,9 @@ def main() -> None:
             write_s = build_fixture(path, subjects=args.subjects, stimuli=args.stimuli, trs=args.trs,
                                     size=args.size, video_frames=args.video_frames, compression=compression)
             fmri_bpf, video_bpf, mask_frac = bytes_per_frame(path)
-            rates = {v: throughput(path, samples=args.samples, workers=args.workers, batch_size=args.batch_size,
-                                   with_video=v) for v in (False, True)}
-            rows.append((compression or "none", write_s, fmri_bpf, video_bpf, mask_frac, rates[False], rates[True]))
+            rates = {(v, w): throughput(path, samples=args.samples, workers=w, batch_size=args.batch_size,
+                                        with_video=v) for v in (False, True) for w in (0, args.workers)}
+            rows.append((compression or "none", write_s, fmri_bpf, video_bpf, mask_frac, rates))
             shutil.rmtree(path)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -165,16 +171,19 @@ def main() -> None:
           f"at {args.size} x {args.size} float16 (mask {rows[0][4]:.1%} of the pixels); "
           f"samples of {FMRI_FRAMES} fMRI frames x {args.subjects} subjects + {args.video_frames} video frames "
           f"at {args.size} x {args.size}; DataLoader workers {args.workers}, batch {args.batch_size}, "
-          f"{args.samples} random samples (warm page cache).\n")
-    print("| fMRI chunk filter | write s | fMRI KB/frame | video KB/frame | samples/s (fMRI only) "
-          "| samples/s (fMRI + video) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, write_s, fbpf, vbpf, _, r0, r1 in rows:
-        print(f"| {name} | {write_s:.1f} | {fbpf / 1024:.1f} | {vbpf / 1024:.1f} | {r0:.0f} | {r1:.0f} |")
+          f"{args.samples} random samples (warm page cache); '1 process' reads samples in a loop, one thread.\n")
+    w = args.workers
+    print(f"| fMRI chunk filter | write s | fMRI KB/frame | video KB/frame | samples/s fMRI only, {w} workers "
+          f"| samples/s fMRI + video, {w} workers | samples/s fMRI only, 1 process, no loader "
+          "| samples/s fMRI + video, 1 process, no loader |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, write_s, fbpf, vbpf, _, r in rows:
+        print(f"| {name} | {write_s:.1f} | {fbpf / 1024:.1f} | {vbpf / 1024:.1f} | {r[False, w]:.0f} "
+              f"| {r[True, w]:.0f} | {r[False, 0]:.0f} | {r[True, 0]:.0f} |")
     print("\nStore size extrapolated from the measured bytes per frame (video stored raw uint8):\n")
     print("| dataset | fMRI frames | video frames | fMRI GB (none / lzf / gzip-1) | video GB | total GB (lzf) |")
     print("|---|---:|---:|---:|---:|---:|")
-    per = {name: extrapolate(fbpf, args.size) for name, _, fbpf, *_ in rows}
+    per = {row[0]: extrapolate(row[2], args.size) for row in rows}
     for i, (dataset, nf, nv, _, _, video_gb) in enumerate(per["none"]):
         gbs = " / ".join(f"{per[c][i][4]:.2f}" for c in ("none", "lzf", "gzip"))
         print(f"| {dataset} | {nf:,} | {nv:,} | {gbs} | {video_gb:.1f} | {per['lzf'][i][4] + video_gb:.1f} |")

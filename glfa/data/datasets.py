@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from glfa.data.store import StudyStore
 from glfa.data.windows import Window
@@ -129,12 +129,16 @@ class SubjectWindowDataset(_WindowDataset):
 
 
 def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch items: tensors are stacked (``fmri`` [B, ...], ``frames`` [B, m, h, w, 3]), the rest become lists."""
+    """Batch items: tensors are stacked (``fmri`` [B, ...], ``frames`` [B, m, h, w, 3]), the rest become lists.
+
+    Inside a DataLoader worker, torch's ``default_collate`` stacks straight into shared memory,
+    which saves the copy the loader would otherwise make to send the batch.
+    """
     batch: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
         if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
+            batch[key] = default_collate(values)
         elif key in ("onset",):
             batch[key] = torch.tensor(values, dtype=torch.float64)
         elif key in ("window",):
