@@ -167,11 +167,14 @@ def test_inverse_gives_every_vertex_a_value(proj):
 
 def test_fast_path_equals_the_sparse_matrices(proj):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((70, proj.n_vertices)).astype(np.float32)  # > one chunk
+    x = rng.standard_normal((70, proj.n_vertices)).astype(np.float32)  # more than two chunks
     img = proj.to_image(x)
     assert img.shape == (70, H, W) and img.dtype == np.float32
     np.testing.assert_allclose(img.reshape(70, -1), (proj.forward @ x.T).T, atol=1e-5)
     np.testing.assert_array_equal(proj.to_image(x[3]), img[3])
+    read_only = x[:2].copy()
+    read_only.setflags(write=False)  # e.g. a memory-mapped or HDF5-backed array
+    np.testing.assert_array_equal(proj.to_image(read_only), img[:2])
     back = proj.to_surface(img)
     np.testing.assert_allclose(back, (proj.inverse @ img.reshape(70, -1).T).T, atol=1e-5)
     np.testing.assert_array_equal(proj.to_surface(img[3]), back[3])

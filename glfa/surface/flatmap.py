@@ -45,7 +45,7 @@ from glfa.errors import DataError
 from glfa.surface.atlas import MESH_VERTICES, area_names, hcp_data_dir, visual_roi
 
 #: Frames processed per chunk on the fast path (bounds the temporary memory).
-CHUNK_FRAMES = 64
+CHUNK_FRAMES = 32
 
 _ARRAY_KEYS = (
     "shape", "left", "right", "vertex_xy", "mask", "triangle_mask",
@@ -227,6 +227,8 @@ class _Gather:
         import torch
 
         n = x.shape[0]
+        if not x.flags.writeable:  # torch.from_numpy wants a writable array (it is only read)
+            x = x.copy()
         out = np.zeros((n, self.n_out), dtype=np.float32)  # calloc: zero pages come from the kernel
         if not self.index or n == 0:
             return out
@@ -234,6 +236,7 @@ class _Gather:
         size = min(CHUNK_FRAMES, n)
         acc = torch.empty((size, self.rows.numel()), dtype=torch.float32)  # [t, r] reused: stays in cache
         tmp = torch.empty((size, self.rows.numel()), dtype=torch.float32)
+        rows = self.rows.expand(size, -1)  # [t, r] (no copy)
         for start in range(0, n, size):
             chunk = src[start : start + size]  # [t, C]
             t = chunk.shape[0]
@@ -246,7 +249,7 @@ class _Gather:
             if self.all_rows:
                 dst[start : start + t] = a
             else:
-                dst[start : start + t].index_copy_(1, self.rows, a)
+                dst[start : start + t].scatter_(1, rows[:t], a)
         return out
 
 
