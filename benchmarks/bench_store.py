@@ -117,6 +117,43 @@ def throughput(path: Path, *, samples: int, workers: int, batch_size: int, with_
     return count / elapsed
 
 
+class _Constant:
+    """A dataset of same-size items made in memory: the DataLoader's own ceiling on this machine."""
+
+    def __init__(self, subjects: int, size: int, video_frames: int, with_video: bool):
+        self.shape = (subjects, FMRI_FRAMES, size, size)
+        self.video = (video_frames, size, size, 3) if with_video else None
+
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        item = {"fmri": torch.ones(self.shape)}
+        if self.video:
+            item["frames"] = torch.ones(self.video, dtype=torch.uint8)
+        return item
+
+
+def loader_ceiling(*, subjects: int, size: int, video_frames: int, samples: int, workers: int, batch_size: int,
+                   with_video: bool) -> float:
+    """Samples/s of a DataLoader over in-memory items of the same size (no store)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_Constant(subjects, size, video_frames, with_video), batch_size=batch_size,
+                        num_workers=workers)
+    it = iter(loader)
+    next(it)
+    count = 0
+    t0 = time.perf_counter()
+    for batch in it:
+        count += batch["fmri"].shape[0]
+        if count >= samples:
+            break
+    return count / (time.perf_counter() - t0)
+
+
 def extrapolate(fmri_bpf: float, size: int) -> list[tuple[str, int, int, int, float, float]]:
     """(dataset, fMRI frames, video frames, video bytes per frame, fMRI GB, video GB) for the real datasets."""
     # Wen 2017: 3 subjects; 18 training + 5 test segments of 240 TRs, repeats averaged -> one response each
@@ -180,6 +217,11 @@ def main() -> None:
     for name, write_s, fbpf, vbpf, _, r in rows:
         print(f"| {name} | {write_s:.1f} | {fbpf / 1024:.1f} | {vbpf / 1024:.1f} | {r[False, w]:.0f} "
               f"| {r[True, w]:.0f} | {r[False, 0]:.0f} | {r[True, 0]:.0f} |")
+    ceiling = {v: loader_ceiling(subjects=args.subjects, size=args.size, video_frames=args.video_frames,
+                                 samples=args.samples, workers=w, batch_size=args.batch_size, with_video=v)
+               for v in (False, True)}
+    print(f"| no store: in-memory items of the same size (the DataLoader's ceiling here) | | | "
+          f"| {ceiling[False]:.0f} | {ceiling[True]:.0f} | | |")
     print("\nStore size extrapolated from the measured bytes per frame (video stored raw uint8):\n")
     print("| dataset | fMRI frames | video frames | fMRI GB (none / lzf / gzip-1) | video GB | total GB (lzf) |")
     print("|---|---:|---:|---:|---:|---:|")
