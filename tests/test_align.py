@@ -199,3 +199,90 @@ def test_bad_input(tmp_path):
     (path / "aligner.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="version"):
         GLFAAligner.load(path)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """A 3-subject 32 x 32 store written through StoreWriter: 6 training and 2 test stimuli of 20 TRs."""
+    from glfa.data.store import StoreWriter
+    from glfa.data.windows import Window
+
+    responses, mask = _toy_study(3, 160, seed=3)
+    path = tmp_path_factory.mktemp("store") / "store"
+    stimuli = [(f"train{i}", "train") for i in range(6)] + [(f"test{i}", "test") for i in range(2)]
+    with StoreWriter(path, image_size=32, video_size=(8, 8), fmri_dtype="float32") as writer:
+        writer.set_mask(mask)
+        for i, (sid, split) in enumerate(stimuli):
+            writer.add_stimulus(sid, split, np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], duration=16.0)
+            for s, x in responses.items():
+                writer.add_response(s, sid, x[20 * i:20 * (i + 1)])
+        windows = [Window(sid, split, 0.0, 0, 0, i) for i, (sid, split) in enumerate(stimuli)]
+        writer.finish(windows, {"tr": 0.8, "fps": 1.0, "fmri_frames": 5, "video_frames": 2, "config": {}})
+    config = path.parent / "config.yaml"
+    config.write_text("name: tiny\nmodel:\n  glfa:\n    parcel_size: 8\n    kernel_size: 5\n"
+                      "align:\n  steps: 60\n  batch_size: 16\n  learning_rate: 0.02\n")
+    return path, config, responses, mask
+
+
+def test_cli_align_fit_and_transform(tiny_store, tmp_path, capsys):
+    from glfa.cli import main
+
+    store, config, responses, mask = tiny_store
+    out = tmp_path / "aligner"
+    assert main(["align", "fit", str(store), "--subjects", "1,2", "-o", str(out), "-c", str(config), "--quiet"]) == 0
+    assert "fitted on subjects 1,2 (120 time points" in capsys.readouterr().out
+    aligner = GLFAAligner.load(out)
+    assert aligner.subjects_ == ["1", "2"] and aligner.n_steps == 60 and len(aligner.loss_history_) == 60
+    # a .npy array [T, H, W] of the never-seen subject 3
+    np.save(tmp_path / "x.npy", responses["3"][:7])
+    assert main(["align", "transform", str(out), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), aligner.transform(responses["3"][:7]))
+    # a subject's stored responses: one array per stimulus of the split
+    assert main(["align", "transform", str(out), "--store", str(store), "--subject", "3", "--split", "test",
+                 "-o", str(tmp_path / "y.npz")]) == 0
+    with np.load(tmp_path / "y.npz") as npz:
+        assert npz.files == ["test0", "test1"]
+        np.testing.assert_array_equal(npz["test1"], aligner.transform(responses["3"][140:160]))
+    # bad input: one line, exit status 2
+    assert main(["align", "transform", str(out), "-o", str(tmp_path / "z.npy")]) == 2
+    assert "either INPUT" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.zeros((3, 16, 16), np.float32))
+    assert main(["align", "transform", str(out), str(tmp_path / "bad.npy"), "-o", str(tmp_path / "z.npy")]) == 2
+    assert "32 x 32 the aligner was fitted on" in capsys.readouterr().err
+    assert main(["align", "transform", str(tmp_path / "none"), str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "z.npy")]) == 2
+    assert "no saved aligner" in capsys.readouterr().err
+    assert not (tmp_path / "z.npy").exists()
+
+
+def test_cli_evaluate_alignment(tiny_store, tmp_path, capsys):
+    from glfa.cli import main
+
+    store, config, responses, mask = tiny_store
+    out = tmp_path / "eval"
+    assert main(["evaluate", "alignment", str(store), "-c", str(config), "-o", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Task | fSC 1/2 | fSC 1/3 | fSC 2/3 | ISC 1 | ISC 2 | ISC 3 |" in printed
+    data = json.loads((out / "alignment.json").read_text())
+    assert [r["task"] for r in data["rows"]] == ["identity", "2,3 -> 1", "1,3 -> 2", "1,2 -> 3"]
+    assert data["config"]["align"]["steps"] == 60 and data["n_timepoints"] == 40
+    assert (out / "alignment.md").read_text() in printed
+    assert json.loads((out / "config.json").read_text())["name"] == "tiny"
+    # the identity row is the metrics of the raw test responses
+    test = {s: x[120:] for s, x in responses.items()}
+    identity = data["rows"][0]
+    assert identity["fsc"]["1/3"] == pytest.approx(fsc(test["1"], test["3"], mask), abs=1e-6)
+    assert identity["isc"]["2"] == pytest.approx(isc(test, mask)["2"], abs=1e-6)
+    # GLFA raises fSC and ISC of every held-out subject
+    for row in data["rows"][1:]:
+        h = row["held_out"]
+        assert row["isc"][h] > identity["isc"][h]
+        for pair in row["fsc"]:
+            if h in pair.split("/"):
+                assert row["fsc"][pair] > identity["fsc"][pair], (row["task"], pair)
+    assert "**" in (out / "alignment.md").read_text()
+    assert main(["evaluate", "alignment", str(store), "--subjects", "1,2", "-o", str(out)]) == 2
+    assert "at least 3 subjects" in capsys.readouterr().err
