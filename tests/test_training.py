@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +258,36 @@ def test_cli_train_pretrain_and_resume(tiny_store, tmp_path, capsys):
                  "--quiet", "--resume"]) == 0
     summary = json.loads((run / "pretrain" / "metrics.json").read_text())
     assert summary["steps"] == 15 and summary["resumed_from"].endswith("checkpoint-10")
+
+
+def test_cli_pretrain_resumed_after_sigkill_ends_with_identical_weights(tiny_store, tmp_path):
+    config = _config(tmp_path, steps=20, checkpoint_every=4, batch_size=4, gradient_accumulation_steps=2)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = ["train", "pretrain", "-c", str(config), "--store", str(tiny_store), "--quiet"]
+
+    def cli(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "glfa.cli", *args, "--out", str(killed), *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    victim = cli()
+    latest = killed / "pretrain" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    assert not (killed / "pte").exists()  # killed before the end
+    resumed = cli("--resume")
+    assert main([*args, "--out", str(whole)]) == 0  # the uninterrupted run, meanwhile
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()
+    a = load_file(str(whole / "pte" / "model.safetensors"))
+    b = load_file(str(killed / "pte" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((killed / "pretrain" / "metrics.json").read_text())
+    assert summary["steps"] == 20 and "checkpoint-" in summary["resumed_from"]
 
 
 def test_cli_bad_input_is_one_clear_line(tiny_store, tmp_path, capsys):

@@ -1,0 +1,27 @@
+"""Training: one accelerate loop (:func:`train`) into which each stage plugs its :class:`Stage`.
+
+- :mod:`glfa.training.loop`: :class:`Stage`, :class:`StepOutput`, :class:`TrainSettings`, :func:`train`,
+  :class:`IndexStream` (the seeded, resumable data order).
+- :mod:`glfa.training.checkpoint`: atomic safetensors + JSON checkpoints, validated before use.
+- :mod:`glfa.training.pretrain`: stage 0, reconstruction fine-tuning of fMRI-PTE (``glfa train pretrain``).
+"""
+
+from glfa.training.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from glfa.training.loop import IndexStream, Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.pretrain import PretrainStage, TrainingFrames, run_pretrain
+
+__all__ = [
+    "Checkpoint",
+    "IndexStream",
+    "PretrainStage",
+    "Stage",
+    "StepOutput",
+    "TrainResult",
+    "TrainSettings",
+    "TrainingFrames",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "run_pretrain",
+    "save_checkpoint",
+    "train",
+]

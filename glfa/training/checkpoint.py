@@ -108,7 +108,7 @@ def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch
     for param_id, entry in state_dict["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{param_id}.{key}"] = value.detach().cpu().contiguous().clone()
+                tensors[f"state.{param_id}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 scalars.setdefault(str(param_id), {})[key] = _jsonable(value, f"optimizer state {key}")
     groups = [{k: _jsonable(v, f"param group {k}") for k, v in g.items()} for g in state_dict["param_groups"]]
@@ -252,7 +252,8 @@ def save_checkpoint(
     for name, weights in models.items():
         if not _MODEL_NAME.match(name):
             raise ValueError(f"model name {name!r} must match [A-Za-z0-9_]+")
-        _put(f"model-{name}.safetensors", {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()})
+        owned = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}  # one copy each
+        _put(f"model-{name}.safetensors", owned)
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
     _put(OPTIMIZER_TENSORS, opt_tensors)
     opt_json = tmp / OPTIMIZER_JSON
@@ -366,7 +367,8 @@ def _check_file(folder: Path, name: str, expected: dict[str, Any]) -> Path:
         raise CheckpointError("file listed in state.json is missing", path=path)
     size = path.stat().st_size
     if size != expected.get("bytes"):
-        raise CheckpointError(f"expected {expected.get('bytes')} bytes, found {size} (truncated or overwritten)", path=path)
+        raise CheckpointError(f"expected {expected.get('bytes')} bytes, found {size} (truncated or overwritten)",
+                              path=path)
     if _sha256(path) != expected.get("sha256"):
         raise CheckpointError("contents do not match the sha256 recorded in state.json (corrupt)", path=path)
     return path

@@ -461,8 +461,8 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
         restore_rng(start.state["rng"][rank] if rank < len(start.state["rng"]) else start.state["rng"][0])
 
     history: list[dict[str, Any]] = []
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
+    sums: dict[str, torch.Tensor] = {}  # running sums of the logged scalars since the last log line
+    counts: dict[str, int] = {}
     last_saved = step if start is not None else -1
     last_path: Path | None = start.path if start is not None else None
     bar = tqdm(total=settings.steps, initial=step, desc=stage.name, unit="step",
@@ -484,13 +484,14 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
                             scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                 for key, value in {"loss": out.loss, **out.logs}.items():
-                    sums[key] = sums.get(key, torch.zeros((), device=accelerator.device)) + _scalar(value).to(accelerator.device)
-                count += 1
+                    value = _scalar(value).to(accelerator.device)
+                    sums[key] = sums[key] + value if key in sums else value
+                    counts[key] = counts.get(key, 0) + 1
             step += 1
             bar.update(1)
 
             if step % settings.log_every == 0 or step == settings.steps:
-                means = {k: accelerator.reduce(v / count, reduction="mean").item() for k, v in sums.items()}
+                means = {k: accelerator.reduce(v / counts[k], reduction="mean").item() for k, v in sums.items()}
                 if not math.isfinite(means["loss"]):
                     raise FloatingPointError(f"{stage.name}: the loss is {means['loss']} at step {step}")
                 entry = {"step": step, "loss": means.pop("loss"), "lr": scheduler.get_last_lr()[0],
@@ -500,7 +501,7 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
                     log_file.write(json.dumps(entry) + "\n")
                     log_file.flush()
                 bar.set_postfix(loss=f"{entry['loss']:.4g}")
-                sums, count = {}, 0
+                sums, counts = {}, {}
 
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 last_path = _save(accelerator, stage, ckpt_root, step, wrapped, optimizer, scheduler, stream,
