@@ -142,8 +142,9 @@ class PretrainStage(Stage):
 
     def fingerprint(self) -> dict[str, Any]:
         """Model, subjects, store and initial weights: a resumed run must share them."""
+        # The store by its creation stamp, not its path: a moved store still resumes, a rebuilt one does not.
         return {"model": self._expected_config(), "train_subjects": self.train_subjects,
-                "store": str(Path(self.store.path).resolve()), "dataset_size": len(self.dataset()),
+                "store_created": self.store.manifest.get("created"), "dataset_size": len(self.dataset()),
                 "init_from": str(self.init_from.resolve()) if self.init_from else None}
 
     def resolved_config(self) -> dict[str, Any]:
