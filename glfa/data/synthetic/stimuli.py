@@ -188,9 +188,11 @@ def _camera(clip: Clip, u: float) -> tuple[tuple[float, float], float, float]:
 
 
 def render_clip(clip: Clip, n_frames: int, frame_size: int) -> np.ndarray:
-    """Render ``clip`` as uint8 frames ``[n_frames, frame_size, frame_size, 3]`` (bilinear sampling)."""
-    import torch
-    import torch.nn.functional as F
+    """Render ``clip`` as uint8 frames ``[n_frames, frame_size, frame_size, 3]`` (bilinear sampling).
+
+    Single-threaded and in float64 (scipy), so the frames are the same bit for bit on every run.
+    """
+    from scipy.ndimage import map_coordinates
 
     photo = load_photo(CATEGORIES[clip.category].source)  # [h, w, 3]
     zoom = frame_size / clip.size  # output pixels per photo pixel (about)
@@ -204,18 +206,14 @@ def render_clip(clip: Clip, n_frames: int, frame_size: int) -> np.ndarray:
         factor = (size[1] / pil.size[1], size[0] / pil.size[0])  # (rows, cols)
     else:
         factor = (1.0, 1.0)
-    h, w = photo.shape[:2]
     grid = (np.arange(frame_size, dtype=np.float64) + 0.5) / frame_size - 0.5  # [-0.5, 0.5)
     gy, gx = np.meshgrid(grid, grid, indexing="ij")  # [s, s] each
-    coords = np.empty((n_frames, frame_size, frame_size, 2), dtype=np.float32)  # grid_sample's (x, y) in [-1, 1]
+    coords = np.empty((3, n_frames, frame_size, frame_size, 3))  # (row, col, channel) to sample
     for i in range(n_frames):
         (r, c), size, angle = _camera(clip, i / max(n_frames - 1, 1))
         cos, sin = np.cos(angle), np.sin(angle)
-        rows = (r + size * (cos * gy - sin * gx)) * factor[0]  # photo pixel coordinates (edges at 0, h)
-        cols = (c + size * (sin * gy + cos * gx)) * factor[1]
-        coords[i, :, :, 0] = cols / w * 2 - 1
-        coords[i, :, :, 1] = rows / h * 2 - 1
-    image = torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1)))[None].expand(n_frames, -1, -1, -1)
-    out = F.grid_sample(image, torch.from_numpy(coords), mode="bilinear", padding_mode="reflection", align_corners=False)
-    frames = out.numpy().transpose(0, 2, 3, 1)  # [f, s, s, 3]
+        coords[0, i] = ((r + size * (cos * gy - sin * gx)) * factor[0] - 0.5)[:, :, None]  # photo pixel centres
+        coords[1, i] = ((c + size * (sin * gy + cos * gx)) * factor[1] - 0.5)[:, :, None]
+    coords[2] = np.arange(3)
+    frames = map_coordinates(photo.astype(np.float64), coords, order=1, mode="mirror")  # [f, s, s, 3]
     return np.ascontiguousarray(np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8))

@@ -10,7 +10,7 @@ Layout written by :func:`simulate_study`::
     OUT/truth/subjects.json                 every subject's gain, delay, noise level, deformation size
     OUT/truth/template.npz                  the template brain's tuning, embeddings, parcels, flat coordinates
     OUT/truth/sub-<id>.npz                  displacement [V, 2] mm, tuning params [V, P], mixing [P, P], gain field, noise sd,
-                                            noise-free BOLD of every run (``bold_run-<r>``, [T, V])
+                                            noise-free BOLD of every run (``bold_run-<r>``, [T, V] float16)
 
 The same config and seed give byte-identical files. The study is built in a temporary folder
 beside ``OUT`` and renamed into place at the end, so ``OUT`` is either absent or complete.
@@ -178,7 +178,7 @@ def _simulate_into(root: Path, config: GlfaConfig, seed: int, progress: bool) ->
             "mixing": subject.mixing.astype(np.float32),
             "gain_field": subject.gain_field.astype(np.float32),
             "noise_sd": np.float32(noise_sd),
-            **{f"bold_run-{run.run}": clean for run, clean in zip(runs, bold)},
+            **{f"bold_run-{run.run}": clean.astype(np.float16) for run, clean in zip(runs, bold)},
         })
         summaries[sid] = {**subject.summary(), "noise_sd": round(noise_sd, 6)}
 

@@ -1,0 +1,48 @@
+"""glfa demo --quick: simulate (cached) -> prepare (reused) -> summary."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from glfa.cli import main
+from glfa.config import load_config
+from glfa.data.store import StudyStore
+from glfa.demo import QUICK, demo_config, demo_config_path, run_demo
+
+
+def test_demo_config_is_shipped_and_valid():
+    path = demo_config_path()
+    assert path.is_file() and path.parent.name == "configs" and path.parent.parent.name == "glfa"
+    config = load_config(path)
+    assert config.simulation.n_categories >= 12 and config.data.layout == "generic"
+    quick = demo_config(quick=True)
+    assert quick.simulation.n_subjects == QUICK["simulation"]["n_subjects"] < config.simulation.n_subjects
+    assert yaml.safe_load(path.read_text())["name"] == "demo"
+
+
+def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
+    out = tmp_path / "demo"
+    summary = run_demo(out, quick=True, progress=False)
+    sim, prep = summary["steps"]["simulate"], summary["steps"]["prepare"]
+    assert not sim["reused"] and not prep["reused"]
+    assert sim["subjects"] == ["01", "02"] and prep["subjects"] == ["01", "02"]
+    assert prep["windows_train"] > 0 and prep["windows_test"] > 0
+    assert prep["stimuli"] == sim["stimuli"] == 4 * 3
+    store = StudyStore.open(out / "store")
+    assert store.image_size == 64 and store.mask.shape == (64, 64)
+    window = store.windows("test")[0]
+    assert store.fmri("01", window).shape[1:] == (64, 64)
+    assert store.captions(window)[0].startswith(("a ", "an ", "the "))
+    store.close()
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["steps"]["prepare"]["windows_test"] == prep["windows_test"]
+    printed = capsys.readouterr().out
+    assert "simulate" in printed and "prepare" in printed and str(out / "summary.json") in printed
+
+    # Second run, through the command line: both steps are reused.
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"]["simulate"]["reused"] and again["steps"]["prepare"]["reused"]
+    assert again["steps"]["simulate"]["path"] == sim["path"]
