@@ -37,9 +37,8 @@ def test_mp4_round_trip(tmp_path):
 
 def test_mp4_is_reproducible(tmp_path):
     frames = _smooth_clip()
-    a = write_video(tmp_path / "a.mp4", frames, fps=8)
-    b = write_video(tmp_path / "b.mp4", frames, fps=8)
-    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    digests = {hashlib.sha256(write_video(tmp_path / f"{i}.mp4", frames, fps=8).read_bytes()).digest() for i in range(6)}
+    assert len(digests) == 1  # (x264's mbtree rate control made about one write in two differ)
 
 
 def test_mp4_odd_size_is_padded(tmp_path):

@@ -2,8 +2,9 @@
 
 Frames are always ``uint8`` arrays ``[f, h, w, 3]`` (RGB). Files are mp4 (H.264, yuv420p,
 through PyAV) or animated GIF. Writes are atomic (temp file + ``os.replace``) and
-reproducible: the encoder runs single-threaded with fixed options and no timestamps in the
-metadata, so the same frames give byte-identical files.
+reproducible: frames are converted to yuv420p in numpy, the encoder runs single-threaded
+without macroblock-tree rate control, with explicit timestamps and no dates in the metadata,
+so the same frames give byte-identical files.
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
+def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """RGB ``[h, w, 3]`` uint8 (even h, w) -> planar yuv420p ``[h * 3 // 2, w]`` (BT.601, limited range).
+
+    Done here in numpy rather than by libswscale, whose SIMD paths depend on the input buffer's
+    memory alignment and so do not always give the same bytes for the same frame.
+    """
+    rgb = frame.astype(np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+
+    def half(c: np.ndarray) -> np.ndarray:  # 2 x 2 mean
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [y.ravel(), half(u).ravel(), half(v).ravel()]
+    out = np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8)
+    return out.reshape(h * 3 // 2, w)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18) -> Path:
     """Write ``frames`` (uint8 ``[f, h, w, 3]``) as an H.264 mp4 at ``fps``; atomic and reproducible.
 
@@ -58,15 +80,21 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream(
-                "libx264", rate=rate, options={"crf": str(crf), "preset": "medium", "threads": "1"}
+                "libx264", rate=rate,
+                # One thread and no macroblock-tree rate control: x264's mbtree SIMD path does not
+                # give the same bytes on every run; without it the output is reproducible.
+                options={"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "no-mbtree=1"},
             )
             stream.width = frames.shape[2]
             stream.height = frames.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.codec_context.thread_count = 1
-            for frame in frames:
-                packet = stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
-                container.mux(packet)
+            stream.codec_context.time_base = 1 / rate
+            for i, frame in enumerate(frames):
+                picture = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(frame), format="yuv420p")
+                picture.pts = i  # explicit timestamps: x264's rate control reads them
+                picture.time_base = 1 / rate
+                container.mux(stream.encode(picture))
             container.mux(stream.encode(None))
         os.replace(tmp, path)
     finally:
