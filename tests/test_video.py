@@ -116,3 +116,15 @@ def test_gif_round_trip(tmp_path):
         back = np.asarray(im.convert("RGB")).astype(float)
     assert np.abs(back - frames[2]).mean() < 12  # palette quantisation
     assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("dst_fps", [3.0, 8.0, 30.0])
+def test_read_resampled_while_decoding_equals_read_then_resample(tmp_path, dst_fps):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, size=(25, 32, 48, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, 10.0)
+    decoded, src_fps = read_video(path)
+    expected = resample_video(decoded, src_fps, dst_fps, 16, 24)
+    streamed, fps = read_video(path, fps=dst_fps, height=16, width=24)
+    assert fps == dst_fps
+    np.testing.assert_array_equal(streamed, expected)

@@ -210,15 +210,15 @@ def _preprocess_run(x: np.ndarray, config: GlfaConfig, path: str) -> tuple[np.nd
 def _read_videos(plan: _Plan, config: GlfaConfig, writer: StoreWriter, checksums: dict[str, str],
                  root: Path, bar) -> dict[str, dict[str, Any]]:
     """Decode, resample and store every shown stimulus once; returns {id: {frames, duration}}."""
-    from glfa.data.video import read_video, resample_video
+    from glfa.data.video import read_video
 
     win = config.data.windows
     out = {}
     for sid in plan.shown:
         stim = plan.stimuli[sid]
         bar.set_postfix_str(f"video {sid}")
-        frames, fps = read_video(stim.video)
-        frames = resample_video(frames, fps, win.fps, win.video_height, win.video_width)  # [F, h, w, 3]
+        # resampled while decoding: a long movie is never held in memory at its source rate
+        frames, _ = read_video(stim.video, fps=win.fps, height=win.video_height, width=win.video_width)  # [F, h, w, 3]
         captions = list(stim.captions)
         if len(captions) == 1:
             captions = captions * len(frames)

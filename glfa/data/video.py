@@ -102,29 +102,58 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
     return path
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """Decode a video file -> (frames uint8 ``[f, h, w, 3]``, fps); DataError naming the file if it cannot."""
+def read_video(
+    path: str | Path, *, fps: float | None = None, height: int | None = None, width: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Decode a video file -> (frames uint8 ``[f, h, w, 3]``, fps); DataError naming the file if it cannot.
+
+    With ``fps`` (and ``height``, ``width``) the video is resampled while it is decoded, exactly as
+    :func:`resample_video` would, keeping only the frames it needs: an 8-minute 30 fps movie is never
+    held in memory whole.
+    """
     import av
 
     path = Path(path)
     if not path.is_file():
         raise DataError("video file not found", path=path)
+    kept: list[np.ndarray] = []
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.video:
                 raise DataError("no video stream in the file", path=path)
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            if not rate:
+                raise DataError("the video has no frame rate", path=path)
+            src_fps = float(rate)
+            n_source = 0
+            for n_source, frame in enumerate(container.decode(stream), start=1):
+                image = frame.to_ndarray(format="rgb24")
+                if fps is None:
+                    kept.append(image)
+                    continue
+                # output j shows source frame round(j * src / dst): emit every j that lands here
+                while _source_index(len(kept), src_fps, fps) == n_source - 1:
+                    kept.append(image)
     except DataError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise DataError(f"cannot decode the video ({exc.__class__.__name__}: {exc})", path=path) from None
-    if not frames:
+    if not n_source:
         raise DataError("the video holds no decodable frame", path=path)
-    if not rate:
-        raise DataError("the video has no frame rate", path=path)
-    return np.stack(frames), float(rate)
+    if fps is None:
+        return np.stack(kept), src_fps
+    n_out = len(resample_times(n_source, src_fps, fps))
+    kept = kept[:n_out] + [image] * (n_out - len(kept))  # outputs past the last frame show the last frame
+    frames = np.stack(kept)
+    if height is not None and width is not None:
+        frames = resize_frames(frames, height, width)
+    return frames, float(fps)
+
+
+def _source_index(j, src_fps: float, dst_fps: float):
+    """The source frame nearest output time ``j / dst_fps`` (before clamping to the clip); ``j`` int or array."""
+    return np.floor(np.asarray(j) / dst_fps * src_fps + 0.5 + 1e-9).astype(np.int64)
 
 
 def resample_times(n_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
@@ -135,19 +164,23 @@ def resample_times(n_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
     if n_frames < 1 or not src_fps > 0 or not dst_fps > 0:
         raise ValueError(f"need n_frames >= 1 and positive rates, got {n_frames}, {src_fps}, {dst_fps}")
     n_out = max(1, int(np.ceil(n_frames * dst_fps / src_fps - 1e-9)))
-    times = np.arange(n_out) / dst_fps
-    return np.minimum(np.floor(times * src_fps + 0.5 + 1e-9).astype(np.int64), n_frames - 1)
+    return np.minimum(_source_index(np.arange(n_out), src_fps, dst_fps), n_frames - 1)
 
 
 def resample_video(
     frames: np.ndarray, src_fps: float, dst_fps: float, height: int, width: int
 ) -> np.ndarray:
     """Resample uint8 ``[f, h, w, 3]`` frames in time (nearest frame) and space (antialiased bilinear)."""
+    frames = _check_frames(frames)
+    frames = frames[resample_times(frames.shape[0], src_fps, dst_fps)]  # [f_out, h, w, 3]
+    return resize_frames(frames, height, width)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 ``[f, h, w, 3]`` frames to ``height x width`` (antialiased bilinear, torch)."""
     import torch
     import torch.nn.functional as F
 
-    frames = _check_frames(frames)
-    frames = frames[resample_times(frames.shape[0], src_fps, dst_fps)]  # [f_out, h, w, 3]
     if frames.shape[1:3] == (height, width):
         return np.ascontiguousarray(frames)
     out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
