@@ -202,7 +202,7 @@ def test_wen_reader(wen):
 def test_wen_without_captions_and_bad_input(wen, tmp_path):
     root = _copy(wen, tmp_path)
     shutil.rmtree(root / "captions")
-    assert get_source("wen2017", root, _config()).stimuli()["seg2"].captions == ("",)
+    assert get_source("wen2017", root, _config()).stimuli()["seg2"].captions == ()
     (root / "stimuli" / "seg2.mp4").unlink()
     with pytest.raises(DataError, match="stimuli/seg2.mp4"):
         get_source("wen2017", root, _config()).stimuli()
@@ -408,6 +408,22 @@ def test_prepare_wen_windows(wen, tmp_path):
         np.testing.assert_allclose(store.fmri("1", ws[k]), expected, atol=2e-2)
     assert store.captions([w for w in store.windows() if w.stimulus_id == "seg1"][1])[:2] == [
         "seg1 frame 8", "seg1 frame 9"]
+
+
+def test_prepare_wen_without_captions_counts_them(wen, tmp_path):
+    from glfa.data.prepare import PrepareWarning, prepare_study
+    from glfa.data.store import StudyStore
+
+    root = _copy(wen, tmp_path)
+    shutil.rmtree(root / "captions")
+    config = _config(layout="wen2017", image_size=32, preprocess={"drop_initial_trs": 1, "hrf_lag_seconds": 6.0},
+                     windows={"fmri_seconds": 4.0, "video_seconds": 2.0, "stride_seconds": 2.0, "fps": 4,
+                              "video_height": 32, "video_width": 32})
+    with pytest.warns(PrepareWarning, match="have no captions.*glfa caption"):
+        path = prepare_study(root, tmp_path / "store", config, progress=False)
+    store = StudyStore.open(path)
+    assert sorted(store.manifest["counts"]["uncaptioned_stimuli"]) == sorted(store.stimuli)
+    assert set(store.captions(store.windows()[0])) == {""}
 
 
 def test_prepare_generic(generic, tmp_path):

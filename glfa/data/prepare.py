@@ -208,11 +208,12 @@ def _preprocess_run(x: np.ndarray, config: GlfaConfig, path: str) -> tuple[np.nd
 
 
 def _read_videos(plan: _Plan, config: GlfaConfig, writer: StoreWriter, checksums: dict[str, str],
-                 root: Path, bar) -> dict[str, dict[str, Any]]:
+                 root: Path, bar, counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Decode, resample and store every shown stimulus once; returns {id: {frames, duration}}."""
     from glfa.data.video import read_video
 
     win = config.data.windows
+    uncaptioned = counts["uncaptioned_stimuli"]
     out = {}
     for sid in plan.shown:
         stim = plan.stimuli[sid]
@@ -220,13 +221,16 @@ def _read_videos(plan: _Plan, config: GlfaConfig, writer: StoreWriter, checksums
         # resampled while decoding: a long movie is never held in memory at its source rate
         frames, _ = read_video(stim.video, fps=win.fps, height=win.video_height, width=win.video_width)  # [F, h, w, 3]
         captions = list(stim.captions)
+        if not captions:  # the dataset has no captions (yet): stored empty, counted, reported
+            uncaptioned.append(sid)
+            captions = [""]
         if len(captions) == 1:
             captions = captions * len(frames)
         if len(captions) != len(frames):
             raise DataError(f"stimulus {sid!r} has {len(stim.captions)} captions; expected 1 or one per stored "
                             f"frame ({len(frames)} at {win.fps:g} fps)", path=stim.video, field="captions")
         empty = [i for i, c in enumerate(captions) if not str(c).strip()]
-        if empty:
+        if empty and sid not in uncaptioned:
             raise DataError(f"stimulus {sid!r} has a missing (empty) caption at frame {empty[0]}",
                             path=stim.video, field="captions")
         if stim.split not in ("train", "test"):
@@ -277,7 +281,8 @@ def build_store(source: StudySource, store_dir: str | Path, config: GlfaConfig, 
     geometry = _Geometry(source, plan.kind, config)
     checksums: dict[str, str] = {}
     counts: dict[str, Any] = {"constant_vertices": {}, "skipped_runs": [], "repeats_ignored": 0,
-                              "windows_dropped_at_run_end": 0, "stimuli_without_windows": []}
+                              "windows_dropped_at_run_end": 0, "stimuli_without_windows": [],
+                              "uncaptioned_stimuli": []}
     n_runs = sum(len(r) for r in plan.runs.values())
     with StoreWriter(store_dir, image_size=data.image_size, video_size=(win.video_height, win.video_width),
                      fmri_dtype=data.fmri_dtype, compression=None if data.store_compression == "none" else data.store_compression,
@@ -286,7 +291,11 @@ def build_store(source: StudySource, store_dir: str | Path, config: GlfaConfig, 
         writer.set_mask(geometry.mask)
         if geometry.projector is not None:
             writer.set_projector(geometry.projector.to_arrays())
-        videos = _read_videos(plan, config, writer, checksums, source.root, bar)
+        videos = _read_videos(plan, config, writer, checksums, source.root, bar, counts)
+        if counts["uncaptioned_stimuli"]:
+            warnings.warn(f"{len(counts['uncaptioned_stimuli'])} stimulus clip(s) have no captions (the "
+                          f"{source.layout} dataset ships none): run `glfa caption` before training stage 1",
+                          PrepareWarning, stacklevel=2)
         needed = {sid: response_length(v["duration"], tr=tr, windows=win) for sid, v in videos.items()}
         lengths: dict[str, dict[str, int]] = defaultdict(dict)
         for subject in plan.subjects:

@@ -23,7 +23,9 @@ class Stimulus:
     """One stimulus clip: its video file, its split and its caption(s).
 
     ``captions`` holds one caption for the whole clip, or one per stored video frame
-    (the store repeats a single caption over every frame).
+    (the store repeats a single caption over every frame), or nothing when the dataset has
+    no captions yet (Wen 2017 before ``glfa caption``): the store then holds empty captions
+    and the stages that need captions refuse it.
     """
 
     stimulus_id: str

@@ -30,7 +30,8 @@ haemodynamic lag (6 s = 3 TRs) stays inside the run. A run with fewer volumes th
 Captions. Wen et al. ship none. If ``ROOT/captions/<stimulus id>.json`` exists it is read: a
 JSON list of strings, one caption per stored video frame at the config's fps (``glfa caption``
 writes them), or one string for the whole segment. Without it the stimulus gets one empty
-caption (``("",)``); ``prepare`` counts and reports the stimuli without captions.
+captions (``()``); ``prepare`` stores empty captions, counts the stimuli without captions and
+says to run ``glfa caption``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Wen2017Source(SurfaceReader):
     def _captions(self, stim_id: str) -> tuple[str, ...]:
         path = self.root / "captions" / f"{stim_id}.json"
         if not path.is_file():
-            return ("",)
+            return ()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
