@@ -6,7 +6,11 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 1. ``simulate``: the synthetic study, cached in ``OUT/cache/study-<hash>`` keyed by the
    simulation config (reused when present);
 2. ``prepare``: the study store ``OUT/store`` (reused when its manifest records the same study
-   folder and the same ``data`` config).
+   folder and the same ``data`` config);
+3. ``pretrain``: stage 0, the tiny fMRI-PTE fine-tuned on the training split into
+   ``OUT/run-<hash>/pte`` (reused when that folder holds a finished run of the same config);
+4. ``align``: GLFA as a functional alignment, leave-one-subject-out on the test split: fSC and
+   ISC before and after GLFA, as the paper's Table 1 (``OUT/alignment/alignment.md``).
 
 Later stages append their step to :data:`STEPS`. The demo ends with a printed summary and
 ``OUT/summary.json``.
@@ -33,8 +37,10 @@ __all__ = ["QUICK", "STEPS", "DemoContext", "demo_config", "run_demo"]
 #: Overrides of ``--quick``: a study small enough for the tests.
 QUICK: dict[str, Any] = {
     "data": {"image_size": 64},
+    "pretrain": {"steps": 10, "batch_size": 8, "checkpoint_every": 10},
+    "align": {"steps": 20},
     "simulation": {
-        "n_subjects": 2, "n_categories": 4, "train_clips_per_category": 2, "test_clips_per_category": 1,
+        "n_subjects": 3, "n_categories": 4, "train_clips_per_category": 2, "test_clips_per_category": 1,
         "test_repeats": 2, "clip_seconds": 6.0, "blank_seconds": 2.0, "clips_per_run": 8, "frame_size": 32,
     },
 }  # fmt: skip
@@ -122,10 +128,52 @@ def step_prepare(ctx: DemoContext) -> dict[str, Any]:
     return result
 
 
+def step_pretrain(ctx: DemoContext) -> dict[str, Any]:
+    """Stage 0: fine-tune the tiny fMRI-PTE on the training split (or reuse a finished run of the same config)."""
+    from glfa.training.pretrain import run_pretrain
+
+    key = _key({"store": str(ctx.paths["store"].absolute()), "model": ctx.config.model.model_dump(mode="json"),
+                "pretrain": ctx.config.pretrain.model_dump(mode="json"), "subjects": ctx.config.subjects.model_dump()})
+    run_dir = ctx.out / f"run-{key}"
+    metrics_path = run_dir / "pretrain" / "metrics.json"
+    reused = metrics_path.is_file() and (run_dir / "pte").is_dir()
+    if not reused:
+        run_pretrain(ctx.config, ctx.paths["store"], run_dir, resume=(run_dir / "pretrain").is_dir(),
+                     progress=ctx.progress)
+    metrics = json.loads(metrics_path.read_text())
+    ctx.paths["run"] = run_dir
+    return {"path": str(run_dir / "pte"), "reused": reused, "steps": metrics.get("steps"),
+            "first_loss": metrics.get("first_loss"), "final_loss": metrics.get("final_loss")}
+
+
+def step_align(ctx: DemoContext) -> dict[str, Any]:
+    """GLFA alone: leave-one-subject-out fSC and ISC before and after alignment (paper Table 1)."""
+    from glfa.data.store import StudyStore
+    from glfa.evaluation import evaluate_alignment, write_alignment_table
+
+    store = StudyStore.open(ctx.paths["store"])
+    try:
+        table = evaluate_alignment(store, ctx.config)
+    finally:
+        store.close()
+    paths = write_alignment_table(table, ctx.out / "alignment", ctx.config, store_path=ctx.paths["store"])
+    if ctx.progress:
+        print(table.to_markdown())
+    rows = table.to_dict()["rows"]
+    identity, aligned = rows[0], [r for r in rows if r["held_out"]]
+    return {
+        "path": str(paths["markdown"]),
+        "held_out_isc_identity": {r["held_out"]: round(identity["isc"][r["held_out"]], 3) for r in aligned},
+        "held_out_isc_glfa": {r["held_out"]: round(r["isc"][r["held_out"]], 3) for r in aligned},
+    }
+
+
 #: The demo's steps, in order: (name, function of the context returning a JSON-able summary).
 STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("simulate", step_simulate),
     ("prepare", step_prepare),
+    ("pretrain", step_pretrain),
+    ("align", step_align),
 ]
 
 

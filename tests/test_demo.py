@@ -1,8 +1,9 @@
-"""glfa demo --quick: simulate (cached) -> prepare (reused) -> summary."""
+"""glfa demo --quick: simulate (cached) -> prepare (reused) -> pretrain -> align -> summary."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -18,7 +19,9 @@ def test_demo_config_is_shipped_and_valid():
     config = load_config(path)
     assert config.simulation.n_categories >= 12 and config.data.layout == "generic"
     quick = demo_config(quick=True)
-    assert quick.simulation.n_subjects == QUICK["simulation"]["n_subjects"] < config.simulation.n_subjects
+    assert quick.simulation.n_subjects == QUICK["simulation"]["n_subjects"] == 3  # leave-one-out needs 3
+    assert quick.simulation.n_categories < config.simulation.n_categories
+    assert quick.pretrain.steps < config.pretrain.steps and quick.align.steps < config.align.steps
     assert yaml.safe_load(path.read_text())["name"] == "demo"
 
 
@@ -27,7 +30,7 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
     summary = run_demo(out, quick=True, progress=False)
     sim, prep = summary["steps"]["simulate"], summary["steps"]["prepare"]
     assert not sim["reused"] and not prep["reused"]
-    assert sim["subjects"] == ["01", "02"] and prep["subjects"] == ["01", "02"]
+    assert sim["subjects"] == ["01", "02", "03"] and prep["subjects"] == ["01", "02", "03"]
     assert prep["windows_train"] > 0 and prep["windows_test"] > 0
     assert prep["stimuli"] == sim["stimuli"] == 4 * 3
     store = StudyStore.open(out / "store")
@@ -36,13 +39,21 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
     assert store.fmri("01", window).shape[1:] == (64, 64)
     assert store.captions(window)[0].startswith(("a ", "an ", "the "))
     store.close()
+    pre = summary["steps"]["pretrain"]
+    assert not pre["reused"] and pre["steps"] == 10
+    assert (Path(pre["path"]) / "config.json").is_file()
+    align = summary["steps"]["align"]
+    table = (out / "alignment" / "alignment.md").read_text()
+    assert "identity" in table and "01,02 -> 03" in table
+    assert set(align["held_out_isc_glfa"]) == {"01", "02", "03"}
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["steps"]["prepare"]["windows_test"] == prep["windows_test"]
     printed = capsys.readouterr().out
     assert "simulate" in printed and "prepare" in printed and str(out / "summary.json") in printed
 
-    # Second run, through the command line: both steps are reused.
+    # Second run, through the command line: the study, the store and the pretrained PTE are reused.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["steps"]["simulate"]["reused"] and again["steps"]["prepare"]["reused"]
+    assert again["steps"]["pretrain"]["reused"]
     assert again["steps"]["simulate"]["path"] == sim["path"]
