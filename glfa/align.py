@@ -107,7 +107,7 @@ class GLFAAligner(BaseEstimator):
     """
 
     def __init__(self, *, parcel_size: int = 16, kernel_size: int = 13, consistency_weight: float = 0.5,
-                 n_steps: int = 100, batch_size: int = 8, learning_rate: float = 1e-2, weight_decay: float = 0.01,
+                 n_steps: int = 60, batch_size: int = 4, learning_rate: float = 2e-2, weight_decay: float = 0.01,
                  device: str = "auto", seed: int = 0, mask: np.ndarray | None = None, projector: Any = None,
                  verbose: bool = False):
         self.parcel_size = parcel_size

@@ -264,9 +264,9 @@ class AlignConfig(_Strict):
     Parcel size, kernel size and lambda come from ``model.glfa``.
     """
 
-    steps: int = Field(100, gt=0, description="AdamW steps (sized for the 2-minute CPU fit of the default study)")
-    batch_size: int = Field(8, gt=0, description="time points per step, taken jointly from every subject")
-    learning_rate: float = Field(1e-2, gt=0)
+    steps: int = Field(60, gt=0, description="AdamW steps (sized for the 2-minute CPU fit of the default study)")
+    batch_size: int = Field(4, gt=0, description="time points per step, taken jointly from every subject")
+    learning_rate: float = Field(2e-2, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
 
