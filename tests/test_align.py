@@ -16,13 +16,7 @@ from glfa.metrics import fsc, isc
 SMALL = dict(parcel_size=8, kernel_size=5, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny images: one thread is as fast, and far faster when the cores are shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _patches(x: np.ndarray, k: int) -> np.ndarray:

@@ -29,13 +29,7 @@ from glfa.training.loop import Stage, StepOutput, TrainSettings, train
 # ----------------------------------------------------------------------------- a toy stage (also used by test_training)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run on one thread: on a shared 2-core machine more threads only contend (10x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_checkpoint import ToyStage, final_weights, one_thread, toy_settings  # noqa: F401 (autouse fixture)
+from test_checkpoint import ToyStage, final_weights, toy_settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 from glfa.cli import main
 from glfa.config import validate_config

@@ -59,17 +59,25 @@ def save_model(directory: str | Path, class_name: str, config: dict[str, Any],
     return directory
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; CheckpointError naming the file if it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc.__class__.__name__}: {exc})", path=path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("expected a JSON object", path=path)
+    return data
+
+
 def read_config(directory: str | Path, class_name: str) -> dict[str, Any]:
     """The ``config`` section of a saved ``class_name``; CheckpointError for a missing or foreign folder."""
     directory = Path(directory)
     cfg_path = directory / CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"no saved model here (missing {CONFIG_NAME})", path=directory)
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"unreadable config ({exc.__class__.__name__}: {exc})", path=cfg_path) from None
-    if not isinstance(meta, dict) or "config" not in meta or "class" not in meta:
+    meta = read_json_object(cfg_path)
+    if "config" not in meta or "class" not in meta:
         raise CheckpointError("not a glfa model config (expected keys 'class' and 'config')", path=cfg_path)
     if meta["class"] != class_name:
         raise CheckpointError(f"holds a {meta['class']}, expected a {class_name}", path=directory, field="class")

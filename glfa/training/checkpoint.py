@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from glfa.errors import CheckpointError
+from glfa.models.serialization import read_json_object
 
 FORMAT = "glfa-checkpoint"
 VERSION = 1
@@ -340,12 +341,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError("checkpoint folder not found", path=path)
     if not state_path.is_file():
         raise CheckpointError(f"missing {STATE_FILE}: the checkpoint is half-written or damaged", path=state_path)
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"not valid JSON ({exc})", path=state_path) from None
-    if not isinstance(state, dict):
-        raise CheckpointError("expected a JSON object", path=state_path)
+    state = read_json_object(state_path)
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"missing required key(s) {missing}", path=state_path)
