@@ -87,14 +87,15 @@ def bytes_per_frame(path: Path) -> tuple[float, float, float]:
         return fmri_bytes / fmri_frames, video.id.get_storage_size() / video.shape[0], float(mask.mean())
 
 
-def throughput(path: Path, *, samples: int, workers: int, batch_size: int, with_video: bool) -> float:
+def throughput(path: Path, *, samples: int, workers: int, batch_size: int, with_video: bool,
+               item_dtype: str = "float32") -> float:
     """Samples/s of StimulusWindowDataset through a DataLoader (after one warm-up pass over the store)."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
     from glfa.data.datasets import StimulusWindowDataset, collate_windows
 
-    ds = StimulusWindowDataset(path, None, "train", with_video=with_video)
+    ds = StimulusWindowDataset(path, None, "train", with_video=with_video, dtype=getattr(torch, item_dtype))
     for i in range(len(ds)):  # warm the page cache, as a store read every epoch is
         ds[i]
     if workers == 0:  # one process, no DataLoader: the cost of reading and converting a sample
@@ -186,6 +187,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--video-frames", type=int, default=12, help="m: video frames per sample")
     ap.add_argument("--dir", default=None, help="where to build the fixtures (default: a temp folder)")
+    ap.add_argument("--item-dtype", choices=["float32", "float16"], default="float32",
+                    help="dtype of the fMRI tensors the Dataset yields (float16: half the bytes between processes)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="glfa-bench-store-", dir=args.dir))
@@ -197,7 +200,8 @@ def main() -> None:
                                     size=args.size, video_frames=args.video_frames, compression=compression)
             fmri_bpf, video_bpf, mask_frac = bytes_per_frame(path)
             rates = {(v, w): throughput(path, samples=args.samples, workers=w, batch_size=args.batch_size,
-                                        with_video=v) for v in (False, True) for w in (0, args.workers)}
+                                        with_video=v, item_dtype=args.item_dtype)
+                     for v in (False, True) for w in (0, args.workers)}
             rows.append((compression or "none", write_s, fmri_bpf, video_bpf, mask_frac, rates))
             shutil.rmtree(path)
     finally:
@@ -207,7 +211,8 @@ def main() -> None:
     print(f"Fixture: {args.subjects} subjects x {args.stimuli} stimuli x {args.trs} TRs = {n_fmri} fMRI frames "
           f"at {args.size} x {args.size} float16 (mask {rows[0][4]:.1%} of the pixels); "
           f"samples of {FMRI_FRAMES} fMRI frames x {args.subjects} subjects + {args.video_frames} video frames "
-          f"at {args.size} x {args.size}; DataLoader workers {args.workers}, batch {args.batch_size}, "
+          f"at {args.size} x {args.size}, yielded as {args.item_dtype}; DataLoader workers {args.workers}, "
+          f"batch {args.batch_size}, "
           f"{args.samples} random samples (warm page cache); '1 process' reads samples in a loop, one thread.\n")
     w = args.workers
     print(f"| fMRI chunk filter | write s | fMRI KB/frame | video KB/frame | samples/s fMRI only, {w} workers "

@@ -71,6 +71,17 @@ def test_without_video(store):
     assert "frames" not in item and item["captions"] == ["c0", "c1"]
 
 
+def test_float16_items_hold_the_stored_values(store):
+    import torch
+
+    full = StimulusWindowDataset(store, ["s1", "s2"], "train")[1]["fmri"]
+    half = StimulusWindowDataset(store, ["s1", "s2"], "train", dtype=torch.float16)[1]["fmri"]
+    assert full.dtype == torch.float32 and half.dtype == torch.float16
+    assert torch.equal(half.float(), full)  # the store keeps float16: nothing is lost
+    one = SubjectWindowDataset(store, ["s1"], "train", dtype=torch.float16)[0]["fmri"]
+    assert one.dtype == torch.float16
+
+
 def test_subject_windows(store):
     ds = SubjectWindowDataset(store, ["s1", "s2"], "train")
     assert len(ds) == 6 + 3

@@ -39,19 +39,20 @@ def _resolve(store: StudyStore | str | Path, subjects: list[str] | None, split: 
     return store, subjects
 
 
-def _float32(a: np.ndarray) -> torch.Tensor:
-    """A float32 tensor of ``a`` (torch converts float16 several times faster than numpy)."""
-    return torch.from_numpy(a).float()
+def _as_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a ``dtype`` tensor (torch converts float16 several times faster than numpy)."""
+    return torch.from_numpy(a).to(dtype)
 
 
 class _WindowDataset(Dataset):
     """Shared item assembly: frames and captions of a window, optionally without video."""
 
     def __init__(self, store: StudyStore | str | Path, subjects: list[str] | None, split: str | None,
-                 with_video: bool):
+                 with_video: bool, dtype: torch.dtype):
         self.store, self.subjects = _resolve(store, subjects, split)
         self.split = split
         self.with_video = with_video
+        self.dtype = dtype
 
     def _common(self, window: Window) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -81,11 +82,14 @@ class StimulusWindowDataset(_WindowDataset):
         Windows of this split (None: both).
     with_video : bool
         Read the video frames (False skips the ``frames`` key).
+    dtype : torch.dtype
+        dtype of the ``fmri`` tensors (float32). ``torch.float16`` (the store's default dtype, so
+        nothing is lost) halves the bytes DataLoader workers send: convert on the device.
     """
 
     def __init__(self, store: StudyStore | str | Path, subjects: list[str] | None = None,
-                 split: str | None = None, with_video: bool = True):
-        super().__init__(store, subjects, split, with_video)
+                 split: str | None = None, with_video: bool = True, dtype: torch.dtype = torch.float32):
+        super().__init__(store, subjects, split, with_video, dtype)
         self.windows = [w for w in self.store.windows(split)
                         if all(self.store.has(s, w.stimulus_id) for s in self.subjects)]
 
@@ -96,9 +100,9 @@ class StimulusWindowDataset(_WindowDataset):
         w = self.windows[i]
         size = self.store.image_size
         stored = np.empty((len(self.subjects), self.store.fmri_frames, size, size), self.store.fmri_dtype)
-        for i, s in enumerate(self.subjects):
-            self.store.fmri(s, w, out=stored[i])  # [S, n, H, W] in the stored dtype
-        item = {"fmri": _float32(stored), "subjects": list(self.subjects)}
+        for k, s in enumerate(self.subjects):
+            self.store.fmri(s, w, out=stored[k])  # [S, n, H, W] in the stored dtype
+        item = {"fmri": _as_tensor(stored, self.dtype), "subjects": list(self.subjects)}
         item.update(self._common(w))
         return item
 
@@ -111,8 +115,8 @@ class SubjectWindowDataset(_WindowDataset):
     """
 
     def __init__(self, store: StudyStore | str | Path, subjects: list[str] | None = None,
-                 split: str | None = None, with_video: bool = True):
-        super().__init__(store, subjects, split, with_video)
+                 split: str | None = None, with_video: bool = True, dtype: torch.dtype = torch.float32):
+        super().__init__(store, subjects, split, with_video, dtype)
         self.items = [(s, w) for s in self.subjects for w in self.store.windows(split)
                       if self.store.has(s, w.stimulus_id)]
 
@@ -123,7 +127,7 @@ class SubjectWindowDataset(_WindowDataset):
         subject, w = self.items[i]
         size = self.store.image_size
         stored = np.empty((self.store.fmri_frames, size, size), self.store.fmri_dtype)
-        item = {"fmri": _float32(self.store.fmri(subject, w, out=stored)), "subject": subject}
+        item = {"fmri": _as_tensor(self.store.fmri(subject, w, out=stored), self.dtype), "subject": subject}
         item.update(self._common(w))
         return item
 
