@@ -18,6 +18,8 @@ from glfa.data.synthetic.subjects import OFFSETS, mix_parcels, parcellate
 from glfa.data.synthetic.cortex import cortex_geometry
 from glfa.data.video import read_video
 from glfa.errors import ConfigError, DataError
+from glfa.metrics.alignment import fsc_matrix
+from glfa.metrics.alignment import isc as isc_of
 from glfa.surface.cifti import read_dtseries
 
 #: A tiny study: 2 runs of 6 clips per subject.
@@ -45,24 +47,6 @@ def _runs(root: Path, sid: str):
             events = list(csv.DictReader(fh, delimiter="\t"))
         out.append((read_dtseries(bold), events))
     return out
-
-
-def _fsc(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over time points of the spatial Pearson correlation."""
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    return float(np.mean((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))))
-
-
-def _isc(series: list[np.ndarray]) -> float:
-    """Mean over subjects and vertices of corr(subject, sum of the others)."""
-    values = []
-    for i, a in enumerate(series):
-        others = sum(s for j, s in enumerate(series) if j != i)
-        a = a - a.mean(0)
-        o = others - others.mean(0)
-        values.append(np.mean((a * o).sum(0) / np.sqrt((a * a).sum(0) * (o * o).sum(0))))
-    return float(np.mean(values))
 
 
 def _bold(root: Path, sid: str) -> np.ndarray:
@@ -143,9 +127,10 @@ def test_similarity_falls_as_differences_grow(tmp_path):
     fsc, isc = [], []
     for level in (0.0, 1.0, 2.0):
         root = simulate_study(tmp_path / f"d{level}", _config(**TINY, subject_difference=level, snr=3.0))
-        series = [_bold(root, s) for s in ("01", "02", "03")]
-        fsc.append(np.mean([_fsc(series[i], series[j]) for i, j in ((0, 1), (0, 2), (1, 2))]))
-        isc.append(_isc(series))
+        series = {s: _bold(root, s) for s in ("01", "02", "03")}  # [T, V] each
+        matrix = fsc_matrix(series)
+        fsc.append(np.mean(matrix[np.triu_indices(3, k=1)]))
+        isc.append(np.mean(list(isc_of(series).values())))
     assert all(x > y for x, y in zip(fsc, fsc[1:])), fsc
     assert all(x > y for x, y in zip(isc, isc[1:])), isc
     assert fsc[-1] < fsc[0] - 0.2 and isc[-1] < isc[0] - 0.2, (fsc, isc)
