@@ -218,6 +218,8 @@ class ContrastiveConfig(TrainCommon):
     crop_scale: float = Field(0.8, gt=0, le=1, description="smallest side fraction of random frame crops")
     word_swap_prob: float = Field(0.1, ge=0, le=1)
     synonym_prob: float = Field(0.1, ge=0, le=1)
+    augment_views: int = Field(4, ge=1, description="cached crop views per frame and caption variants per caption "
+                               "(view 0 is the plain frame / caption); a step draws one at random")
 
 
 class CotrainConfig(TrainCommon):
@@ -229,6 +231,26 @@ class CotrainConfig(TrainCommon):
     steps: int = Field(30000, gt=0)
     generator: str | None = Field(None, description="local directory (or hub id) of a diffusers text-to-video model")
     trainable_unet_patterns: list[str] = Field(default_factory=lambda: ["attn1", "attn2", "temp_conv"])
+
+
+class LeaConfig(_Strict):
+    """The LEA baseline: ridge regression from the fMRI encoder's latent to the generator's text tokens."""
+
+    alphas: list[float] = Field(default_factory=lambda: [1e-1, 1.0, 1e1, 1e2, 1e3, 1e4],
+                                description="ridge penalties tried; the best by k-fold CV on the training windows")
+    cv_folds: int = Field(5, ge=2)
+
+
+class DemoGeneratorConfig(_Strict):
+    """The demo's tiny text-to-video model, trained on the synthetic clips (cached once per machine)."""
+
+    vae_steps: int = Field(400, gt=0)
+    unet_steps: int = Field(1500, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    cross_attention_dim: int = Field(32, gt=0, description="must equal model.heads.token_dim")
+    seed: int = 0
+    cache_dir: str | None = Field(None, description="null = $GLFA_CACHE or ~/.cache/glfa")
 
 
 class GenerationConfig(_Strict):
@@ -326,7 +348,9 @@ class GlfaConfig(_Strict):
     generation: GenerationConfig = GenerationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     align: AlignConfig = AlignConfig()
+    lea: LeaConfig = LeaConfig()
     simulation: SimulationConfig = SimulationConfig()
+    demo_generator: DemoGeneratorConfig = DemoGeneratorConfig()
 
     # Where the config came from; used in error messages, never serialised.
     _source: str = "<config>"

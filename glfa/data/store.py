@@ -357,6 +357,15 @@ class StudyStore:
         a = self._stimulus(window.stimulus_id)["video_start"] + window.video_start
         return self._dataset("video/frames")[a:a + self.video_frames]
 
+    def frame_index(self, window: Window) -> int:
+        """Position of the window's first video frame in the store's frame table (``video/frames``)."""
+        return int(self._stimulus(window.stimulus_id)["video_start"] + window.video_start)
+
+    @property
+    def num_video_frames(self) -> int:
+        """Rows of the store's frame table: every stored frame of every stimulus."""
+        return int(self._dataset("video/frames").shape[0])
+
     def captions(self, window: Window) -> list[str]:
         """The captions of one window's frames (``m`` strings)."""
         a = self._stimulus(window.stimulus_id)["video_start"] + window.video_start
