@@ -233,3 +233,56 @@ def write_fudan_study(
             out.data[rel] = images.astype(np.float32)
         out.info["runs"][str(subject)] = {r: [str(v) for v in clip_ids] for r, clip_ids in run_ids.items()}
     return out
+
+
+# ----------------------------------------------------------------------------- a tiny decoding store
+
+DECODING_CAPTIONS = ("a red ball rolls on grass", "a blue car drives on a road", "a green tree sways in wind",
+                     "a yellow dog runs on sand", "a white boat sails on water", "a black cat sleeps on a sofa")
+
+
+def write_decoding_store(path: Path, *, subjects: tuple[str, ...] = ("s1", "s2", "s3"), train_stimuli: int = 4,
+                         test_stimuli: int = 2, frames: int = 6, fmri_frames: int = 2, image_size: int = 16,
+                         video_size: int = 16, video_frames: int = 4, seed: int = 0) -> Path:
+    """A tiny study store for the decoding stages: video, captions and planted fMRI.
+
+    Each stimulus is a clip of ``frames`` frames of one flat colour (stimulus ``k`` gets colour
+    ``k`` of a fixed palette plus a moving bright square) and one caption from
+    :data:`DECODING_CAPTIONS`; every subject's response is a stimulus-specific image pattern
+    (shared by subjects, shifted one pixel per subject) plus noise, so the stimulus is
+    decodable from fMRI. Windows start at every frame (stride 1, overlapping). fMRI and video
+    share the frame clock: window ``i`` of a stimulus covers fMRI frames and video frames
+    ``i ..`` (``fmri_frames`` and ``video_frames`` of them; ``frames >= max`` of the two).
+    """
+    from glfa.data.store import StoreWriter
+    from glfa.data.windows import Window
+
+    rng = np.random.default_rng(seed)
+    stimuli = [(f"train{k}", "train") for k in range(train_stimuli)] + [(f"test{k}", "test") for k in range(test_stimuli)]
+    yy, xx = np.mgrid[:image_size, :image_size] / image_size
+    mask = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.45**2
+    span = max(fmri_frames, video_frames)
+    windows = []
+    with StoreWriter(path, image_size=image_size, video_size=(video_size, video_size), fmri_dtype="float32") as writer:
+        patterns = {}
+        for k, (stim, split) in enumerate(stimuli):
+            colour = np.array([(37 * k) % 256, (91 * k + 60) % 256, (53 * k + 120) % 256], np.uint8)
+            clip = np.broadcast_to(colour, (frames, video_size, video_size, 3)).copy()
+            for t in range(frames):  # a bright square moving to the right
+                x0 = (t * 2) % max(1, video_size - 4)
+                clip[t, 2:6, x0:x0 + 4] = 255
+            caption = DECODING_CAPTIONS[k % len(DECODING_CAPTIONS)]
+            writer.add_stimulus(stim, split, clip, [caption] * frames, float(frames))
+            patterns[stim] = np.sin((k + 1) * 3 * xx + k) * np.cos((k + 2) * 2 * yy)  # [H, W]
+            for start in range(frames - span + 1):
+                windows.append(Window(stim, split, float(start), start, start, len(windows)))
+        for s, subject in enumerate(subjects):
+            for stim, _ in stimuli:
+                base = np.roll(patterns[stim], s, axis=1)
+                series = base[None] * (1 + 0.1 * np.arange(frames))[:, None, None]
+                series = series + 0.2 * rng.normal(size=(frames, image_size, image_size))
+                writer.add_response(subject, stim, (series * mask).astype(np.float32))
+        writer.set_mask(mask)
+        writer.finish(windows, {"tr": 1.0, "fps": 1.0, "fmri_frames": fmri_frames, "video_frames": video_frames,
+                                "config": {}})
+    return path
