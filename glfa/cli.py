@@ -95,17 +95,101 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a stage of the fMRI-to-video model")
-    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    q = stages.add_parser("pretrain", help="stage 0: reconstruction fine-tuning of fMRI-PTE on the training split")
+def _cmd_train_contrastive(args: argparse.Namespace) -> int:
+    from glfa.training.contrastive import run_contrastive
+
+    config = _config(args)
+    result = run_contrastive(config, Path(args.store), args.out, resume=args.resume, progress=not args.quiet)
+    print(f"stage 1 (contrastive) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
+    print(f"encoder saved to {result.outputs['encoder']}")
+    print(f"metrics, config and checkpoints in {result.stage_dir}")
+    return 0
+
+
+def _cmd_train_cotrain(args: argparse.Namespace) -> int:
+    from glfa.training.cotrain import run_cotrain
+
+    config = _config(args)
+    if args.generator:
+        config.cotrain.generator = args.generator
+    result = run_cotrain(config, Path(args.store), args.out, method=args.method, glfa=False if args.no_glfa else None,
+                         resume=args.resume, progress=not args.quiet)
+    print(f"stage 2 (co-training) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
+    print(f"decoder saved to {result.outputs['model']}")
+    print(f"metrics, config and checkpoints in {result.stage_dir}")
+    return 0
+
+
+def _cmd_train_lea(args: argparse.Namespace) -> int:
+    from glfa.baselines.lea import fit_lea
+
+    config = _config(args)
+    if args.generator:
+        config.cotrain.generator = args.generator
+    path = fit_lea(config, Path(args.store), args.out, progress=not args.quiet)
+    print(f"LEA baseline (ridge from the encoder's latent to the text tokens) saved to {path}")
+    return 0
+
+
+def _train_parser(stages, name: str, help: str, func) -> argparse.ArgumentParser:
+    """A ``glfa train NAME`` parser with the options every stage takes."""
+    q = stages.add_parser(name, help=help)
     q.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
     q.add_argument("--store", required=True, help="the study store (written by glfa prepare)")
     q.add_argument("--out", default=None, help="run folder (default: OUTPUT_DIR/NAME from the config)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=func)
+    return q
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a stage of the fMRI-to-video model")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    q = _train_parser(stages, "pretrain", "stage 0: reconstruction fine-tuning of fMRI-PTE on the training split",
+                      _cmd_train_pretrain)
     q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     q.add_argument("--init", default=None, help="a saved FmriPTE folder to fine-tune (default: random init)")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(func=_cmd_train_pretrain)
+    q = _train_parser(stages, "contrastive", "stage 1: fMRI -> CLIP space against frozen image and caption "
+                      "embeddings (cached in the store)", _cmd_train_contrastive)
+    q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    q = _train_parser(stages, "cotrain", "stage 2: co-train the encoder (with GLFA) and the UNet's attention and "
+                      "temporal layers on the denoising loss + L_GLFA", _cmd_train_cotrain)
+    q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    q.add_argument("--method", default=None,
+                   help="name of the trained decoder (default: 'glfa', or 'pte-v' without GLFA); RUN/cotrain-METHOD")
+    q.add_argument("--no-glfa", action="store_true", help="train without GLFA: the fMRI-PTE-V baseline")
+    q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
+    q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
+                      "generator's text tokens", _cmd_train_lea)
+    q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from glfa.generate import generate
+
+    config = _config(args) if args.config else None
+    out = generate(Path(args.run), method=args.method, subject=args.subject, split=args.split,
+                   store=args.store, config=config, device=args.device, batch_size=args.batch_size,
+                   progress=not args.quiet)
+    print(f"decoded clips, their ground truth and index.json written to {out}")
+    return 0
+
+
+def _register_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="decode a subject's fMRI windows into videos (mp4 + gif beside the truth)")
+    p.add_argument("run", help="the run folder (holding cotrain-METHOD/model or lea/model)")
+    p.add_argument("--subject", required=True, help="the subject whose fMRI is decoded")
+    p.add_argument("--method", default="glfa", help="which trained decoder: glfa (default), pte-v, lea, ...")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="windows to decode (default: test)")
+    p.add_argument("--store", default=None, help="study store (default: the one the decoder was trained on)")
+    p.add_argument("-c", "--config", help="YAML config whose 'generation' section overrides the trained one")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per denoising batch (default 8)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
 
 
 # ----------------------------------------------------------------------------- align
@@ -264,15 +348,57 @@ def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_alignment)
 
 
+def _cmd_evaluate_run(args: argparse.Namespace) -> int:
+    from glfa.evaluation import evaluate_run, write_video_tables
+
+    config = _config(args) if args.config else None
+    methods = _subject_list(args.methods) if args.methods else None
+    evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
+    paths = write_video_tables(evaluation, Path(args.run) / "evaluation")
+    print(Path(paths["markdown"]).read_text())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    return 0
+
+
+def _register_evaluate_run(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(RUN_PROTOCOL, help="video metrics (SSIM, N-way top-K) and t-tests of a run's generations "
+                        "(`glfa evaluate RUN` is short for `glfa evaluate run RUN`)")
+    p.add_argument("run", help="the run folder (its generations/ are evaluated)")
+    p.add_argument("-c", "--config", help="YAML config whose 'evaluation' section is used (default: the trained one)")
+    p.add_argument("--methods", help="comma-separated methods to evaluate (default: every generated one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_run)
+
+
+RUN_PROTOCOL = "run"
 # Each entry adds one evaluation protocol under `glfa evaluate`.
-_EVALUATE_PROTOCOLS = [_register_evaluate_alignment]
+_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment]
 
 
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluation protocols: alignment metrics (fSC, ISC)")
+    p = sub.add_parser("evaluate", help="evaluate a run's decoded videos (glfa evaluate RUN) or the alignment "
+                       "metrics of GLFA alone (glfa evaluate alignment STORE)")
     esub = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for register in _EVALUATE_PROTOCOLS:
         register(esub)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from glfa.report import write_report
+
+    path = write_report(Path(args.run), out=args.out)
+    print(f"report written to {path} (one self-contained HTML file; open it in a browser)")
+    return 0
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of a run: tables, plots, decoded clips")
+    p.add_argument("run", help="the run folder (after glfa evaluate RUN)")
+    p.add_argument("--out", default=None, help="the HTML file to write (default: RUN/report.html)")
+    p.set_defaults(func=_cmd_report)
 
 
 # ----------------------------------------------------------------------------- caption
@@ -307,8 +433,16 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_align,
-             _register_evaluate, _register_caption]
+_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_generate,
+             _register_align, _register_evaluate, _register_report, _register_caption]
+
+
+def _protocol_names() -> set[str]:
+    """The names of the ``glfa evaluate`` subcommands."""
+    probe = argparse.ArgumentParser(add_help=False).add_subparsers()
+    for register in _EVALUATE_PROTOCOLS:
+        register(probe)
+    return set(probe.choices)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``glfa`` command; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "evaluate" and not argv[1].startswith("-") and argv[1] not in _protocol_names():
+        argv.insert(1, RUN_PROTOCOL)  # `glfa evaluate RUN` is `glfa evaluate run RUN`
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
