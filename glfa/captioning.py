@@ -6,9 +6,10 @@ Output folder (``STORE/cache/captions`` by default)::
     <stimulus id>.partial.jsonl   work in progress: a header line, then one line per captioned batch
     index.json                    {"fps", "model", "stimuli": {id: number of frames}} of the finished ones
 
-``<stimulus id>.json`` is exactly what the Wen 2017 reader reads from ``ROOT/captions/``: copy
-the folder's ``*.json`` files (not ``index.json``) there and rerun ``glfa prepare --overwrite`` to
-put the captions into the store. Captions are at the store's frame rate (``index.json`` records it).
+A store reads ``STORE/cache/captions/<stimulus id>.json`` for every stimulus it was prepared
+without captions (:class:`~glfa.data.store.StudyStore`), so captioning a store is enough; the
+same files are also what the Wen 2017 reader reads from ``ROOT/captions/`` when preparing
+again. Captions are at the store's frame rate (``index.json`` records it).
 
 Resuming: a finished stimulus (its ``.json`` exists and is valid) is skipped without reading its
 video; a stimulus interrupted midway continues after the last batch that reached the disk (each

@@ -412,9 +412,11 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     store = StudyStore.open(Path(args.store))
     model = load_captioner(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     out = caption_store(store, model, out_dir=args.out, batch_size=args.batch_size)
-    print(f"captions of {len(store.stimuli)} stimuli in {out} (one JSON list per stimulus, {store.fps:g} fps); "
-          f"to use them, copy the *.json files except index.json to <raw study>/captions/ "
-          f"and rerun glfa prepare --overwrite")
+    print(f"captions of {len(store.stimuli)} stimuli in {out} (one JSON list per stimulus, {store.fps:g} fps)")
+    if Path(out).resolve() == (store.path / "cache" / "captions").resolve():
+        print("the store now reads them for every stimulus it holds without captions")
+    else:
+        print("to use them, copy the *.json files except index.json to STORE/cache/captions/")
     return 0
 
 

@@ -9,9 +9,9 @@ import pytest
 from glfa import backbones as B
 from glfa.captioning import INDEX, caption_frames, caption_path, caption_store, caption_videos, read_captions
 from glfa.cli import main
-from glfa.data.store import StoreWriter
+from glfa.data.store import StoreWriter, StudyStore
 from glfa.data.windows import Window
-from glfa.errors import BackboneError, DataError
+from glfa.errors import BackboneError, DataError, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +146,16 @@ def test_caption_store_and_cli(blip_dir, captioner, tmp_path, capsys):
     assert out == store / "cache" / "captions"
     assert [len(read_captions(out / f"{s}.json")) for s in ("s1", "s2")] == [4, 3]
     assert json.loads((out / INDEX).read_text())["fps"] == 2.0
+
+    opened = StudyStore.open(store)  # the store reads the new captions for its uncaptioned stimuli
+    assert opened.caption_source == "cache/captions"
+    assert opened.video_captions("s1") == read_captions(out / "s1.json")
+    assert opened.captions(opened.windows()[0]) == read_captions(out / "s1.json")[:2]
+    (out / "s2.json").write_text(json.dumps(["only one"]))
+    with pytest.raises(StoreError, match="holds 1 captions but stimulus 's2' has 3"):
+        StudyStore.open(store)
+    (out / "s2.json").unlink()
+    assert StudyStore.open(store).video_captions("s2") == [""] * 3
 
     other = tmp_path / "elsewhere"
     assert main(["caption", str(store), "--model", str(blip_dir), "--batch-size", "2", "--out", str(other),

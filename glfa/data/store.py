@@ -88,6 +88,7 @@ class StudyStore:
         self._datasets: dict[str, Any] = {}
         self._config = None
         self._load_tables()
+        self._overlay_cached_captions()
 
     # ------------------------------------------------------------------ opening
 
@@ -183,6 +184,7 @@ class StudyStore:
                 for s, sp, d, a, b in zip(ids, splits, durations, vstart, vlen)
             }
             self._captions = _strings(f["video/captions"])
+            self._caption_source = "store"
             self._responses: dict[str, dict[str, tuple[int, int]]] = {}
             for i, subject in enumerate(self._subjects):
                 g = f[f"fmri/s{i}"]
@@ -205,7 +207,42 @@ class StudyStore:
             raise StoreError(f"{H5_FILE} lacks {exc}; the store is corrupt, rerun glfa prepare with --overwrite",
                              path=self._path) from None
 
+    def _overlay_cached_captions(self) -> None:
+        """Fill stimuli stored without captions from ``glfa caption``'s output in ``STORE/cache/captions``.
+
+        A stimulus whose frames all have empty captions takes ``cache/captions/<id>.json`` when that
+        file exists and holds one caption per stored frame; a file of another length is an error.
+        """
+        from glfa.captioning import caption_path, read_captions
+
+        folder = self._path / CACHE_DIR / "captions"
+        if not folder.is_dir():
+            return
+        for stimulus_id, s in self._stimuli.items():
+            a, n = s["video_start"], s["video_length"]
+            path = caption_path(folder, stimulus_id)
+            if any(self._captions[a:a + n]) or not path.is_file():
+                continue
+            captions = read_captions(path)
+            if len(captions) != n:
+                raise StoreError(f"{path.name} holds {len(captions)} captions but stimulus {stimulus_id!r} has {n} "
+                                 "stored frames; rerun glfa caption", path=path)
+            self._captions[a:a + n] = captions
+            self._caption_source = "cache/captions"
+
     # ------------------------------------------------------------------ properties
+
+    @property
+    def caption_source(self) -> str:
+        """Where the captions come from: ``store`` (prepared with the study) or ``cache/captions`` (glfa caption)."""
+        return self._caption_source
+
+    @property
+    def captions_digest(self) -> str:
+        """A short hash of every frame's caption (part of the keys of caches built from captions)."""
+        import hashlib
+
+        return hashlib.sha256("\n".join(self._captions).encode()).hexdigest()[:16]
 
     @property
     def path(self) -> Path:
