@@ -15,7 +15,7 @@ from glfa.data import features as F
 from glfa.data.store import StoreWriter, StudyStore
 from glfa.data.windows import Window
 from glfa.errors import StoreError
-from tests.fixtures import write_decoding_store
+from fixtures import write_decoding_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,15 +142,22 @@ def test_a_corrupt_chunk_is_computed_again(store, clip_dir):
     assert torch.equal(again.image, good.image) and torch.equal(again.text, good.text)
 
 
-def test_a_store_without_captions_is_refused(tmp_path, clip_dir):
-    with StoreWriter(tmp_path / "nocap", image_size=16, video_size=(16, 16), fmri_dtype="float32") as writer:
+def write_uncaptioned_store(path: Path) -> Path:
+    """A one-stimulus store (subjects s1, s2) whose frames have empty captions, as Wen 2017 before glfa caption."""
+    with StoreWriter(path, image_size=16, video_size=(16, 16), fmri_dtype="float32") as writer:
         writer.add_stimulus("a", "train", np.zeros((4, 16, 16, 3), np.uint8), [""] * 4, 4.0)
-        writer.add_response("s1", "a", np.zeros((4, 16, 16), np.float32))
+        for subject in ("s1", "s2"):
+            writer.add_response(subject, "a", np.zeros((4, 16, 16), np.float32))
         writer.set_mask(np.ones((16, 16), bool))
         writer.finish([Window("a", "train", 0.0, 0, 0, 0)], {"tr": 1.0, "fps": 1.0, "fmri_frames": 2,
                                                             "video_frames": 4, "config": {}})
+    return path
+
+
+def test_a_store_without_captions_is_refused(tmp_path, clip_dir):
+    store = StudyStore.open(write_uncaptioned_store(tmp_path / "nocap"))
     with pytest.raises(StoreError, match="no captions.*glfa caption"):
-        F.clip_features(StudyStore.open(tmp_path / "nocap"), clip_dir, config=_config(seed=0), progress=False)
+        F.clip_features(store, clip_dir, config=_config(seed=0), progress=False)
 
 
 def test_clip_width_must_match_the_heads(store, clip_dir):

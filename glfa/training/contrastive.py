@@ -1,0 +1,232 @@
+"""Stage 1: contrastive learning of the fMRI encoder against frozen CLIP (paper section 3.4).
+
+The encoder (fMRI-PTE + spatiotemporal block + heads, GLFA off: GLFA trains in stage 2) maps a
+window of fMRI to CLIP space; the loss is ``(CLIP(f, img) + CLIP(f, txt)) / 2``, the symmetric
+InfoNCE of :func:`glfa.losses.clip_loss` against the embedding of one random frame of the window
+and its caption, with a learnable logit scale (``log(1/0.07)`` at the start, capped at
+``log(100)`` as in CLIP). Frames come as one of ``contrastive.augment_views`` views (the frame or a
+random crop; the caption or a word-swapped / synonym-replaced one), drawn at random per sample.
+
+The frozen CLIP never runs in a step: every view of every frame and caption is embedded once
+into the store's cache (:func:`glfa.data.features.clip_features`) when the stage is built and
+moved to the training device once.
+
+A batch holds every training subject's response to the same stimuli: an item is one training
+window with all training subjects' fMRI, ``contrastive.stimuli_per_batch`` windows make a batch,
+and each step picks ``contrastive.subjects_per_batch`` of the training subjects at random (all of
+them when there are fewer). The loss is computed per subject (its ``B`` fMRI embeddings against
+the ``B`` stimuli) and averaged, so no stimulus appears twice among a loss's negatives. The
+logs hold the top-1 fMRI -> image and fMRI -> caption retrieval accuracy within the batch.
+
+The encoder's PTE starts from ``RUN/pte`` (stage 0) when it exists, or from ``init_from``.
+Held-out subjects and test windows are never read. The result, an
+:meth:`~glfa.models.encoder.FmriEncoder.save_pretrained` folder, is ``RUN/contrastive/encoder/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from glfa.config import GlfaConfig, ModelConfig
+from glfa.data.datasets import StimulusWindowDataset
+from glfa.data.features import ClipFeatures, clip_features
+from glfa.errors import ConfigError, DataError
+from glfa.losses import clip_loss
+from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.pretrain import PTE_DIR, default_run_dir
+
+STAGE_DIR = "contrastive"
+ENCODER_DIR = "encoder"
+
+
+class LogitScale(nn.Module):
+    """The CLIP loss's learnable log inverse temperature: one parameter, clamped to ``max_value`` when read."""
+
+    def __init__(self, init: float = math.log(1 / 0.07), max_value: float = math.log(100.0)):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+        self.max_value = float(max_value)
+
+    def forward(self) -> torch.Tensor:
+        """The current log scale (a scalar)."""
+        return self.value.clamp(max=self.max_value)
+
+
+def stage1_model_config(config: GlfaConfig) -> ModelConfig:
+    """``config.model`` with GLFA off and the heads' dropout set to ``contrastive.dropout``."""
+    data = config.model.model_dump(mode="json")
+    data["glfa"]["enabled"] = False
+    data["heads"]["dropout"] = config.contrastive.dropout
+    return ModelConfig.model_validate(data)
+
+
+class ContrastiveStage(Stage):
+    """Stage 1 plugged into :func:`~glfa.training.loop.train`: FmriEncoder vs cached frozen CLIP embeddings.
+
+    Parameters
+    ----------
+    config
+        The experiment config (``model``, ``contrastive``, ``subjects``).
+    store
+        An open :class:`~glfa.data.store.StudyStore` with captions.
+    init_from
+        A folder written by ``FmriPTE.save_pretrained`` whose encoder weights start the PTE;
+        None: ``RUN/pte`` when it exists, else a random initialisation.
+    run_dir
+        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+    clip
+        The frozen CLIP: a loaded backbone, or a folder / hub id / None (stand-in), loaded only when
+        the store's embedding cache must be built (default ``contrastive.clip_model``).
+    progress
+        Show a progress bar while building the embedding cache.
+    """
+
+    name = STAGE_DIR
+
+    def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None,
+                 run_dir: str | Path | None = None, clip: Any = None, progress: bool = True):
+        self.config = config
+        self.store = store
+        self.source = config.source
+        section = config.contrastive
+        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
+        self.settings = TrainSettings.from_config(section, batch_size=section.stimuli_per_batch)
+        self.model_config = stage1_model_config(config)
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        if init_from is None and (run_dir / PTE_DIR).is_dir():
+            init_from = run_dir / PTE_DIR
+        self.init_from = Path(init_from) if init_from is not None else None
+        if store.image_size % self.model_config.pte.patch_size:
+            raise ConfigError(f"patch_size {self.model_config.pte.patch_size} does not divide the store's image "
+                              f"size {store.image_size}", path=self.source, field="model.pte.patch_size")
+        self.windows = StimulusWindowDataset(store, self.train_subjects, split="train", with_video=False,
+                                             dtype=torch.float16)
+        if len(self.windows) == 0:
+            raise DataError(f"no training window that every training subject {self.train_subjects} has",
+                            path=store.path)
+        # first frame-table row of each training window, by window index (-1: not a training window)
+        self.frame_start = torch.full((len(store.windows()),), -1, dtype=torch.long)
+        for window in self.windows.windows:
+            self.frame_start[window.index] = store.frame_index(window)
+        self.features = self._clip_features(clip if clip is not None else section.clip_model, progress)
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _clip_features(self, clip: Any, progress: bool) -> ClipFeatures:
+        """The cached embeddings; under ``accelerate launch`` the main process builds them first."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            state = PartialState()
+            with state.main_process_first():
+                return clip_features(self.store, clip, config=self.config, device=state.device,
+                                     progress=progress and state.is_main_process)
+        from glfa.backbones import resolve_device
+
+        return clip_features(self.store, clip, config=self.config, device=resolve_device(self.config.device),
+                             progress=progress)
+
+    def build_models(self) -> dict[str, nn.Module]:
+        """The encoder (GLFA off, heads' dropout from the config; PTE from ``init_from``) and the logit scale."""
+        from glfa.models.encoder import FmriEncoder
+
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        if self.init_from is not None:
+            encoder.load_pte(self.init_from)
+        return {"encoder": encoder, "logit_scale": LogitScale()}
+
+    def dataset(self) -> StimulusWindowDataset:
+        """The training windows, each with every training subject's fMRI (float16)."""
+        return self.windows
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``{"fmri": float16 [B, S, n, H, W], "window": [B]}``."""
+        return {"fmri": torch.stack([it["fmri"] for it in items]),
+                "window": torch.tensor([it["window"] for it in items], dtype=torch.long)}
+
+    def targets(self, rows: torch.Tensor, image_view: torch.Tensor, text_view: torch.Tensor,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached image and caption embeddings of frame-table ``rows`` in the given views: float32 ``[B, D]`` each."""
+        if self._on_device is None or self._on_device[0].device != device:
+            self._on_device = (self.features.image.to(device), self.features.text.to(device))
+        image, text = self._on_device  # [F, V, D] float16
+        rows = rows.to(device)
+        return image[rows, image_view.to(device)].float(), text[rows, text_view.to(device)].float()
+
+    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> StepOutput:
+        """Per chosen subject: (CLIP(f, image) + CLIP(f, caption)) / 2 over the batch's stimuli; the mean."""
+        fmri = batch["fmri"]  # [b, s, n, h, w] float16
+        b, s = fmri.shape[:2]
+        k = min(self.config.contrastive.subjects_per_batch, s)
+        # every draw on the CPU from the global torch RNG (restored by checkpoints)
+        chosen = torch.randperm(s)[:k]
+        frame = torch.randint(self.store.video_frames, (b,))
+        image_view = torch.randint(self.features.views, (b,))
+        text_view = torch.randint(self.features.views, (b,))
+        rows = self.frame_start[batch["window"].cpu()] + frame
+        image, text = self.targets(rows, image_view, text_view, fmri.device)  # [b, d] each
+        x = rearrange(fmri[:, chosen.to(fmri.device)].float(), "b s n h w -> (s b) n h w")
+        f = rearrange(models["encoder"](x)["clip"].float(), "(s b) d -> s b d", s=k)
+        scale = models["logit_scale"]()
+        loss = torch.stack([(clip_loss(f[i], image, scale) + clip_loss(f[i], text, scale)) / 2
+                            for i in range(k)]).mean()
+        with torch.no_grad():
+            target = torch.arange(b, device=f.device)
+            image_hits = ((f @ image.T).argmax(-1) == target).float().mean()  # f rows are unit vectors
+            text_hits = ((f @ text.T).argmax(-1) == target).float().mean()
+        return StepOutput(loss=loss, logs={"retrieval_image": image_hits, "retrieval_text": text_hits,
+                                           "logit_scale": scale.detach().exp()})
+
+    def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
+        """Save the encoder into ``RUN_DIR/contrastive/encoder/``."""
+        path = models["encoder"].save_pretrained(Path(run_dir) / STAGE_DIR / ENCODER_DIR)
+        return {"encoder": str(path)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The embedding cache, model, subjects, store and initial weights: a resumed run must share them."""
+        return {"clip_cache": self.features.key, "model": self.model_config.model_dump(mode="json"),
+                "train_subjects": self.train_subjects, "store_created": self.store.manifest.get("created"),
+                "dataset_size": len(self.windows), "subjects_per_batch": self.config.contrastive.subjects_per_batch,
+                "init_from": str(self.init_from.resolve()) if self.init_from else None}
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The full config plus what was resolved against the store and the run folder."""
+        return {"config": self.config.to_dict(), "stage": self.name, "store": str(Path(self.store.path).resolve()),
+                "train_subjects": self.train_subjects, "held_out": self.held_out,
+                "init_from": str(self.init_from) if self.init_from else None,
+                "model": self.model_config.model_dump(mode="json"), "clip_cache": str(self.features.folder),
+                "training_windows": len(self.windows), "image_size": self.store.image_size}
+
+
+def run_contrastive(config: GlfaConfig, store, run_dir: str | Path | None = None, *, resume: bool = False,
+                    progress: bool = True, init_from: str | Path | None = None, clip: Any = None) -> TrainResult:
+    """Train stage 1 on ``store``'s training split; the encoder lands in ``RUN_DIR/contrastive/encoder/``.
+
+    Parameters
+    ----------
+    config
+        The experiment config.
+    store
+        A store folder or an open :class:`~glfa.data.store.StudyStore`.
+    run_dir
+        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+    resume
+        Continue from the newest checkpoint in ``RUN_DIR/contrastive/checkpoints``.
+    progress
+        Show progress bars.
+    init_from, clip
+        As :class:`ContrastiveStage`.
+    """
+    if isinstance(store, (str, Path)):
+        from glfa.data.store import StudyStore
+
+        store = StudyStore.open(store)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    stage = ContrastiveStage(config, store, init_from=init_from, run_dir=run_dir, clip=clip, progress=progress)
+    return train(stage, run_dir, resume=resume, device=config.device, progress=progress)
