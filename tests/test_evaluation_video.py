@@ -1,0 +1,262 @@
+"""glfa evaluate RUN: video metrics of planted generations, protocols, tables, t-tests, GLFA alignment, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from glfa import backbones as B
+from glfa.config import validate_config
+from glfa.errors import BackboneError, DataError
+from glfa.evaluation import VideoEvaluation, evaluate_run, write_video_tables
+from glfa.metrics import fsc, isc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE, FRAMES, CLIPS = 32, 4, 10
+
+
+def planted_clips(n: int = CLIPS, seed: int = 0) -> np.ndarray:
+    """``n`` distinct uint8 clips [n, 4, 32, 32, 3]: smooth random colour fields (the classifier sees them apart)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(n, FRAMES, 4, 4, 3))
+    return np.repeat(np.repeat(coarse, SIZE // 4, axis=2), SIZE // 4, axis=3).round().astype(np.uint8)
+
+
+def write_model(run: Path, method: str, *, train: list[str], held_out: list[str], store: str | Path,
+                config: dict | None = None, kind: str = "cotrain") -> Path:
+    """A decoder model folder holding only model.json (what evaluation reads of it)."""
+    model_dir = run / ("lea/model" if method == "lea" else f"cotrain-{method}/model")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    info = {"kind": kind, "method": method, "generator": "/nowhere", "store": str(store), "train_subjects": train,
+            "held_out": held_out, "config": validate_config(config or {}).to_dict(), "num_frames": 2,
+            "image_size": 16}
+    (model_dir / "model.json").write_text(json.dumps(info))
+    return model_dir
+
+
+def write_generations(run: Path, method: str, subject: str, decoded: np.ndarray, truth: np.ndarray, *,
+                      store: str | Path, split: str = "test", media: bool = False, fps: float = 2.0) -> Path:
+    """A generations folder per the contract; the mp4 and GIF files only with ``media``."""
+    from glfa.data.video import write_gif, write_video
+
+    folder = run / "generations" / method / f"{subject}-{split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(len(decoded)):
+        item = {"index": i, "window": 3 * i, "stimulus_id": f"test{i}", "onset": float(i)}
+        for key, clips in (("decoded", decoded), ("truth", truth)):
+            item[key] = {"mp4": f"{key}/{i:04d}.mp4", "gif": f"{key}/{i:04d}.gif"}
+            if media:
+                write_video(folder / item[key]["mp4"], clips[i], fps)
+                write_gif(folder / item[key]["gif"], clips[i], fps)
+        items.append(item)
+    np.savez(folder / "videos.npz", decoded=decoded, truth=truth)
+    model_dir = run / ("lea/model" if method == "lea" else f"cotrain-{method}/model")
+    index = {"method": method, "subject": subject, "split": split, "model_dir": str(model_dir), "store": str(store),
+             "seed": 0, "fps": fps, "generation": {}, "count": len(items), "items": items}
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def write_planted_run(run: Path, *, store: str | Path = "/data/study", good: str = "glfa", bad: str = "lea",
+                      media: bool = False) -> np.ndarray:
+    """Cross-subject run "s1,s2 -> s3": ``good`` decodes every clip exactly, ``bad`` gives the next clip instead."""
+    truth = planted_clips()
+    for method in (good, bad):
+        write_model(run, method, train=["s1", "s2"], held_out=["s3"], store=store,
+                    kind="lea" if method == "lea" else "cotrain")
+    write_generations(run, good, "s3", truth.copy(), truth, store=store, media=media)
+    write_generations(run, bad, "s3", np.roll(truth, 1, axis=0), truth, store=store, media=media)
+    return truth
+
+
+def sharpen(classifier, inputs: np.ndarray, folder: Path, gain: float = 30.0) -> str:
+    """Make a random tiny classifier tell inputs apart, and save it to ``folder``.
+
+    A random ViT/VideoMAE ranks the classes almost the same for every input (its features are a
+    large constant plus a small input-dependent part), so any clip would score as the truth.
+    The head is re-centred on the mean feature of ``inputs`` and scaled by ``gain`` over their
+    spread: logits = gain * W (h - mean h) / std h, which ranks classes by the input itself.
+    """
+    features = []
+    hook = classifier.model.classifier.register_forward_hook(lambda m, i, o: features.append(i[0].detach()))
+    classifier.probabilities(inputs)
+    hook.remove()
+    h = torch.cat(features).float()  # [n, d]
+    head = classifier.model.classifier
+    with torch.no_grad():
+        head.weight.mul_(gain / h.std(0).mean())
+        head.bias.copy_(-head.weight @ h.mean(0))
+    classifier.model.save_pretrained(folder, safe_serialization=True)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory) -> dict[str, str]:
+    """Tiny frame (ViT, 1000 classes) and video (VideoMAE, 400 classes) classifiers that tell clips apart."""
+    root = tmp_path_factory.mktemp("classifiers")
+    calibration = planted_clips(30, seed=9)  # not the test clips
+    frame = B.load_frame_classifier(B.tiny_frame_classifier(root / "vit", image_size=SIZE), "cpu")
+    video = B.load_video_classifier(B.tiny_video_classifier(root / "videomae", image_size=SIZE, num_frames=FRAMES),
+                                    "cpu")
+    return {"frame_classifier": sharpen(frame, calibration.reshape(-1, SIZE, SIZE, 3), root / "vit-sharp"),
+            "video_classifier": sharpen(video, calibration, root / "videomae-sharp")}
+
+
+def eval_config(classifiers: dict[str, str], **evaluation):
+    return validate_config({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 50], **evaluation}})
+
+
+def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers):
+    run = tmp_path / "run"
+    truth = write_planted_run(run)
+    ev = evaluate_run(run, config=eval_config(classifiers, seed=3), progress=False)
+
+    assert [(r.method, r.protocol, r.task) for r in ev.results] == [
+        ("glfa", "cross-subject", "s1,s2 -> s3"), ("lea", "cross-subject", "s1,s2 -> s3")]
+    good, bad = ev.results
+    assert good.count == bad.count == CLIPS
+    assert list(good.scores) == ["video-2way", "video-50way", "frame-2way", "frame-50way", "ssim"]
+    for metric, scores in good.scores.items():  # decoded == truth: SSIM 1 and every trial correct
+        np.testing.assert_allclose(scores, 1.0, err_msg=metric)
+    # the wrong clips: SSIM as skimage computes it, and lower accuracies
+    decoded = np.roll(truth, 1, axis=0)
+    expected = [np.mean([structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(d, t)])
+                for d, t in zip(decoded, truth)]
+    np.testing.assert_allclose(bad.scores["ssim"], expected, rtol=1e-9)
+    assert bad.summary["ssim"]["mean"] < 0.9
+    assert bad.summary["frame-2way"]["mean"] < 0.9 and bad.summary["frame-50way"]["mean"] < 0.5
+    for metric, scores in bad.scores.items():
+        assert bad.summary[metric] == pytest.approx({"mean": np.mean(scores), "std": np.std(scores), "n": CLIPS})
+    assert ev.evaluation.seed == 3 and ev.config_source == "<config>"
+    # t-tests: the good method's SSIM and frame 2-way are significantly higher
+    for metric in ("ssim", "frame-2way"):
+        test = ev.ttest("s1,s2 -> s3", metric, "glfa", "lea")
+        assert test is not None and test["p"] < 0.05, metric
+    assert ev.alignment == [] and ev.alignment_skipped == [
+        f"glfa: the co-trained model has no encoder/ folder ({run / 'cotrain-glfa' / 'model'})"]
+
+    paths = write_video_tables(ev)
+    assert paths == {"json": run / "evaluation" / "video.json", "markdown": run / "evaluation" / "video.md"}
+    again = VideoEvaluation.load(paths["json"])
+    assert again.to_dict() == json.loads(json.dumps(ev.to_dict()))
+    md = paths["markdown"].read_text()
+    table2 = md.split("## Cross-subject decoding (Table 2)")[1].split("##")[0]
+    lines = [line for line in table2.splitlines() if line.startswith("|")]
+    assert lines[0] == "| Task | Method | video 2-way | video 50-way | frame 2-way | frame 50-way | SSIM |"
+    assert lines[2].startswith("| s1,s2 -> s3 | LEA | ") and lines[3].startswith("|  | GLFA | **1.000 ± 0.000** |")
+    assert lines[3].count("**") == 10 and "**" not in lines[2]  # GLFA best in all five columns
+    supp2 = md.split("(supplementary Table 2)")[1].split("##")[0]
+    lines = [line for line in supp2.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| Task | Method | t-test reference | video 2-way |")
+    p = ev.ttest("s1,s2 -> s3", "ssim", "glfa", "lea")["p"]
+    assert lines[2].startswith("| s1,s2 -> s3 (cross-subject) | LEA | GLFA |")
+    assert lines[2].endswith(f"({'p<0.001' if p < 0.001 else 'p<0.05'}, p={p:.2g}) |")
+    assert lines[3].startswith("|  | GLFA | — |")
+    assert "Table 3" not in md.replace("supplementary Table 3", "")
+    assert "Not in this run: within-subject, cross-dataset generations." in md
+
+
+def test_protocols_recorded_config_and_missing_video_classifier(tmp_path, classifiers):
+    run = tmp_path / "run"
+    clips = planted_clips(4, seed=1)
+    recorded = {"evaluation": {"frame_classifier": classifiers["frame_classifier"], "n_ways": [2, 5],
+                               "trials": 20}, "device": "cpu"}
+    # within-subject: a model trained on s1 alone decodes s1's test clips
+    write_model(run, "within", train=["s1"], held_out=[], store="/data/study", config=recorded)
+    write_generations(run, "within", "s1", clips[::-1].copy(), clips, store="/data/study")
+    # cross-dataset: LEA trained on one store decodes another store's clips
+    write_model(run, "lea", train=["s1", "s2"], held_out=[], store="/data/webvid", kind="lea", config=recorded)
+    write_generations(run, "lea", "s1", clips, clips, store="/data/fcvid")
+
+    ev = evaluate_run(run, progress=False)
+    assert ev.config_source.endswith("model.json") and ev.metrics == [
+        "video-2way", "video-5way", "frame-2way", "frame-5way", "ssim"]
+    assert {(r.method, r.protocol, r.task) for r in ev.results} == {
+        ("within", "within-subject", "subject s1"), ("lea", "cross-dataset", "webvid -> fcvid: s1")}
+    for r in ev.results:
+        assert set(r.not_computed) == {"video-2way", "video-5way"}
+        assert "evaluation.video_classifier is not set" in r.not_computed["video-2way"]
+    tables = {t.key: t for t in ev.tables()}
+    assert list(tables) == ["table3", "supp-table3"]
+    assert tables["table3"].header == ["Task", "Method", "video 2-way", "video 5-way", "frame 2-way", "frame 5-way",
+                                       "SSIM"]
+    assert tables["supp-table3"].header == ["Task", "Method", "video 2-way", "video 5-way", "frame 2-way",
+                                            "frame 5-way"]
+    row = tables["table3"].rows[0]
+    assert [c.text for c in row[:4]] == ["subject s1", "within", "—", "—"]
+    assert any("video 2-way: not computed" in n for n in tables["table3"].notes)
+    assert any("SSIM is left out" in n for n in tables["supp-table3"].notes)
+
+    # --methods: only the ones asked for; a method without generations is an error naming the command
+    assert [r.method for r in evaluate_run(run, methods=["lea"], progress=False).results] == ["lea"]
+    with pytest.raises(DataError, match=r"no generations of method\(s\) \['glfa'\].*glfa generate RUN"):
+        evaluate_run(run, methods=["glfa"], progress=False)
+
+
+def test_glfa_alignment_of_the_cotrained_layer(tmp_path, classifiers):
+    from glfa.align import responses_from_store
+    from glfa.data.store import StudyStore
+    from glfa.models.encoder import FmriEncoder
+    from fixtures import write_decoding_store
+
+    store_dir = write_decoding_store(tmp_path / "store")
+    store = StudyStore.open(store_dir)
+    run = tmp_path / "run"
+    config = {"model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}}}
+    model_dir = write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store=store_dir, config=config)
+    torch.manual_seed(0)
+    encoder = FmriEncoder(validate_config(config).model, store.image_size, store.fmri_frames, mask=store.mask)
+    with torch.no_grad():  # a trained layer is not the identity
+        encoder.glfa.global_map.weight.normal_(0, 0.3)
+        encoder.glfa.local.weight.normal_(0, 0.3)
+    encoder.save_pretrained(model_dir / "encoder")
+    write_generations(run, "glfa", "s3", planted_clips(3), planted_clips(3), store=store_dir)
+
+    ev = evaluate_run(run, config=eval_config(classifiers, n_ways=[2]), progress=False)
+    assert ev.alignment_skipped == [] and len(ev.alignment) == 1
+    table = ev.alignment[0].table
+    assert table.subjects == ["s1", "s2", "s3"] and [r.task for r in table.rows] == ["identity", "s1,s2 -> s3"]
+    before = responses_from_store(store, ["s1", "s2", "s3"], "test")
+    with torch.no_grad():
+        after = {s: encoder.glfa(torch.from_numpy(x)).numpy() for s, x in before.items()}
+    for row, responses in zip(table.rows, (before, after)):
+        assert row.fsc["s1/s3"] == pytest.approx(fsc(responses["s1"], responses["s3"], store.mask))
+        assert row.isc == pytest.approx(isc(responses, store.mask))
+    assert table.rows[1].fsc["s2/s3"] != pytest.approx(table.rows[0].fsc["s2/s3"])
+    md = ev.to_markdown()
+    assert "fSC and ISC before and after the trained GLFA layer of GLFA (Table 1 style)" in md
+    assert "| s1,s2 -> s3 | " in md and f"**{table.rows[1].isc['s3']:.3f}**" in md
+
+
+def test_bad_input(tmp_path, classifiers):
+    config = eval_config(classifiers)
+    with pytest.raises(DataError, match="run folder not found"):
+        evaluate_run(tmp_path / "missing", config=config, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no generations in this run.*`glfa generate RUN --method M --subject S`"):
+        evaluate_run(tmp_path / "empty", config=config, progress=False)
+
+    run = tmp_path / "run"
+    write_planted_run(run)
+    folder = run / "generations" / "lea" / "s3-test"
+    truth = planted_clips()
+    np.savez(folder / "videos.npz", decoded=truth[:, :3], truth=truth)  # decoded clips one frame short
+    with pytest.raises(DataError, match=r"videos.npz: truth: the decoded clips \[10, 3, 32, 32, 3\] and the "
+                                        r"ground truth \[10, 4, 32, 32, 3\] differ"):
+        evaluate_run(run, config=config, progress=False)
+    np.savez(folder / "videos.npz", decoded=truth[:9], truth=truth[:9])  # fewer clips than index.json lists
+    with pytest.raises(DataError, match="holds 9 clips, index.json lists 10"):
+        evaluate_run(run, config=config, progress=False)
+    np.savez(folder / "videos.npz", decoded=truth, truth=truth)
+
+    for field in ("frame_classifier", "video_classifier"):
+        bad = eval_config({**classifiers, field: str(tmp_path / "no-such-classifier")})
+        with pytest.raises(BackboneError, match=f"no-such-classifier: evaluation.{field}: folder not found"):
+            evaluate_run(run, config=bad, progress=False)
