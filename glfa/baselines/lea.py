@@ -1,0 +1,435 @@
+"""LEA: the paper's baseline (Qian et al.), ridge regression from fMRI latents to text tokens.
+
+LEA maps the fMRI encoder's latent of a window to the base video generator's text-token
+embeddings of the window's caption with ridge regression; the predicted tokens then condition
+the same text-to-video generator (through :class:`glfa.pipeline.FmriToVideoPipeline`, with the
+prediction for the mean training fMRI window as the negative condition).
+
+- Latent (:func:`encoder_latent`): the stage-1 encoder's (``RUN/contrastive/encoder``, GLFA off)
+  pooled representation that its CLIP head projects, ``LayerNorm(mean over the n * (p + 1)
+  spatiotemporal tokens)`` (``[B, D]``, D = ``model.pte.embed_dim``): stage 1 trains it to map
+  linearly onto CLIP's image and caption embeddings, which suits a linear map to text tokens.
+- Target: ``VideoGenerator.encode_text`` of the caption of the window's middle video frame
+  (frame ``m // 2`` of its ``m``), ``[K, C]`` flattened to ``K * C``.
+- Samples: every training subject's response to every training window (held-out subjects and
+  test windows are never read); cross-validation folds split by stimulus, so overlapping windows
+  of one clip (near-identical fMRI, the same caption) never sit on both sides of a fold.
+
+:class:`RidgeCV` picks the penalty from ``config.lea.alphas`` by ``config.lea.cv_folds``-fold
+cross-validation on the mean squared error, then refits on every sample. The result is a decoder
+model folder, ``RUN/lea/model/``::
+
+    model.json            kind "lea", method "lea", generator, store, subjects, config, num_frames,
+                          image_size, plus the chosen alpha and the cross-validation errors
+    negative.safetensors  mean_fmri [n, H, W], tokens [K, C] (the prediction for mean_fmri)
+    encoder/              the encoder whose latent LEA reads (FmriEncoder.save_pretrained)
+    ridge.safetensors     coef [K*C, D], intercept [K*C], x_mean [D], alpha [1], token_shape [2] = (K, C)
+
+:class:`LeaDecoder` loads it and predicts tokens for fMRI windows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glfa.config import GlfaConfig
+from glfa.errors import BackboneError, CheckpointError, DataError, NotFittedError
+
+MODEL_INFO = "model.json"
+NEGATIVE = "negative.safetensors"
+ENCODER_DIR = "encoder"
+RIDGE = "ridge.safetensors"
+LEA_DIR = Path("lea") / "model"
+STAGE1_ENCODER = Path("contrastive") / "encoder"
+_RIDGE_KEYS = ("coef", "intercept", "x_mean", "alpha", "token_shape")
+
+
+# ----------------------------------------------------------------------------- ridge regression
+
+
+def _group_folds(groups: np.ndarray, cv: int, seed: int) -> list[np.ndarray]:
+    """Validation indices of ``cv`` folds that keep every group whole (groups dealt out after a seeded shuffle)."""
+    names, index = np.unique(groups, return_inverse=True)
+    if len(names) < cv:
+        raise DataError(f"{cv}-fold cross-validation needs at least {cv} groups of samples, got {len(names)}",
+                        field="groups")
+    fold_of_group = np.empty(len(names), dtype=np.int64)
+    fold_of_group[np.random.default_rng(seed).permutation(len(names))] = np.arange(len(names)) % cv
+    fold = fold_of_group[index]  # [n]
+    return [np.flatnonzero(fold == k) for k in range(cv)]
+
+
+class _CenteredSVD:
+    """Thin SVD of the centred features of a training set: ``X - x_mean = U diag(s) Vt``."""
+
+    def __init__(self, x: np.ndarray):
+        self.x_mean = x.mean(axis=0)
+        self.u, self.s, self.vt = np.linalg.svd(x - self.x_mean, full_matrices=False)  # [n, r], [r], [r, d]
+
+    def shrink(self, alpha: float) -> np.ndarray:
+        """The ridge filter factors ``s / (s^2 + alpha)``, ``[r]``."""
+        return self.s / (self.s**2 + alpha)
+
+
+class RidgeCV:
+    """Multi-output ridge regression with the penalty chosen by (group) k-fold cross-validation.
+
+    Closed form through the thin SVD of the centred features, ``X - x_mean = U S V^T``:
+    ``coef = V diag(s / (s^2 + alpha)) U^T (Y - y_mean)``, which serves both N > D and N < D
+    (the SVD has min(N, D) components). Targets are processed in blocks of ``block_size``
+    columns, and each fold's validation error for every alpha comes from r x r products
+    (no prediction is formed), so wide targets (K * C = 78,848 for zeroscope) fit in memory.
+
+    Parameters
+    ----------
+    alphas : sequence of float
+        Penalties tried (positive).
+    cv : int
+        Folds (at least 2); with ``groups`` a group never straddles two folds.
+    random_state : int
+        Seed of the shuffle that deals samples (or groups) into folds.
+    block_size : int
+        Target columns per block.
+
+    Attributes
+    ----------
+    alpha_ : float
+        The penalty with the lowest cross-validated mean squared error (the first on ties).
+    cv_scores_ : float64 ``[len(alphas)]``
+        Mean squared error of each alpha over every held-out sample and target of every fold.
+    coef_ : float64 ``[n_targets, n_features]``
+        Weights refitted on every sample with ``alpha_``.
+    intercept_ : float64 ``[n_targets]``
+        The intercept of the centred model, the training targets' mean:
+        ``predict(X) = (X - x_mean_) @ coef_.T + intercept_`` (sklearn's ``intercept_`` is
+        ``intercept_ - x_mean_ @ coef_.T``).
+    x_mean_ : float64 ``[n_features]``
+    """
+
+    def __init__(self, alphas=(0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), cv: int = 5, *, random_state: int = 0,
+                 block_size: int = 4096):
+        self.alphas = alphas
+        self.cv = cv
+        self.random_state = random_state
+        self.block_size = block_size
+
+    def _check(self, x, y, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y)
+        if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+            raise DataError(f"expected X [n, features] and Y [n, targets] with the same n, got {x.shape} and "
+                            f"{y.shape}", field="Y")
+        for name, a in (("X", x), ("Y", y)):
+            if not np.all(np.isfinite(a)):
+                raise DataError("contains NaN or infinite values", field=name)
+        alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        if alphas.size == 0 or np.any(alphas <= 0):
+            raise DataError(f"expected positive penalties, got {list(alphas)}", field="alphas")
+        if int(self.cv) < 2:
+            raise DataError(f"expected at least 2 folds, got {self.cv}", field="cv")
+        groups = np.arange(len(x)) if groups is None else np.asarray(groups)
+        if groups.shape != (len(x),):
+            raise DataError(f"expected one group per sample ({len(x)}), got shape {groups.shape}", field="groups")
+        return x, y, groups
+
+    def _blocks(self, width: int):
+        step = max(1, int(self.block_size))
+        return (slice(i, min(i + step, width)) for i in range(0, width, step))
+
+    def _fold_errors(self, x, y, train: np.ndarray, val: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """Summed squared validation error of every alpha for one fold, ``[len(alphas)]``.
+
+        With ``P = (X_val - x_mean) V``, ``M = U^T (Y_train - y_mean)`` and ``d = s / (s^2 + alpha)``,
+        the validation prediction is ``P diag(d) M``, so ``||Y_val - y_mean - P diag(d) M||^2 =
+        ||Y_val - y_mean||^2 - 2 d . c + d^T (P^T P * M M^T) d`` with ``c_r = (P^T (Y_val - y_mean))_r . M_r``.
+        """
+        svd = _CenteredSVD(x[train])
+        p = (x[val] - svd.x_mean) @ svd.vt.T  # [v, r]
+        r = len(svd.s)
+        total, cross, mm = 0.0, np.zeros(r), np.zeros((r, r))
+        for block in self._blocks(y.shape[1]):
+            y_train = y[train, block].astype(np.float64)  # [t, b]
+            y_mean = y_train.mean(axis=0)
+            m = svd.u.T @ (y_train - y_mean)  # [r, b]
+            y_val = y[val, block].astype(np.float64) - y_mean  # [v, b]
+            total += float(np.einsum("vb,vb->", y_val, y_val))
+            cross += np.einsum("rb,rb->r", p.T @ y_val, m)
+            mm += m @ m.T
+        g = (p.T @ p) * mm  # [r, r]
+        errors = []
+        for alpha in alphas:
+            d = svd.shrink(alpha)
+            errors.append(total - 2 * d @ cross + d @ g @ d)
+        return np.maximum(np.array(errors), 0.0)
+
+    def fit(self, X, Y, groups=None) -> RidgeCV:
+        """Choose ``alpha_`` by cross-validation on ``X`` ``[n, features]`` -> ``Y`` ``[n, targets]``, refit on all.
+
+        ``groups`` (``[n]``, any labels) keeps samples that share a label in one fold.
+        """
+        x, y, groups = self._check(X, Y, groups)
+        alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        errors = np.zeros(len(alphas))
+        everyone = np.arange(len(x))
+        for val in _group_folds(groups, int(self.cv), self.random_state):
+            errors += self._fold_errors(x, y, np.setdiff1d(everyone, val), val, alphas)
+        self.cv_scores_ = errors / y.size
+        self.alpha_ = float(alphas[int(np.argmin(self.cv_scores_))])
+        svd = _CenteredSVD(x)
+        d = svd.shrink(self.alpha_)
+        self.coef_ = np.empty((y.shape[1], x.shape[1]))
+        self.intercept_ = np.empty(y.shape[1])
+        for block in self._blocks(y.shape[1]):
+            y_block = y[:, block].astype(np.float64)
+            self.intercept_[block] = y_block.mean(axis=0)
+            m = svd.u.T @ (y_block - self.intercept_[block])  # [r, b]
+            self.coef_[block] = (m.T * d) @ svd.vt  # [b, d]
+        self.x_mean_ = svd.x_mean
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """``[n, features]`` -> float64 ``[n, targets]``."""
+        if not hasattr(self, "coef_"):
+            raise NotFittedError("this RidgeCV is not fitted yet; call fit first")
+        x = np.asarray(X, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.coef_.shape[1]:
+            raise DataError(f"expected X [n, {self.coef_.shape[1]}], got {x.shape}", field="X")
+        return (x - self.x_mean_) @ self.coef_.T + self.intercept_
+
+
+# ----------------------------------------------------------------------------- latent and targets
+
+
+def encoder_latent(encoder, fmri: torch.Tensor) -> torch.Tensor:
+    """The encoder's pooled latent ``[B, D]`` for fMRI windows ``[B, n, H, W]`` (no gradient, dropout off).
+
+    It is the input of the CLIP head's projection, ``LayerNorm(mean over tokens)`` of the
+    spatiotemporal block's output, captured with a hook so the encoder's own forward runs.
+    """
+    captured: list[torch.Tensor] = []
+    handle = encoder.clip_head.proj.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder(fmri)
+    finally:
+        handle.remove()
+        encoder.train(training)
+    return captured[0]
+
+
+def window_caption(store, window) -> str:
+    """The caption LEA regresses onto: the caption of the window's middle video frame."""
+    captions = store.captions(window)
+    return captions[len(captions) // 2]
+
+
+def _caption_tokens(generator, captions: list[str], batch_size: int) -> np.ndarray:
+    """``encode_text`` of each caption, float32 ``[len(captions), K, C]``."""
+    out = [generator.encode_text(captions[i:i + batch_size]).float().cpu().numpy()
+           for i in range(0, len(captions), batch_size)]
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _load_encoder(encoder_dir: Path, store, device: torch.device):
+    """The saved FmriEncoder, checked against the store's image size and window length."""
+    from glfa.models.encoder import FmriEncoder
+
+    if not (encoder_dir / "config.json").is_file():
+        raise CheckpointError("no fMRI encoder here (expected RUN/contrastive/encoder, written by "
+                              "`glfa train contrastive`, or a folder of FmriEncoder.save_pretrained)", path=encoder_dir)
+    encoder = FmriEncoder.from_pretrained(encoder_dir, map_location=device).eval().requires_grad_(False)
+    if (encoder.image_size, encoder.num_frames) != (store.image_size, store.fmri_frames):
+        raise CheckpointError(f"the encoder reads [{encoder.num_frames}, {encoder.image_size}, {encoder.image_size}] "
+                              f"windows, the store holds [{store.fmri_frames}, {store.image_size}, "
+                              f"{store.image_size}]", path=encoder_dir)
+    return encoder
+
+
+def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, encoder_dir: str | Path | None = None,
+            generator: str | Path | None = None, batch_size: int = 16, progress: bool = True) -> Path:
+    """Fit LEA on the training subjects' training windows; write ``RUN_DIR/lea/model/`` and return it.
+
+    Parameters
+    ----------
+    config
+        The experiment config (``subjects``, ``lea.alphas``, ``lea.cv_folds``, ``device``).
+    store
+        A store folder or an open :class:`~glfa.data.store.StudyStore`.
+    run_dir
+        The run folder (default ``output_dir/name``).
+    encoder_dir
+        The saved FmriEncoder whose latent LEA reads (default ``RUN_DIR/contrastive/encoder``).
+    generator
+        The base diffusers text-to-video folder (default ``config.cotrain.generator``); its text
+        encoder gives the targets.
+    batch_size
+        Windows per encoder call and captions per text-encoder call.
+    progress
+        Show a progress bar.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from glfa.align import _replace_dir
+    from glfa.backbones import load_video_generator, resolve_device
+    from glfa.data.store import StudyStore
+    from glfa.training.checkpoint import write_json_atomic
+    from glfa.training.pretrain import default_run_dir
+
+    if isinstance(store, (str, Path)):
+        store = StudyStore.open(store)
+    train_subjects, held_out = config.check_subjects(store.subjects)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    generator_path = generator if generator is not None else config.cotrain.generator
+    if generator_path is None:
+        raise config.error("cotrain.generator", "no video generator: set cotrain.generator to the diffusers "
+                           "text-to-video folder whose text tokens LEA predicts, or pass --generator DIR")
+    encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / STAGE1_ENCODER
+    device = resolve_device(config.device)
+    encoder = _load_encoder(encoder_dir, store, device)
+    gen = load_video_generator(generator_path, device=device)
+    if gen.text_encoder is None:
+        raise BackboneError("the generator has no text_encoder/ and tokenizer/: LEA predicts its text tokens",
+                            path=gen.path)
+
+    samples = [(s, w) for s in train_subjects for w in store.windows("train") if store.has(s, w.stimulus_id)]
+    if not samples:
+        raise DataError(f"no training window for subjects {train_subjects}", path=store.path)
+    groups = np.array([w.stimulus_id for _, w in samples])
+    if len(set(groups)) < config.lea.cv_folds:
+        raise config.error("lea.cv_folds", f"is {config.lea.cv_folds}, but the training split has "
+                           f"{len(set(groups))} stimuli (folds split by stimulus)")
+    captions = [window_caption(store, w) for _, w in samples]
+    unique = sorted(set(captions))
+    if not any(c.strip() for c in unique):
+        raise DataError("every training window's caption is empty: LEA regresses onto caption embeddings; "
+                        "caption the videos first (`glfa caption STORE --model BLIP2_DIR`)", path=store.path)
+    targets = _caption_tokens(gen, unique, batch_size)  # [u, K, C]
+    token_shape = targets.shape[1:]
+    row = {c: i for i, c in enumerate(unique)}
+    y = targets.reshape(len(unique), -1)[[row[c] for c in captions]]  # [N, K*C]
+
+    n, size = store.fmri_frames, store.image_size
+    latents, total = [], np.zeros((n, size, size))
+    for start in tqdm(range(0, len(samples), batch_size), desc="lea latents", disable=not progress):
+        fmri = np.stack([store.fmri(s, w) for s, w in samples[start:start + batch_size]])  # [b, n, H, W]
+        total += fmri.sum(axis=0)
+        latents.append(encoder_latent(encoder, torch.from_numpy(fmri).to(device)).double().cpu().numpy())
+    x = np.concatenate(latents)  # [N, D]
+    mean_fmri = (total / len(samples)).astype(np.float32)  # [n, H, W]
+
+    ridge = RidgeCV(config.lea.alphas, cv=config.lea.cv_folds).fit(x, y, groups=groups)
+    negative_latent = encoder_latent(encoder, torch.from_numpy(mean_fmri)[None].to(device)).double().cpu().numpy()
+    negative = ridge.predict(negative_latent).reshape(token_shape)  # [K, C]
+
+    resolved = config.to_dict()
+    resolved["cotrain"]["generator"] = str(Path(gen.path).resolve())
+    info: dict[str, Any] = {
+        "kind": "lea", "method": "lea", "generator": str(Path(gen.path).resolve()),
+        "store": str(Path(store.path).resolve()), "train_subjects": train_subjects, "held_out": held_out,
+        "config": resolved, "num_frames": n, "image_size": size, "encoder_source": str(encoder_dir.resolve()),
+        "latent": "clip_head input: LayerNorm(mean of the spatiotemporal tokens)",
+        "target": "generator text tokens of the middle frame's caption", "samples": len(samples),
+        "stimuli": len(set(groups)), "alpha": ridge.alpha_,
+        "cv_mse": {f"{a:g}": float(e) for a, e in zip(np.ravel(config.lea.alphas), ridge.cv_scores_)},
+    }
+    tensors = {"coef": ridge.coef_, "intercept": ridge.intercept_, "x_mean": ridge.x_mean_,
+               "alpha": np.array([ridge.alpha_])}
+    ridge_file = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}
+    ridge_file["token_shape"] = torch.tensor(token_shape, dtype=torch.int64)
+
+    target = run_dir / LEA_DIR
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        encoder.save_pretrained(tmp / ENCODER_DIR)
+        save_file({"mean_fmri": torch.from_numpy(mean_fmri),
+                   "tokens": torch.from_numpy(negative.astype(np.float32))}, str(tmp / NEGATIVE))
+        save_file(ridge_file, str(tmp / RIDGE))
+        write_json_atomic(tmp / MODEL_INFO, info)
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class LeaDecoder:
+    """fMRI windows -> predicted text tokens: the saved encoder's latent through the saved ridge map.
+
+    Parameters
+    ----------
+    encoder : FmriEncoder
+    coef : ``[K*C, D]``, intercept : ``[K*C]``, x_mean : ``[D]`` (float32 tensors, see :class:`RidgeCV`)
+    token_shape : (K, C)
+    """
+
+    def __init__(self, encoder, coef: torch.Tensor, intercept: torch.Tensor, x_mean: torch.Tensor,
+                 token_shape: tuple[int, int]):
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.coef, self.intercept, self.x_mean = coef, intercept, x_mean
+        self.token_shape = (int(token_shape[0]), int(token_shape[1]))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder and the ridge weights live."""
+        return self.coef.device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None) -> LeaDecoder:
+        """Load ``RUN/lea/model`` (written by :func:`fit_lea`); CheckpointError naming what is missing."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from glfa.backbones import resolve_device
+        from glfa.models.encoder import FmriEncoder
+        from glfa.models.serialization import read_json_object
+
+        model_dir = Path(model_dir)
+        info_path, ridge_path = model_dir / MODEL_INFO, model_dir / RIDGE
+        for path, what in ((info_path, "the model description"), (ridge_path, "the ridge weights"),
+                           (model_dir / ENCODER_DIR / "config.json", "the saved fMRI encoder")):
+            if not path.is_file():
+                raise CheckpointError(f"missing; expected {what} of an LEA model folder written by `glfa train lea`",
+                                      path=path)
+        kind = read_json_object(info_path).get("kind")
+        if kind != "lea":
+            raise CheckpointError(f"kind is {kind!r}, expected 'lea'", path=info_path, field="kind")
+        try:
+            tensors = load_file(ridge_path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt safetensors ({exc.__class__.__name__}: {exc})", path=ridge_path) from None
+        missing = [k for k in _RIDGE_KEYS if k not in tensors]
+        if missing:
+            raise CheckpointError(f"missing tensors {missing}; expected {list(_RIDGE_KEYS)}", path=ridge_path)
+        device = resolve_device(device)
+        encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device)
+        coef, intercept, x_mean = (tensors[k].float().to(device) for k in ("coef", "intercept", "x_mean"))
+        k, c = (int(v) for v in tensors["token_shape"])
+        dim = encoder.config.pte.embed_dim
+        if coef.shape != (k * c, dim) or intercept.shape != (k * c,) or x_mean.shape != (dim,):
+            raise CheckpointError(f"ridge shapes coef {list(coef.shape)}, intercept {list(intercept.shape)}, x_mean "
+                                  f"{list(x_mean.shape)} do not fit tokens [{k}, {c}] from latents of width {dim}",
+                                  path=ridge_path)
+        return cls(encoder, coef, intercept, x_mean, (k, c))
+
+    @torch.no_grad()
+    def tokens(self, fmri: torch.Tensor) -> torch.Tensor:
+        """fMRI ``[B, n, H, W]`` -> float32 tokens ``[B, K, C]`` on :attr:`device`."""
+        latent = encoder_latent(self.encoder, torch.as_tensor(fmri).float().to(self.device))  # [b, d]
+        flat = (latent - self.x_mean) @ self.coef.T + self.intercept  # [b, k*c]
+        return flat.reshape(len(flat), *self.token_shape)
