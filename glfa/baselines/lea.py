@@ -231,13 +231,6 @@ def window_caption(store, window) -> str:
     return captions[len(captions) // 2]
 
 
-def _caption_tokens(generator, captions: list[str], batch_size: int) -> np.ndarray:
-    """``encode_text`` of each caption, float32 ``[len(captions), K, C]``."""
-    out = [generator.encode_text(captions[i:i + batch_size]).float().cpu().numpy()
-           for i in range(0, len(captions), batch_size)]
-    return np.concatenate(out)
-
-
 # ----------------------------------------------------------------------------- fitting
 
 
@@ -278,13 +271,8 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     progress
         Show a progress bar.
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    from glfa.align import _replace_dir
     from glfa.backbones import load_video_generator, resolve_device
     from glfa.data.store import StudyStore
-    from glfa.training.checkpoint import write_json_atomic
     from glfa.training.pretrain import default_run_dir
 
     if isinstance(store, (str, Path)):
@@ -310,25 +298,8 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     if len(set(groups)) < config.lea.cv_folds:
         raise config.error("lea.cv_folds", f"is {config.lea.cv_folds}, but the training split has "
                            f"{len(set(groups))} stimuli (folds split by stimulus)")
-    captions = [window_caption(store, w) for _, w in samples]
-    unique = sorted(set(captions))
-    if not any(c.strip() for c in unique):
-        raise DataError("every training window's caption is empty: LEA regresses onto caption embeddings; "
-                        "caption the videos first (`glfa caption STORE --model BLIP2_DIR`)", path=store.path)
-    targets = _caption_tokens(gen, unique, batch_size)  # [u, K, C]
-    token_shape = targets.shape[1:]
-    row = {c: i for i, c in enumerate(unique)}
-    y = targets.reshape(len(unique), -1)[[row[c] for c in captions]]  # [N, K*C]
-
-    n, size = store.fmri_frames, store.image_size
-    latents, total = [], np.zeros((n, size, size))
-    for start in tqdm(range(0, len(samples), batch_size), desc="lea latents", disable=not progress):
-        fmri = np.stack([store.fmri(s, w) for s, w in samples[start:start + batch_size]])  # [b, n, H, W]
-        total += fmri.sum(axis=0)
-        latents.append(encoder_latent(encoder, torch.from_numpy(fmri).to(device)).double().cpu().numpy())
-    x = np.concatenate(latents)  # [N, D]
-    mean_fmri = (total / len(samples)).astype(np.float32)  # [n, H, W]
-
+    y, token_shape = _targets(gen, [window_caption(store, w) for _, w in samples], batch_size, store.path)
+    x, mean_fmri = _latents(encoder, store, samples, batch_size, progress)
     ridge = RidgeCV(config.lea.alphas, cv=config.lea.cv_folds).fit(x, y, groups=groups)
     negative_latent = encoder_latent(encoder, torch.from_numpy(mean_fmri)[None].to(device)).double().cpu().numpy()
     negative = ridge.predict(negative_latent).reshape(token_shape)  # [K, C]
@@ -338,18 +309,56 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     info: dict[str, Any] = {
         "kind": "lea", "method": "lea", "generator": str(Path(gen.path).resolve()),
         "store": str(Path(store.path).resolve()), "train_subjects": train_subjects, "held_out": held_out,
-        "config": resolved, "num_frames": n, "image_size": size, "encoder_source": str(encoder_dir.resolve()),
+        "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
+        "encoder_source": str(encoder_dir.resolve()),
         "latent": "clip_head input: LayerNorm(mean of the spatiotemporal tokens)",
         "target": "generator text tokens of the middle frame's caption", "samples": len(samples),
         "stimuli": len(set(groups)), "alpha": ridge.alpha_,
         "cv_mse": {f"{a:g}": float(e) for a, e in zip(np.ravel(config.lea.alphas), ridge.cv_scores_)},
     }
-    tensors = {"coef": ridge.coef_, "intercept": ridge.intercept_, "x_mean": ridge.x_mean_,
-               "alpha": np.array([ridge.alpha_])}
-    ridge_file = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}
-    ridge_file["token_shape"] = torch.tensor(token_shape, dtype=torch.int64)
-
     target = run_dir / LEA_DIR
+    _write_model(target, info, encoder, mean_fmri, negative, ridge, token_shape)
+    return target
+
+
+def _targets(generator, captions: list[str], batch_size: int, store_path) -> tuple[np.ndarray, tuple[int, int]]:
+    """(float32 ``[N, K*C]`` text tokens of each sample's caption, (K, C)); each distinct caption encoded once."""
+    unique = sorted(set(captions))
+    if not any(c.strip() for c in unique):
+        raise DataError("every training window's caption is empty: LEA regresses onto caption embeddings; "
+                        "caption the videos first (`glfa caption STORE --model BLIP2_DIR`)", path=store_path)
+    tokens = [generator.encode_text(unique[i:i + batch_size]).float().cpu().numpy()
+              for i in range(0, len(unique), batch_size)]
+    targets = np.concatenate(tokens)  # [u, K, C]
+    row = {c: i for i, c in enumerate(unique)}
+    return targets.reshape(len(unique), -1)[[row[c] for c in captions]], targets.shape[1:]
+
+
+def _latents(encoder, store, samples: list, batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 latents ``[N, D]`` of the (subject, window) samples, float32 mean window ``[n, H, W]``)."""
+    from tqdm.auto import tqdm
+
+    device = next(encoder.parameters()).device
+    latents, total = [], np.zeros((store.fmri_frames, store.image_size, store.image_size))
+    for start in tqdm(range(0, len(samples), batch_size), desc="lea latents", disable=not progress):
+        fmri = np.stack([store.fmri(s, w) for s, w in samples[start:start + batch_size]])  # [b, n, H, W]
+        total += fmri.sum(axis=0)
+        latents.append(encoder_latent(encoder, torch.from_numpy(fmri).to(device)).double().cpu().numpy())
+    return np.concatenate(latents), (total / len(samples)).astype(np.float32)
+
+
+def _write_model(target: Path, info: dict[str, Any], encoder, mean_fmri: np.ndarray, negative: np.ndarray,
+                 ridge: RidgeCV, token_shape: tuple[int, int]) -> None:
+    """Write the LEA model folder into a temporary folder beside ``target``, then move it into place."""
+    from safetensors.torch import save_file
+
+    from glfa.align import _replace_dir
+    from glfa.training.checkpoint import write_json_atomic
+
+    arrays = {"coef": ridge.coef_, "intercept": ridge.intercept_, "x_mean": ridge.x_mean_,
+              "alpha": np.array([ridge.alpha_])}
+    weights = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
+    weights["token_shape"] = torch.tensor(token_shape, dtype=torch.int64)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -357,12 +366,11 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
         encoder.save_pretrained(tmp / ENCODER_DIR)
         save_file({"mean_fmri": torch.from_numpy(mean_fmri),
                    "tokens": torch.from_numpy(negative.astype(np.float32))}, str(tmp / NEGATIVE))
-        save_file(ridge_file, str(tmp / RIDGE))
+        save_file(weights, str(tmp / RIDGE))
         write_json_atomic(tmp / MODEL_INFO, info)
         _replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # ----------------------------------------------------------------------------- decoding
