@@ -643,7 +643,7 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, frame_classi
     return {k: [float(v) for v in np.asarray(scores[k])] for k in order if k in scores}, not_computed
 
 
-def _ttests(results: list[DecodingResult], metrics: list[str]) -> list[dict[str, Any]]:
+def method_ttests(results: list[DecodingResult], metrics: list[str]) -> list[dict[str, Any]]:
     """Two-sample t-tests between every pair of methods of every task, for every metric both have."""
     from glfa.metrics.stats import two_sample_ttest
 
@@ -791,7 +791,7 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
                                     for k, s in scores.items()},
             not_computed=not_computed, seconds=round(time.perf_counter() - began, 3)))
     out = VideoEvaluation(run_dir=str(run_dir), config=config.to_dict(), config_source=source, results=results,
-                          ttests=_ttests(results, metric_keys(evaluation.n_ways)))
+                          ttests=method_ttests(results, metric_keys(evaluation.n_ways)))
     models = {f.method: f.model_dir for f in folders}
     for method in sorted(models, key=method_order):
         tables, skipped = glfa_alignment(method, models[method], store)

@@ -42,8 +42,8 @@ def write_model(run: Path, method: str, *, train: list[str], held_out: list[str]
 
 def write_generations(run: Path, method: str, subject: str, decoded: np.ndarray, truth: np.ndarray, *,
                       store: str | Path, split: str = "test", media: bool = False, fps: float = 2.0) -> Path:
-    """A generations folder per the contract; the mp4 and GIF files only with ``media``."""
-    from glfa.data.video import write_gif, write_video
+    """A generations folder per the contract; the GIF files (what the report shows) only with ``media``."""
+    from glfa.data.video import write_gif
 
     folder = run / "generations" / method / f"{subject}-{split}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,6 @@ def write_generations(run: Path, method: str, subject: str, decoded: np.ndarray,
         for key, clips in (("decoded", decoded), ("truth", truth)):
             item[key] = {"mp4": f"{key}/{i:04d}.mp4", "gif": f"{key}/{i:04d}.gif"}
             if media:
-                write_video(folder / item[key]["mp4"], clips[i], fps)
                 write_gif(folder / item[key]["gif"], clips[i], fps)
         items.append(item)
     np.savez(folder / "videos.npz", decoded=decoded, truth=truth)
