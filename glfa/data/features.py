@@ -152,7 +152,7 @@ def cached_arrays(
             out[name][a:b] = array
     if not todo and (folder / META).is_file():
         return out
-    if not build:
+    if todo and not build:
         raise StoreError(f"{missing} ({len(todo)} of {n_chunks} chunks missing in {folder})", path=folder)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(folder)

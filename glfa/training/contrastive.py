@@ -18,7 +18,8 @@ them when there are fewer). The loss is computed per subject (its ``B`` fMRI emb
 the ``B`` stimuli) and averaged, so no stimulus appears twice among a loss's negatives. The
 logs hold the top-1 fMRI -> image and fMRI -> caption retrieval accuracy within the batch.
 
-The encoder's PTE starts from ``RUN/pte`` (stage 0) when it exists, or from ``init_from``.
+The encoder's PTE starts from ``RUN/pte`` (stage 0) when it exists, or from ``init_from``. The
+token projector (the generator's condition) is not in this loss: it stays frozen until stage 2.
 Held-out subjects and test windows are never read. The result, an
 :meth:`~glfa.models.encoder.FmriEncoder.save_pretrained` folder, is ``RUN/contrastive/encoder/``.
 """
@@ -133,12 +134,14 @@ class ContrastiveStage(Stage):
                              progress=progress)
 
     def build_models(self) -> dict[str, nn.Module]:
-        """The encoder (GLFA off, heads' dropout from the config; PTE from ``init_from``) and the logit scale."""
+        """The encoder (GLFA off, heads' dropout from the config, PTE from ``init_from``, token head frozen)
+        and the logit scale."""
         from glfa.models.encoder import FmriEncoder
 
         encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
         if self.init_from is not None:
             encoder.load_pte(self.init_from)
+        encoder.token_head.requires_grad_(False)  # not in the stage-1 loss (stage 2 trains it); DDP needs it frozen
         return {"encoder": encoder, "logit_scale": LogitScale()}
 
     def dataset(self) -> StimulusWindowDataset:
