@@ -486,7 +486,9 @@ class VideoEvaluation:
             return None
         rows = []
         for _, task, results in tasks:
-            best = {m: max((r.summary[m]["mean"] for r in results if m in r.summary), default=None) for m in metrics}
+            # bold: the best of the task's methods (no bold for a task with one method)
+            best = {m: max((r.summary[m]["mean"] for r in results if m in r.summary), default=None)
+                    if len(results) > 1 else None for m in metrics}
             for i, r in enumerate(results):
                 cells = [Cell(task if i == 0 else ""), Cell(method_label(r.method))]
                 cells += [Cell(_mean_std(r.summary[m]), r.summary[m]["mean"] == best[m]) if m in r.summary
@@ -499,11 +501,14 @@ class VideoEvaluation:
         ev = self.evaluation
         counts = sorted({r.count for r in self.results if r.protocol == protocol})
         notes = [f"Mean ± standard deviation over the {'/'.join(map(str, counts))} clips of each task; bold: the "
-                 f"best of its task. N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the "
+                 f"best method of its task. N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the "
                  f"classifier's top-{ev.ground_truth_top} on the true frame, seed {ev.seed}."]
-        reasons = sorted({f"{metric_label(m)}: {why}" for r in self.results if r.protocol == protocol
-                          for m, why in r.not_computed.items() if m in metrics})
-        return notes + reasons
+        reasons: dict[str, list[str]] = {}
+        for r in self.results:
+            for m, why in r.not_computed.items():
+                if r.protocol == protocol and m in metrics and metric_label(m) not in reasons.setdefault(why, []):
+                    reasons[why].append(metric_label(m))
+        return notes + [f"{', '.join(labels)}: {why}" for why, labels in reasons.items()]
 
     def _ttest_table(self) -> Table | None:
         """Supplementary Table 2: each method against GLFA, mean ± std with the t-test's p-value."""

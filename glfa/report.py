@@ -44,8 +44,6 @@ from glfa.evaluation import (
 
 #: Decoded clips shown per task (evenly spaced over its test windows).
 GALLERY_CAP = 12
-#: Displayed side of a clip in the gallery, in CSS pixels (small clips are scaled up, pixelated).
-CLIP_PIXELS = 128
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1200px;
@@ -63,8 +61,12 @@ td.p-strong { background: #c9f1f5; } td.p-weak { background: #f9d3df; } td.p-non
 .note { color: #555; font-size: 13px; margin: 2px 0 10px; }
 .honest p, .honest li { font-size: 15px; } .honest ul { margin-top: 2px; }
 img.plot { max-width: 100%; display: block; margin: 8px 0; }
-.gallery td { text-align: center; vertical-align: top; font-size: 12px; white-space: normal; }
-.gallery img { width: 128px; height: auto; image-rendering: pixelated; display: block; margin: 0 auto 2px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.clip { border: 1px solid #ccc; border-radius: 4px; padding: 6px; }
+.clip .label { font-size: 12px; color: #444; margin-bottom: 4px; }
+.clip .row { display: flex; gap: 6px; align-items: flex-start; }
+.clip figure { margin: 0; width: 128px; text-align: center; font-size: 11px; color: #333; white-space: nowrap; }
+.clip img { width: 128px; height: auto; image-rendering: pixelated; display: block; }
 """
 
 
@@ -199,10 +201,13 @@ def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
 
 
 def _change(before: float, after: float) -> str:
+    """``rises 0.300 -> 0.600``; ``stays at 0.300`` when equal at the three decimals shown."""
+    a, b = f"{before:.3f}", f"{after:.3f}"
+    if a == b:
+        return f"stays at {a}"
     if math.isnan(before) or math.isnan(after):
-        return f"{before:.3f} -> {after:.3f}"
-    word = "rises" if after > before else "falls" if after < before else "stays"
-    return f"{word} {before:.3f} -> {after:.3f}"
+        return f"{a} -> {b}"
+    return f"{'rises' if after > before else 'falls'} {a} -> {b}"
 
 
 def _alignment_sentences(table: AlignmentTable, who: str) -> list[str]:
@@ -361,41 +366,44 @@ def gallery_windows(windows: list[int], cap: int = GALLERY_CAP) -> list[int]:
     return [windows[i] for i in np.linspace(0, len(windows) - 1, cap).round().astype(int)]
 
 
+def _figure(uri: str, alt: str, lines: list[str]) -> str:
+    """A clip with its caption: the first line bold, one line each."""
+    caption = "<br>".join([f"<b>{_e(lines[0])}</b>"] + [_e(x) for x in lines[1:]])
+    return f'<figure><img alt="{_e(alt)}" src="{uri}"><figcaption>{caption}</figcaption></figure>'
+
+
 def gallery_html(task: str, results: list[DecodingResult]) -> str:
-    """A table: one row per chosen window, the ground truth then every method's decoded clip."""
+    """One card per chosen window: the ground truth, then every method's decoded clip with its scores."""
     folders, items = {}, {}
     for r in results:
         folder = Path(r.generations)
         index = json.loads((folder / "index.json").read_text())
         folders[r.method] = (folder, float(index.get("fps", 3.0)))
         items[r.method] = {int(item["window"]): (i, item) for i, item in enumerate(index["items"])}
-    chosen = gallery_windows([w for by_window in items.values() for w in by_window])
-    head = "<th>window</th><th>ground truth</th>" + "".join(f"<th>{_e(method_label(r.method))}</th>" for r in results)
-    rows = []
+    windows = {w for by_window in items.values() for w in by_window}
+    chosen = gallery_windows(list(windows))
     frame_metric = next((m for m in results[0].scores if m.startswith("frame-")), None)
+    cards = []
     for window in chosen:
-        truth_cell = "<td></td>"
-        cells = []
+        truth, decoded, label = "", [], ""
         for r in results:
             folder, fps = folders[r.method]
             if window not in items[r.method]:
-                cells.append("<td>—</td>")
+                decoded.append(f"<figure><figcaption>{_e(method_label(r.method))}: not decoded</figcaption></figure>")
                 continue
             i, item = items[r.method][window]
-            if truth_cell == "<td></td>":
-                truth_cell = (f'<td><img alt="ground truth" src="{_gif_uri(folder, item, "truth", i, fps)}">'
-                              f"{_e(item.get('stimulus_id', ''))}</td>")
-            score = f"SSIM {r.scores['ssim'][i]:.2f}"
+            if not truth:
+                label = f"window {window}: {item.get('stimulus_id', '')} at {float(item.get('onset', 0.0)):g} s"
+                truth = _figure(_gif_uri(folder, item, "truth", i, fps), "ground truth", ["ground truth"])
+            lines = [method_label(r.method), f"SSIM {r.scores['ssim'][i]:.2f}"]
             if frame_metric:
-                score += f", {metric_label(frame_metric)} {r.scores[frame_metric][i]:.2f}"
-            cells.append(f'<td><img alt="decoded by {_e(r.method)}" '
-                         f'src="{_gif_uri(folder, item, "decoded", i, fps)}">{_e(score)}</td>')
-        rows.append(f"<tr><td>{window}</td>{truth_cell}{''.join(cells)}</tr>")
-    total = len({w for by_window in items.values() for w in by_window})
-    note = (f"{len(chosen)} of {total} test windows shown (at most {GALLERY_CAP} per task, evenly spaced over the "
-            "windows in order); under each clip its SSIM and frame-based accuracy.")
-    return (f"<h3>{_e(task)}</h3><p class=\"note\">{_e(note)}</p><table class=\"gallery\"><thead><tr>{head}</tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+                lines.append(f"{metric_label(frame_metric)} {r.scores[frame_metric][i]:.2f}")
+            decoded.append(_figure(_gif_uri(folder, item, "decoded", i, fps), f"decoded by {r.method}", lines))
+        cards.append(f'<div class="clip"><div class="label">{_e(label)}</div><div class="row">{truth}'
+                     f'{"".join(decoded)}</div></div>')
+    note = (f"{len(chosen)} of {len(windows)} test windows shown (at most {GALLERY_CAP} per task, evenly spaced over "
+            "the windows in order); each decoded clip with its SSIM and frame-based accuracy.")
+    return f'<h3>{_e(task)}</h3><p class="note">{_e(note)}</p><div class="gallery">{"".join(cards)}</div>'
 
 
 # ----------------------------------------------------------------------------- the report

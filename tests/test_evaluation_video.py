@@ -190,7 +190,7 @@ def test_protocols_recorded_config_and_missing_video_classifier(tmp_path, classi
                                             "frame 5-way"]
     row = tables["table3"].rows[0]
     assert [c.text for c in row[:4]] == ["subject s1", "within", "—", "—"]
-    assert any("video 2-way: not computed" in n for n in tables["table3"].notes)
+    assert tables["table3"].notes[1].startswith("video 2-way, video 5-way: not computed: evaluation.video_classifier")
     assert any("SSIM is left out" in n for n in tables["supp-table3"].notes)
 
     # --methods: only the ones asked for; a method without generations is an error naming the command

@@ -101,7 +101,9 @@ def test_report_is_one_self_contained_file(report_run):
     for title in titles + ["Honest comparison", "Training curves", "fSC and ISC before and after GLFA"]:
         assert title in words
     tables = [attrs for tag, attrs in page.tags if tag == "table"]
-    assert len(tables) == len(titles) + len(ev.tasks())
+    assert len(tables) == len(titles)
+    galleries = [attrs for tag, attrs in page.tags if attrs.get("class") == "gallery"]
+    assert len(galleries) == len(ev.tasks()) and sum(a.get("class") == "clip" for _, a in page.tags) == 10
     images = [attrs for tag, attrs in page.tags if tag == "img"]
     assert all(a["src"].startswith("data:image/") for a in images)
     plots = [a for a in images if a.get("class") == "plot"]
