@@ -615,10 +615,32 @@ def _resolve_config(config, folders: list[GenerationsFolder]):
     return GlfaConfig(), "<defaults>"
 
 
-def _load_classifier(loader, value, field: str, device):
-    """``loader(value, device)``; a missing or wrong folder is a BackboneError naming the config field."""
+class CachedClassifier:
+    """A classifier whose ``probabilities`` are remembered by the content of their input.
+
+    Every N-way metric of a generations folder classifies the same frames, and every method
+    decoding the same windows has the same ground truth: each array is classified once.
+    """
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self._cache: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def probabilities(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
+        """The wrapped classifier's probabilities of ``inputs``, computed once per distinct array."""
+        import hashlib
+
+        inputs = np.ascontiguousarray(inputs)
+        key = (hashlib.sha1(inputs.view(np.uint8).data).hexdigest(), inputs.shape)
+        if key not in self._cache:
+            self._cache[key] = self.classifier.probabilities(inputs, **kwargs)
+        return self._cache[key]
+
+
+def _load_classifier(loader, value, field: str, device) -> CachedClassifier:
+    """``loader(value, device)``, cached; a missing or wrong folder is a BackboneError naming the config field."""
     try:
-        return loader(value, device)
+        return CachedClassifier(loader(value, device))
     except BackboneError as exc:
         raise BackboneError(exc.detail, path=exc.path, field=field) from None
 

@@ -112,10 +112,17 @@ def eval_config(classifiers: dict[str, str], **evaluation):
     return validate_config({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 50], **evaluation}})
 
 
-def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers):
+def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers, monkeypatch):
     run = tmp_path / "run"
     truth = write_planted_run(run)
+    classified = []
+    probabilities = B.FrameClassifier.probabilities
+    monkeypatch.setattr(B.FrameClassifier, "probabilities",
+                        lambda self, frames, **kw: classified.append(len(frames)) or probabilities(self, frames, **kw))
     ev = evaluate_run(run, config=eval_config(classifiers, seed=3), progress=False)
+    # each distinct array of frames is classified once for both N-ways and both methods: the truth
+    # (which GLFA's clips equal) and LEA's clips
+    assert classified == [CLIPS * FRAMES] * 2
 
     assert [(r.method, r.protocol, r.task) for r in ev.results] == [
         ("glfa", "cross-subject", "s1,s2 -> s3"), ("lea", "cross-subject", "s1,s2 -> s3")]
