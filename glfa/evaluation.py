@@ -388,7 +388,8 @@ class DecodingResult:
     """The video metrics of one generations folder: one method decoding one subject's split.
 
     ``scores`` holds the per-clip scores of every computed metric (keys of :func:`metric_keys`),
-    ``summary`` their ``{"mean", "std", "n"}``, ``not_computed`` the reason for every metric left out.
+    ``summary`` their ``{"mean", "std", "n"}`` (and the ``"seed"`` of the N-way trials),
+    ``not_computed`` the reason for every metric left out.
     """
 
     method: str
@@ -810,12 +811,13 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
         decoded, truth = folder.videos()
         scores, not_computed = score_clips(decoded, truth, evaluation, frame_classifier, video_classifier)
         protocol, task = folder.protocol()
+        summary = {k: {**summarize(np.asarray(v)), **({} if k == "ssim" else {"seed": evaluation.seed})}
+                   for k, v in scores.items()}
         results.append(DecodingResult(
             method=folder.method, subject=folder.subject, split=folder.split, protocol=protocol, task=task,
             generations=str(folder.path), model_dir=str(folder.model_dir), store=str(folder.index["store"]),
             train_subjects=[str(s) for s in folder.model.get("train_subjects", [])], count=len(decoded),
-            scores=scores, summary={k: {key: float(v) for key, v in summarize(np.asarray(s)).items()}
-                                    for k, s in scores.items()},
+            scores=scores, summary=summary,
             not_computed=not_computed, seconds=round(time.perf_counter() - began, 3)))
     out = VideoEvaluation(run_dir=str(run_dir), config=config.to_dict(), config_source=source, results=results,
                           ttests=method_ttests(results, metric_keys(evaluation.n_ways)))

@@ -374,6 +374,12 @@ def _figure(uri: str, alt: str, lines: list[str]) -> str:
 
 def gallery_html(task: str, results: list[DecodingResult]) -> str:
     """One card per chosen window: the ground truth, then every method's decoded clip with its scores."""
+    gone = [r for r in results if not (Path(r.generations) / "index.json").is_file()]
+    missing = "".join(f'<p class="note">{_e(method_label(r.method))}: generations folder {_e(r.generations)} not '
+                      "found (moved or deleted since glfa evaluate).</p>" for r in gone)
+    results = [r for r in results if r not in gone]
+    if not results:
+        return f"<h3>{_e(task)}</h3>{missing}"
     folders, items = {}, {}
     for r in results:
         folder = Path(r.generations)
@@ -403,7 +409,7 @@ def gallery_html(task: str, results: list[DecodingResult]) -> str:
                      f'{"".join(decoded)}</div></div>')
     note = (f"{len(chosen)} of {len(windows)} test windows shown (at most {GALLERY_CAP} per task, evenly spaced over "
             "the windows in order); each decoded clip with its SSIM and frame-based accuracy.")
-    return f'<h3>{_e(task)}</h3><p class="note">{_e(note)}</p><div class="gallery">{"".join(cards)}</div>'
+    return f'<h3>{_e(task)}</h3><p class="note">{_e(note)}</p>{missing}<div class="gallery">{"".join(cards)}</div>'
 
 
 # ----------------------------------------------------------------------------- the report

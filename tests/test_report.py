@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -141,6 +142,11 @@ def test_honest_paragraph_follows_the_numbers(report_run, tmp_path, classifiers)
     assert re.search(r"frame 2-way: LEA is best .*?; the difference is significant", text)
     assert "GLFA vs LEA: higher on 0 of 5 metrics (0 significantly, p < 0.05), lower on 5 (5 significantly)" in text
     assert "fSC s1/s3 falls 0.600 -> 0.300" in text and "ISC falls 0.600 -> 0.300" in text
+
+    # generations deleted after the evaluation: the report still comes, and says so
+    shutil.rmtree(flipped / "generations" / "lea")
+    words = " ".join(parse(write_report(flipped)).text)
+    assert f"LEA: generations folder {flipped / 'generations' / 'lea' / 's3-test'} not found" in words
 
 
 def test_honest_paragraph_says_not_significant():
