@@ -1,4 +1,4 @@
-"""Training losses: masked reconstruction MSE, L_GLFA (paper eq. 3) and the symmetric CLIP loss."""
+"""Training losses: masked reconstruction MSE, L_GLFA (paper eq. 3), the symmetric CLIP loss and L_denoise (eq. 5)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,39 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | floa
     logits = scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T  # [B, B]
     targets = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def denoising_loss(unet, scheduler, latents: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """L_denoise (paper eq. 5): noise the latents at uniform random timesteps, MSE of the UNet's prediction.
+
+    Draws ``noise ~ N(0, I)`` like ``latents`` and then timesteps uniform in
+    ``[0, scheduler.config.num_train_timesteps)`` (one per sample) from the global torch RNG, in
+    that order; noises with ``scheduler.add_noise``; the target is the noise (``epsilon``
+    prediction, zeroscope / ModelScope), ``scheduler.get_velocity`` (``v_prediction``) or the
+    latents (``sample``), as the scheduler's ``prediction_type`` says.
+
+    Parameters
+    ----------
+    unet : a diffusers ``UNet3DConditionModel`` (or a module with its call signature).
+    scheduler : a diffusers DDPM-style scheduler.
+    latents : [b, c, f, h, w] clean scaled latents.
+    condition : [b, k, d] conditioning tokens (``encoder_hidden_states``).
+    """
+    if latents.dim() != 5 or condition.dim() != 3 or condition.shape[0] != latents.shape[0]:
+        raise DataError(f"expected latents [b, c, f, h, w] and condition [b, k, d] with the same b, got "
+                        f"{list(latents.shape)} and {list(condition.shape)}", field="condition")
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, int(scheduler.config.num_train_timesteps), (latents.shape[0],), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)  # [b, c, f, h, w]
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, t)
+    elif kind == "sample":
+        target = latents
+    else:
+        raise DataError(f"unknown prediction_type {kind!r}; expected epsilon, v_prediction or sample",
+                        field="scheduler.prediction_type")
+    pred = unet(noisy, t, encoder_hidden_states=condition, return_dict=False)[0]  # [b, c, f, h, w]
+    return F.mse_loss(pred.float(), target.float())

@@ -105,6 +105,38 @@ class FmriEncoder(nn.Module):
                                       path=where, field=key)
         load_state(self.pte, state, where)
 
+    def load_encoder_weights(self, directory: str | Path) -> list[str]:
+        """Copy the weights of a saved FmriEncoder into this one, whether or not either has GLFA.
+
+        The saved encoder must match this one everywhere but GLFA (image size, frames, ``pte``,
+        ``temporal`` and ``heads`` except dropout) and every weight outside ``glfa.*`` must fit.
+        ``glfa.*`` weights are copied when both have GLFA; when only this encoder has it (a stage-1
+        encoder going into co-training), GLFA keeps its identity initialisation; when only the saved
+        one has it, they are left out. Returns the names of the weights that kept their initial values.
+        """
+        meta = read_config(directory, type(self).__name__)
+        saved, mine = meta["config"], self.config.model_dump(mode="json")
+        pairs = {"image_size": (saved.get("image_size"), self.image_size),
+                 "num_frames": (saved.get("num_frames"), self.num_frames)}
+        for part in ("pte", "temporal", "heads"):
+            for key, value in mine[part].items():
+                if key != "dropout":
+                    pairs[f"model.{part}.{key}"] = (saved.get("model", {}).get(part, {}).get(key), value)
+        differ = [k for k, (got, needed) in pairs.items() if got != needed]
+        if differ:
+            detail = ", ".join(f"{k}: saved {pairs[k][0]!r}, needed {pairs[k][1]!r}" for k in differ)
+            raise CheckpointError(f"the saved encoder does not match this one ({detail})",
+                                  path=Path(directory) / "config.json", field=differ[0])
+        state = {k: v for k, v in load_weights(directory, meta).items()
+                 if self.glfa is not None or not k.startswith("glfa.")}
+        own = self.state_dict()
+        fresh = sorted(k for k in own if k not in state)
+        if any(not k.startswith("glfa.") for k in fresh):
+            raise CheckpointError(f"the saved encoder lacks {[k for k in fresh if not k.startswith('glfa.')]}",
+                                  path=directory)
+        load_state(self, {**{k: own[k] for k in fresh}, **state}, directory)
+        return fresh
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``config.json`` (model config, image size, frames) atomically."""
         config = {"model": self.config.model_dump(mode="json"), "image_size": self.image_size,

@@ -1,0 +1,437 @@
+"""Stage 2: co-training of the fMRI encoder (with GLFA) and the text-to-video UNet (paper section 3.6).
+
+The fMRI tokens take the place of the text tokens as the UNet's ``encoder_hidden_states``; the
+loss is ``L_denoise + L_GLFA`` (paper eq. 6). Trained: the whole :class:`FmriEncoder` (GLFA, PTE,
+spatiotemporal block, token head; the CLIP head gets no gradient in stage 2 and stays frozen) and
+the UNet parameters whose names contain one of ``cotrain.trainable_unet_patterns`` (attn1, attn2,
+temp_conv: self attention, cross attention, temporal convolution); the rest of the UNet, the VAE
+and the text encoder are frozen. The VAE never runs in a step: the training windows' latents come
+from the store's cache (:func:`glfa.data.features.vae_latents`), computed once.
+
+A batch holds every training subject's response to the same windows: an item is one training
+window (the fMRI of all S training subjects and the window's latents), and
+``cotrain.batch_size`` counts samples (subject x window), so a step takes
+``max(1, cotrain.batch_size // S)`` windows, i.e. ``S`` times that many samples.
+
+The encoder starts from stage 1 (``RUN/contrastive/encoder``; GLFA starts as the identity), or,
+when there is none, from the fine-tuned PTE of stage 0 (``RUN/pte``) with a warning. The result::
+
+    RUN/cotrain-<method>/model/
+      model.json                  kind "cotrain", method, generator, store, subjects, config, ...
+      negative.safetensors        mean_fmri [n, H, W] (training subjects x training windows), tokens [K, C]
+      encoder/                    the co-trained FmriEncoder (save_pretrained)
+      unet_trainable.safetensors  the trained UNet parameters by their unet.named_parameters() names
+
+written into a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import Dataset
+
+from glfa.config import GlfaConfig
+from glfa.errors import ConfigError, DataError, StoreError
+from glfa.training.checkpoint import write_json_atomic
+from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.pretrain import PTE_DIR, default_run_dir
+
+STAGE1_ENCODER = Path("contrastive") / "encoder"
+MODEL_DIR = "model"
+_METHOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def trainable_unet_parameters(unet: nn.Module, patterns: list[str], *, source: str = "<config>") -> list[str]:
+    """Names (as ``unet.named_parameters()``) of the UNet parameters that contain one of ``patterns``.
+
+    Raises a :class:`ConfigError` on ``cotrain.trainable_unet_patterns`` when nothing matches.
+    """
+    names = [name for name, _ in unet.named_parameters() if any(p in name for p in patterns)]
+    if not names:
+        sample = [name for name, _ in unet.named_parameters()][:3]
+        raise ConfigError(f"no parameter of the UNet ({type(unet).__name__}) has a name containing any of "
+                          f"{list(patterns)} (names look like {sample})", path=source,
+                          field="cotrain.trainable_unet_patterns")
+    return names
+
+
+def _checkpointed(forward):
+    """``forward`` recomputed in backward (non-reentrant torch checkpoint) whenever gradients are on."""
+
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+class TrainableUNet(nn.Module):
+    """The generator's UNet with only the named parameters trained.
+
+    Calls go straight to the UNet. Its ``state_dict`` holds only the trained parameters (by their
+    ``unet.named_parameters()`` names): checkpoints and the saved model carry those, and the frozen
+    rest comes from the generator folder. :meth:`enable_gradient_checkpointing` recomputes every
+    resnet, temporal convolution and (temporal) transformer of the UNet in backward
+    (diffusers' ``UNet3DConditionModel`` has no switch of its own).
+    """
+
+    def __init__(self, unet: nn.Module, names: list[str]):
+        super().__init__()
+        self.unet = unet
+        self.names = list(names)
+        params = dict(unet.named_parameters())
+        unknown = [n for n in self.names if n not in params]
+        if unknown:
+            raise ConfigError(f"the UNet has no parameter(s) {unknown}", field="cotrain.trainable_unet_patterns")
+        unet.requires_grad_(False)
+        for name in self.names:
+            params[name].requires_grad_(True)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                **kwargs):
+        """The UNet's forward (same arguments and output)."""
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's resnets, temporal convolutions and transformers in backward."""
+        from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+        kinds = (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel)
+        for module in self.unet.modules():
+            if isinstance(module, kinds) and not getattr(module, "_glfa_checkpointed", False):
+                module.forward = _checkpointed(module.forward)
+                module._glfa_checkpointed = True
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The trained parameters only, by their names in the UNet."""
+        out = OrderedDict() if destination is None else destination
+        params = dict(self.unet.named_parameters())
+        for name in self.names:
+            out[prefix + name] = params[name] if keep_vars else params[name].detach()
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Copy trained parameters in; with ``strict``, exactly the trained names must be given."""
+        missing = [n for n in self.names if n not in state_dict]
+        unexpected = sorted(set(state_dict) - set(self.names))
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for name in self.names:
+                if name in state_dict:
+                    params[name].copy_(state_dict[name])
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
+
+
+def cotrain_step(encoder: nn.Module, unet: nn.Module, scheduler, fmri: torch.Tensor, latents: torch.Tensor, *,
+                 mask: torch.Tensor | None = None, consistency_weight: float = 0.5, align: bool = True) -> StepOutput:
+    """The stage-2 loss of one batch: L_denoise + L_GLFA (the latter when ``align``).
+
+    Parameters
+    ----------
+    encoder : FmriEncoder.
+    unet : the UNet (or :class:`TrainableUNet`).
+    scheduler : the generator's DDPM scheduler.
+    fmri : [B, S, n, H, W] every subject's response to each of the B windows.
+    latents : [B, c, m, h, w] the windows' scaled VAE latents (repeated for each subject).
+    mask : [H, W] cortex mask of L_GLFA's MSEs.
+    consistency_weight : lambda of L_GLFA.
+    align : add L_GLFA over the S subjects (needs S >= 2).
+    """
+    from glfa.losses import denoising_loss, glfa_loss
+
+    s = fmri.shape[1]
+    x = rearrange(fmri.float(), "b s n h w -> (s b) n h w")
+    out = encoder(x)  # tokens [(s b), K, C], aligned [(s b), n, H, W]
+    z0 = repeat(latents.float(), "b c m h w -> (s b) c m h w", s=s)
+    denoise = denoising_loss(unet, scheduler, z0, out["tokens"])
+    logs: dict[str, torch.Tensor] = {"denoise": denoise.detach()}
+    if not align:
+        return StepOutput(loss=denoise, logs=logs)
+    aligned = rearrange(out["aligned"].float(), "(s b) n h w -> s b n h w", s=s)
+    l_glfa = glfa_loss(aligned, rearrange(x, "(s b) n h w -> s b n h w", s=s), mask, consistency_weight)
+    logs["glfa"] = l_glfa.detach()
+    return StepOutput(loss=denoise + l_glfa, logs=logs)
+
+
+class CotrainWindows(Dataset):
+    """Every training window that all training subjects saw, one item each.
+
+    Items: ``{"fmri": float16 [S, n, H, W] (the subjects in order), "latents": [c, m, h', w']
+    (the window's cached VAE latents), "window": int}``; they depend only on their index.
+    """
+
+    def __init__(self, store, subjects: list[str], latents):
+        from glfa.data.datasets import StimulusWindowDataset
+
+        self.responses = StimulusWindowDataset(store, subjects, split="train", with_video=False, dtype=torch.float16)
+        self.latents = latents
+        missing = [w.index for w in self.responses.windows if w.index not in latents.windows]
+        if missing:
+            raise StoreError(f"the latents cache lacks {len(missing)} training window(s) (e.g. {missing[:5]})",
+                             path=store.path)
+
+    @property
+    def windows(self):
+        """The windows, in item order."""
+        return self.responses.windows
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.responses[i]
+        return {"fmri": item["fmri"], "latents": self.latents.get(item["window"]), "window": item["window"]}
+
+
+def _generator_device(config: GlfaConfig) -> torch.device:
+    """Where the generator is loaded: this process's GPU (LOCAL_RANK under accelerate launch), else the CPU."""
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _saved_class(folder: Path) -> str | None:
+    """The ``class`` of a glfa model folder (None when there is no readable config.json)."""
+    from glfa.models.serialization import read_json_object
+
+    path = folder / "config.json"
+    return read_json_object(path).get("class") if path.is_file() else None
+
+
+class CotrainStage(Stage):
+    """Stage 2 plugged into :func:`~glfa.training.loop.train` (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The experiment config (``model``, ``cotrain``, ``subjects``).
+    store
+        An open :class:`~glfa.data.store.StudyStore`.
+    method
+        The run's name in ``RUN/cotrain-<method>`` (default ``glfa`` with GLFA, ``pte-v`` without).
+    glfa
+        Train with GLFA (default ``config.model.glfa.enabled``).
+    init_from
+        A saved FmriEncoder (stage 1) or FmriPTE (stage 0) folder; default ``RUN/contrastive/encoder``,
+        else ``RUN/pte`` (with a warning).
+    generator
+        The diffusers text-to-video folder (default ``config.cotrain.generator``).
+    run_dir
+        The run folder (default ``output_dir/name``), where ``init_from`` is looked up.
+    progress
+        Show a progress bar while the latents cache is built.
+    """
+
+    def __init__(self, config: GlfaConfig, store, *, method: str | None = None, glfa: bool | None = None,
+                 init_from: str | Path | None = None, generator: str | Path | None = None,
+                 run_dir: str | Path | None = None, progress: bool = True):
+        from glfa.backbones import load_video_generator
+
+        self.config, self.store, self.source, self.progress = config, store, config.source, progress
+        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
+        self.glfa = config.model.glfa.enabled if glfa is None else bool(glfa)
+        if self.glfa and len(self.train_subjects) < 2:
+            raise config.error("model.glfa.enabled", f"GLFA aligns training subjects with each other and needs at "
+                               f"least 2, got {self.train_subjects}; co-train without it (--no-glfa)")
+        self.method = method if method is not None else ("glfa" if self.glfa else "pte-v")
+        if not _METHOD.match(self.method):
+            raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-'",
+                              field="method")
+        self.name = f"cotrain-{self.method}"
+        self.model_config = config.model.model_copy(
+            update={"glfa": config.model.glfa.model_copy(update={"enabled": self.glfa})})
+        self.settings = TrainSettings.from_config(
+            config.cotrain, batch_size=max(1, config.cotrain.batch_size // len(self.train_subjects)))
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        self.init_from, self.init_kind = self._resolve_init(init_from)
+        mask = store.mask  # [H, W] bool
+        if not mask.any():
+            raise DataError("the store's cortex mask selects no pixel", path=store.path, field="mask")
+        self.mask = torch.from_numpy(mask)
+
+        path = generator if generator is not None else config.cotrain.generator
+        if path is None:
+            raise config.error("cotrain.generator", "no video generator: set cotrain.generator to a diffusers "
+                               "text-to-video folder (e.g. zeroscope_v2_576w) or pass --generator DIR")
+        self.generator = load_video_generator(path, device=_generator_device(config))
+        if self.generator.cross_attention_dim != self.model_config.heads.token_dim:
+            raise config.error("model.heads.token_dim",
+                               f"is {self.model_config.heads.token_dim}, but the generator's UNet "
+                               f"({self.generator.path}) attends to tokens of width {self.generator.cross_attention_dim}")
+        self.trainable = trainable_unet_parameters(self.generator.unet, config.cotrain.trainable_unet_patterns,
+                                                   source=self.source)
+        self._latents = None
+        self._windows: CotrainWindows | None = None
+
+    def _resolve_init(self, init_from: str | Path | None) -> tuple[Path, str]:
+        """(folder, "encoder" | "pte") of the weights the encoder starts from."""
+        if init_from is not None:
+            folder = Path(init_from)
+            kind = {"FmriEncoder": "encoder", "FmriPTE": "pte"}.get(_saved_class(folder) or "")
+            if kind is None:
+                raise ConfigError("expected a saved FmriEncoder (stage 1) or FmriPTE (stage 0) folder",
+                                  path=folder, field="init_from")
+            return folder, kind
+        stage1, pte = self.run_dir / STAGE1_ENCODER, self.run_dir / PTE_DIR
+        if _saved_class(stage1) is not None:
+            return stage1, "encoder"
+        if _saved_class(pte) is not None:
+            warnings.warn(f"no stage-1 encoder at {stage1}: co-training starts from the fine-tuned PTE at {pte} "
+                          "(run `glfa train contrastive` first for the paper's recipe)", stacklevel=3)
+            return pte, "pte"
+        raise ConfigError(f"no stage-1 encoder ({stage1}) and no fine-tuned PTE ({pte}) to start from; run "
+                          "`glfa train contrastive` (or `glfa train pretrain`) first, or pass init_from",
+                          path=self.run_dir, field="init_from")
+
+    @property
+    def latents(self):
+        """The training windows' VAE latents (the store's cache, built on first use)."""
+        if self._latents is None:
+            from glfa.data.features import vae_latents
+
+            self._latents = vae_latents(self.store, self.generator, split="train", progress=self.progress)
+        return self._latents
+
+    def build_models(self) -> dict[str, nn.Module]:
+        """The encoder (stage-1 or PTE weights; GLFA at identity) and the UNet with its trained parameters."""
+        from glfa.models.encoder import FmriEncoder
+
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        if self.init_kind == "encoder":
+            encoder.load_encoder_weights(self.init_from)
+            encoder.set_mask(self.store.mask)
+        else:
+            encoder.load_pte(self.init_from)
+        encoder.clip_head.requires_grad_(False)  # no CLIP loss in stage 2
+        return {"encoder": encoder, "unet": TrainableUNet(self.generator.unet, self.trainable)}
+
+    def dataset(self) -> CotrainWindows:
+        """The training windows with every training subject's fMRI and the cached latents."""
+        if self._windows is None:
+            self._windows = CotrainWindows(self.store, self.train_subjects, self.latents)
+            if len(self._windows) == 0:
+                raise DataError(f"no training window that all of {self.train_subjects} saw", path=self.store.path)
+        return self._windows
+
+    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> StepOutput:
+        """L_denoise over the S x B samples, plus L_GLFA over the S subjects when GLFA is on."""
+        fmri = batch["fmri"]  # [B, S, n, H, W]
+        return cotrain_step(models["encoder"], models["unet"], self.generator.scheduler, fmri, batch["latents"],
+                            mask=self.mask.to(fmri.device), consistency_weight=self.config.model.glfa.consistency_weight,
+                            align=self.glfa)
+
+    def mean_fmri(self) -> np.ndarray:
+        """float32 [n, H, W]: the mean over training subjects and training windows (read one at a time)."""
+        size, n = self.store.image_size, self.store.fmri_frames
+        total = np.zeros((n, size, size), np.float64)
+        buffer = np.empty((n, size, size), self.store.fmri_dtype)
+        count = 0
+        for window in self.dataset().windows:
+            for subject in self.train_subjects:
+                total += self.store.fmri(subject, window, out=buffer)
+                count += 1
+        return (total / count).astype(np.float32)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as this run resolved it (GLFA flag, generator folder)."""
+        data = self.config.to_dict()
+        data["model"]["glfa"]["enabled"] = self.glfa
+        data["cotrain"]["generator"] = str(Path(self.generator.path).resolve())
+        return data
+
+    def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
+        """Write ``RUN/cotrain-<method>/model/`` (negative condition, encoder, trained UNet parameters)."""
+        from glfa.align import _replace_dir
+
+        encoder, unet = models["encoder"], models["unet"]
+        mean = self.mean_fmri()  # [n, H, W]
+        device = next(encoder.parameters()).device
+        with torch.no_grad():
+            tokens = encoder(torch.from_numpy(mean)[None].to(device))["tokens"][0]  # [K, C]
+        target = Path(run_dir) / self.name / MODEL_DIR
+        tmp = target.with_name(f".{MODEL_DIR}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            encoder.save_pretrained(tmp / "encoder")
+            save_file({"mean_fmri": torch.from_numpy(mean), "tokens": tokens.float().cpu().contiguous()},
+                      str(tmp / "negative.safetensors"))
+            save_file({k: v.cpu().contiguous() for k, v in unet.state_dict().items()},
+                      str(tmp / "unet_trainable.safetensors"))
+            write_json_atomic(tmp / "model.json", {
+                "kind": "cotrain", "method": self.method, "generator": str(Path(self.generator.path).resolve()),
+                "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
+                "held_out": self.held_out, "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
+                "config": self.resolved(), "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
+            })
+            _replace_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return {"model": str(target)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share: model, method, subjects, generator, latents, initial weights."""
+        return {"model": self.model_config.model_dump(mode="json"), "method": self.method, "glfa": self.glfa,
+                "train_subjects": self.train_subjects, "generator": str(Path(self.generator.path).resolve()),
+                "latents": self.latents.key, "init_from": str(self.init_from.resolve()),
+                "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
+                "store_created": self.store.manifest.get("created"), "dataset_size": len(self.dataset())}
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The resolved config plus what was resolved against the store, the run and the generator."""
+        return {"config": self.resolved(), "stage": self.name, "method": self.method, "glfa": self.glfa,
+                "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
+                "held_out": self.held_out, "init_from": str(self.init_from), "init_kind": self.init_kind,
+                "windows": len(self.dataset()), "windows_per_step": self.settings.batch_size,
+                "samples_per_step": self.settings.batch_size * len(self.train_subjects),
+                "trainable_unet_parameters": len(self.trainable)}
+
+
+def run_cotrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *, method: str | None = None,
+                glfa: bool | None = None, resume: bool = False, progress: bool = True,
+                init_from: str | Path | None = None, generator: str | Path | None = None) -> TrainResult:
+    """Co-train the encoder and the UNet on ``store``'s training split; the model lands in
+    ``RUN_DIR/cotrain-<method>/model/``.
+
+    Parameters
+    ----------
+    config
+        The experiment config.
+    store
+        A store folder or an open :class:`~glfa.data.store.StudyStore`.
+    run_dir
+        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+    method, glfa, init_from, generator
+        As :class:`CotrainStage`.
+    resume
+        Continue from the newest checkpoint in ``RUN_DIR/cotrain-<method>/checkpoints``.
+    progress
+        Show progress bars.
+    """
+    if isinstance(store, (str, Path)):
+        from glfa.data.store import StudyStore
+
+        store = StudyStore.open(store)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    stage = CotrainStage(config, store, method=method, glfa=glfa, init_from=init_from, generator=generator,
+                         run_dir=run_dir, progress=progress)
+    return train(stage, run_dir, resume=resume, device=config.device, progress=progress)
