@@ -246,6 +246,19 @@ def test_resumed_after_sigkill_ends_with_identical_weights(setup, trained, tmp_p
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_pte_v_with_gradient_checkpointing_and_bf16(setup, tmp_path):
+    config = _config(setup, steps=2, gradient_checkpointing=True, mixed_precision="bf16", checkpoint_every=2)
+    result = run_cotrain(config, setup["store"], tmp_path / "run", glfa=False, init_from=setup["stage1"],
+                         progress=False)
+    assert result.stage_dir.name == "cotrain-pte-v" and result.step == 2
+    assert all("denoise" in h and "glfa" not in h and np.isfinite(h["loss"]) for h in result.history)
+    model_dir = Path(result.outputs["model"])
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["method"] == "pte-v" and meta["config"]["model"]["glfa"]["enabled"] is False
+    encoder = FmriEncoder.from_pretrained(model_dir / "encoder")
+    assert encoder.glfa is None
+
+
 def test_bad_input_is_refused_clearly(setup, tmp_path):
     store, run = setup["store"], setup["run"]
     with pytest.raises(BackboneError, match="folder not found"):
