@@ -57,8 +57,8 @@ def setup(tmp_path_factory):
     config_path.write_text(yaml.safe_dump(data))
     config = load_config(config_path)
     torch.manual_seed(0)
-    stage1 = FmriEncoder(config.model.model_copy(update={"glfa": config.model.glfa.model_copy(update={"enabled": False})}),
-                         store.image_size, store.fmri_frames)
+    no_glfa = config.model.model_copy(update={"glfa": config.model.glfa.model_copy(update={"enabled": False})})
+    stage1 = FmriEncoder(no_glfa, store.image_size, store.fmri_frames)
     stage1.save_pretrained(root / "stage1")
     run = root / "runs" / "run"
     shutil.copytree(root / "stage1", run / "contrastive" / "encoder")

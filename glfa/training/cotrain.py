@@ -276,7 +276,8 @@ class CotrainStage(Stage):
         if self.generator.cross_attention_dim != self.model_config.heads.token_dim:
             raise config.error("model.heads.token_dim",
                                f"is {self.model_config.heads.token_dim}, but the generator's UNet "
-                               f"({self.generator.path}) attends to tokens of width {self.generator.cross_attention_dim}")
+                               f"({self.generator.path}) attends to tokens of width "
+                               f"{self.generator.cross_attention_dim}")
         self.trainable = trainable_unet_parameters(self.generator.unet, config.cotrain.trainable_unet_patterns,
                                                    source=self.source)
         self._latents = None
@@ -336,8 +337,8 @@ class CotrainStage(Stage):
         """L_denoise over the S x B samples, plus L_GLFA over the S subjects when GLFA is on."""
         fmri = batch["fmri"]  # [B, S, n, H, W]
         return cotrain_step(models["encoder"], models["unet"], self.generator.scheduler, fmri, batch["latents"],
-                            mask=self.mask.to(fmri.device), consistency_weight=self.config.model.glfa.consistency_weight,
-                            align=self.glfa)
+                            mask=self.mask.to(fmri.device),
+                            consistency_weight=self.config.model.glfa.consistency_weight, align=self.glfa)
 
     def mean_fmri(self) -> np.ndarray:
         """float32 [n, H, W]: the mean over training subjects and training windows (read one at a time)."""
