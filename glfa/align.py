@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from glfa.errors import CheckpointError, DataError, NotFittedError
+from glfa.training.checkpoint import replace_dir
 
 FORMAT_VERSION = 1
 _CONFIG_FILE = "aligner.json"
@@ -317,7 +317,7 @@ class GLFAAligner(BaseEstimator):
         try:
             save_file(tensors, str(tmp / _WEIGHTS_FILE))
             (tmp / _CONFIG_FILE).write_text(json.dumps(info, indent=2))
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -409,16 +409,3 @@ def responses_from_store(store, subjects: list[str], split: str = "train") -> di
         for s in subjects:
             parts[s].append(resp[s][:n])
     return {s: np.concatenate(p) for s, p in parts.items()}
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the complete folder ``src`` to ``dst``: readers see the old folder, none, or the new one, never a partial one."""
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError("exists and is not a folder; will not overwrite it", path=dst)
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

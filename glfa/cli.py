@@ -172,7 +172,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     config = _config(args) if args.config else None
     out = generate(Path(args.run), method=args.method, subject=args.subject, split=args.split,
-                   store=args.store, config=config, device=args.device, batch_size=args.batch_size,
+                   store=args.store, config=config, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    progress=not args.quiet)
     print(f"decoded clips, their ground truth and index.json written to {out}")
     return 0
@@ -188,6 +188,7 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", "--config", help="YAML config whose 'generation' section overrides the trained one")
     p.add_argument("--batch-size", type=int, default=8, help="windows per denoising batch (default 8)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 for the models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
 

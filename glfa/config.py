@@ -225,7 +225,8 @@ class ContrastiveConfig(TrainCommon):
 class CotrainConfig(TrainCommon):
     """Stage 2: L_denoise + L_GLFA with the text-to-video UNet."""
 
-    batch_size: int = Field(12, gt=0)
+    batch_size: int = Field(12, gt=0, description="samples per step (subject x window): a step takes "
+                            "max(1, batch_size // training subjects) windows with every training subject's fMRI")
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     steps: int = Field(30000, gt=0)

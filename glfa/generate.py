@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from glfa.align import _replace_dir
+from glfa.training.checkpoint import replace_dir
 from glfa.config import GenerationConfig, GlfaConfig
 from glfa.data.store import StudyStore
 from glfa.data.video import resample_video, write_gif, write_video
@@ -149,7 +149,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     try:
         _generate_into(tmp, run_dir, method, subject, split, store, windows, model_dir, info, gen,
                        device, dtype, batch_size, progress)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

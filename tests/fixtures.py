@@ -286,3 +286,20 @@ def write_decoding_store(path: Path, *, subjects: tuple[str, ...] = ("s1", "s2",
         writer.finish(windows, {"tr": 1.0, "fps": 1.0, "fmri_frames": fmri_frames, "video_frames": video_frames,
                                 "config": {}})
     return path
+
+
+def kill_after_first_checkpoint(args: list[str], latest: Path, timeout: float = 240.0) -> None:
+    """Start ``args`` (a Python child on one thread), SIGKILL it once ``latest`` exists, check it died of it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    victim = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + timeout
+    while not latest.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()

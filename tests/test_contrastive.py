@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures import write_decoding_store
+from fixtures import kill_after_first_checkpoint, write_decoding_store
 from safetensors.torch import load_file
 from test_features import write_uncaptioned_store
 
@@ -111,15 +107,8 @@ def test_resumed_after_sigkill_ends_with_identical_weights(store_path, clip_dir,
     clip_features(StudyStore.open(store_path), clip_dir, config=config, progress=False)  # shared by both runs
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
-    victim = subprocess.Popen([sys.executable, "-c", _CHILD, str(config_path), str(store_path), str(killed)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    latest = killed / "contrastive" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    kill_after_first_checkpoint([sys.executable, "-c", _CHILD, str(config_path), str(store_path), str(killed)],
+                                killed / "contrastive" / "checkpoints" / "latest")
     assert not (killed / "contrastive" / "encoder").exists()  # killed before the end
     run_contrastive(config, store_path, killed, resume=True, progress=False)  # resumed here, on one thread too
     run_contrastive(config, store_path, whole, progress=False)  # the uninterrupted run

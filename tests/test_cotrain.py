@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 from diffusers.models.resnet import TemporalConvLayer
-from fixtures import write_decoding_store
+from fixtures import kill_after_first_checkpoint, write_decoding_store
 from safetensors.torch import load_file
 
 from glfa.backbones import load_video_generator, tiny_video_generator
@@ -226,16 +222,8 @@ def test_resumed_after_sigkill_ends_with_identical_weights(setup, trained, tmp_p
     killed = tmp_path / "killed"
     code = ("import sys; from glfa.config import load_config; from glfa.training.cotrain import run_cotrain; "
             "run_cotrain(load_config(sys.argv[1]), sys.argv[2], sys.argv[3], init_from=sys.argv[4], progress=False)")
-    victim = subprocess.Popen([sys.executable, "-c", code, str(setup["config_path"]), str(setup["store"].path),
-                               str(killed), str(setup["stage1"])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    latest = killed / "cotrain-glfa" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    kill_after_first_checkpoint([sys.executable, "-c", code, str(setup["config_path"]), str(setup["store"].path),
+                                 str(killed), str(setup["stage1"])], killed / "cotrain-glfa" / "checkpoints" / "latest")
     assert not (killed / "cotrain-glfa" / "model").exists()  # killed before the end
     result = run_cotrain(setup["config"], setup["store"], killed, init_from=setup["stage1"], resume=True,
                          progress=False)  # resumed here, on one thread too

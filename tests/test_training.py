@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from fixtures import kill_after_first_checkpoint
 from test_checkpoint import ToyStage, final_weights, toy_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -272,14 +271,8 @@ def test_cli_pretrain_resumed_after_sigkill_ends_with_identical_weights(tiny_sto
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
 
-    victim = cli()
-    latest = killed / "pretrain" / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while not latest.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    kill_after_first_checkpoint([sys.executable, "-m", "glfa.cli", *args, "--out", str(killed)],
+                                killed / "pretrain" / "checkpoints" / "latest")
     assert not (killed / "pte").exists()  # killed before the end
     resumed = cli("--resume")
     assert main([*args, "--out", str(whole)]) == 0  # the uninterrupted run, meanwhile

@@ -352,7 +352,7 @@ def _write_model(target: Path, info: dict[str, Any], encoder, mean_fmri: np.ndar
     """Write the LEA model folder into a temporary folder beside ``target``, then move it into place."""
     from safetensors.torch import save_file
 
-    from glfa.align import _replace_dir
+    from glfa.training.checkpoint import replace_dir
     from glfa.training.checkpoint import write_json_atomic
 
     arrays = {"coef": ridge.coef_, "intercept": ridge.intercept_, "x_mean": ridge.x_mean_,
@@ -368,7 +368,7 @@ def _write_model(target: Path, info: dict[str, Any], encoder, mean_fmri: np.ndar
                    "tokens": torch.from_numpy(negative.astype(np.float32))}, str(tmp / NEGATIVE))
         save_file(weights, str(tmp / RIDGE))
         write_json_atomic(tmp / MODEL_INFO, info)
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

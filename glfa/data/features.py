@@ -201,7 +201,7 @@ def _files_identity(folder: Path) -> dict[str, Any]:
 
 def _frame_table(store):
     """The store's frame table (HDF5 dataset ``video/frames``, ``[F, h, w, 3]`` uint8) and its captions."""
-    return store._dataset("video/frames"), list(store._captions)
+    return store.frame_table(), store.all_captions
 
 
 # ----------------------------------------------------------------------------- CLIP features

@@ -401,7 +401,16 @@ class StudyStore:
     @property
     def num_video_frames(self) -> int:
         """Rows of the store's frame table: every stored frame of every stimulus."""
-        return int(self._dataset("video/frames").shape[0])
+        return int(self.frame_table().shape[0])
+
+    def frame_table(self):
+        """The HDF5 dataset of every stored frame, ``[F, h, w, 3]`` uint8 (rows as :meth:`frame_index` counts)."""
+        return self._dataset("video/frames")
+
+    @property
+    def all_captions(self) -> list[str]:
+        """One caption per row of :meth:`frame_table` (a copy)."""
+        return list(self._captions)
 
     def captions(self, window: Window) -> list[str]:
         """The captions of one window's frames (``m`` strings)."""

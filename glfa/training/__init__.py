@@ -4,6 +4,8 @@
   :class:`IndexStream` (the seeded, resumable data order).
 - :mod:`glfa.training.checkpoint`: atomic safetensors + JSON checkpoints, validated before use.
 - :mod:`glfa.training.pretrain`: stage 0, reconstruction fine-tuning of fMRI-PTE (``glfa train pretrain``).
+- :mod:`glfa.training.contrastive`: stage 1, fMRI -> CLIP space on cached embeddings (``glfa train contrastive``).
+- :mod:`glfa.training.cotrain`: stage 2, encoder + GLFA + UNet attention/temporal layers (``glfa train cotrain``).
 """
 
 from glfa.training.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint

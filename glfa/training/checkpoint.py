@@ -400,3 +400,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"optimizer state is malformed ({exc})", path=path / OPTIMIZER_JSON) from None
     return Checkpoint(path=path, step=int(state["step"]), state=state, models=models, optimizer=optimizer)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the complete folder ``src`` to ``dst``: readers see the old folder, none, or the new one, never a partial one."""
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError("exists and is not a folder; will not overwrite it", path=dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -361,7 +361,7 @@ class CotrainStage(Stage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Write ``RUN/cotrain-<method>/model/`` (negative condition, encoder, trained UNet parameters)."""
-        from glfa.align import _replace_dir
+        from glfa.training.checkpoint import replace_dir
 
         encoder, unet = models["encoder"], models["unet"]
         mean = self.mean_fmri()  # [n, H, W]
@@ -384,7 +384,7 @@ class CotrainStage(Stage):
                 "held_out": self.held_out, "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
                 "config": self.resolved(), "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
             })
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return {"model": str(target)}
