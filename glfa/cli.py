@@ -99,7 +99,8 @@ def _cmd_train_contrastive(args: argparse.Namespace) -> int:
     from glfa.training.contrastive import run_contrastive
 
     config = _config(args)
-    result = run_contrastive(config, Path(args.store), args.out, resume=args.resume, progress=not args.quiet)
+    result = run_contrastive(config, Path(args.store), args.out, resume=args.resume, init_from=args.init,
+                             progress=not args.quiet)
     print(f"stage 1 (contrastive) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
     print(f"encoder saved to {result.outputs['encoder']}")
     print(f"metrics, config and checkpoints in {result.stage_dir}")
@@ -113,7 +114,7 @@ def _cmd_train_cotrain(args: argparse.Namespace) -> int:
     if args.generator:
         config.cotrain.generator = args.generator
     result = run_cotrain(config, Path(args.store), args.out, method=args.method, glfa=False if args.no_glfa else None,
-                         resume=args.resume, progress=not args.quiet)
+                         init_from=args.init, resume=args.resume, progress=not args.quiet)
     print(f"stage 2 (co-training) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
     print(f"decoder saved to {result.outputs['model']}")
     print(f"metrics, config and checkpoints in {result.stage_dir}")
@@ -152,6 +153,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q = _train_parser(stages, "contrastive", "stage 1: fMRI -> CLIP space against frozen image and caption "
                       "embeddings (cached in the store)", _cmd_train_contrastive)
     q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    q.add_argument("--init", default=None, help="a saved FmriPTE folder (default: RUN/pte when it exists)")
     q = _train_parser(stages, "cotrain", "stage 2: co-train the encoder (with GLFA) and the UNet's attention and "
                       "temporal layers on the denoising loss + L_GLFA", _cmd_train_cotrain)
     q.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
@@ -159,6 +161,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="name of the trained decoder (default: 'glfa', or 'pte-v' without GLFA); RUN/cotrain-METHOD")
     q.add_argument("--no-glfa", action="store_true", help="train without GLFA: the fMRI-PTE-V baseline")
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
+    q.add_argument("--init", default=None,
+                   help="the stage-1 encoder folder to start from (default: RUN/contrastive/encoder)")
     q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
                       "generator's text tokens", _cmd_train_lea)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
