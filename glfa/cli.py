@@ -83,28 +83,28 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- train
 
 
+def _print_training(result, what: str, output: str) -> int:
+    """The lines every ``glfa train`` stage ends with."""
+    print(f"{what} trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
+    print(f"saved to {result.outputs[output]}")
+    print(f"metrics, config and checkpoints in {result.stage_dir}")
+    return 0
+
+
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from glfa.training.pretrain import run_pretrain
 
-    config = _config(args)
-    result = run_pretrain(config, Path(args.store), args.out, resume=args.resume, init_from=args.init,
+    result = run_pretrain(_config(args), Path(args.store), args.out, resume=args.resume, init_from=args.init,
                           progress=not args.quiet)
-    print(f"fMRI-PTE fine-tuned for {result.step} steps (final loss {result.metrics.get('final_loss')})")
-    print(f"PTE saved to {result.outputs['pte']}")
-    print(f"metrics, config and checkpoints in {result.stage_dir}")
-    return 0
+    return _print_training(result, "stage 0 (fMRI-PTE fine-tuning)", "pte")
 
 
 def _cmd_train_contrastive(args: argparse.Namespace) -> int:
     from glfa.training.contrastive import run_contrastive
 
-    config = _config(args)
-    result = run_contrastive(config, Path(args.store), args.out, resume=args.resume, init_from=args.init,
+    result = run_contrastive(_config(args), Path(args.store), args.out, resume=args.resume, init_from=args.init,
                              progress=not args.quiet)
-    print(f"stage 1 (contrastive) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
-    print(f"encoder saved to {result.outputs['encoder']}")
-    print(f"metrics, config and checkpoints in {result.stage_dir}")
-    return 0
+    return _print_training(result, "stage 1 (contrastive)", "encoder")
 
 
 def _cmd_train_cotrain(args: argparse.Namespace) -> int:
@@ -115,10 +115,7 @@ def _cmd_train_cotrain(args: argparse.Namespace) -> int:
         config.cotrain.generator = args.generator
     result = run_cotrain(config, Path(args.store), args.out, method=args.method, glfa=False if args.no_glfa else None,
                          init_from=args.init, resume=args.resume, progress=not args.quiet)
-    print(f"stage 2 (co-training) trained for {result.step} steps (final loss {result.metrics.get('final_loss')})")
-    print(f"decoder saved to {result.outputs['model']}")
-    print(f"metrics, config and checkpoints in {result.stage_dir}")
-    return 0
+    return _print_training(result, "stage 2 (co-training)", "model")
 
 
 def _cmd_train_lea(args: argparse.Namespace) -> int:

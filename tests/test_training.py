@@ -245,7 +245,7 @@ def test_cli_train_pretrain_and_resume(tiny_store, tmp_path, capsys):
     args = ["train", "pretrain", "-c", str(config), "--store", str(tiny_store), "--out", str(run), "--quiet"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"PTE saved to {run / 'pte'}" in out
+    assert f"saved to {run / 'pte'}" in out
     assert (run / "pte" / "model.safetensors").is_file() and (run / "pretrain" / "metrics.json").is_file()
     # running again without --resume is refused; with --resume at the end it is a no-op that keeps the weights
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
