@@ -10,10 +10,21 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 3. ``pretrain``: stage 0, the tiny fMRI-PTE fine-tuned on the training split into
    ``OUT/run-<hash>/pte`` (reused when that folder holds a finished run of the same config);
 4. ``align``: GLFA as a functional alignment, leave-one-subject-out on the test split: fSC and
-   ISC before and after GLFA, as the paper's Table 1 (``OUT/alignment/alignment.md``).
+   ISC before and after GLFA, as the paper's Table 1 (``OUT/alignment/alignment.md``);
+5. ``contrastive``: stage 1 against the stand-in CLIP, whose embeddings are cached in the store;
+6. ``generator``: the tiny text-to-video model trained on the synthetic clips and their captions,
+   cached once per machine (``$GLFA_CACHE`` or ``~/.cache/glfa``);
+7. ``cotrain-glfa`` and ``cotrain-pte-v``: stage 2 with and without GLFA (the fMRI-PTE-V baseline);
+8. ``lea``: the LEA baseline (ridge regression to the generator's caption tokens);
+9. ``within``: the within-subject baseline, stages 1 and 2 on the held-out subject's own
+   training windows;
+10. ``generate``: every test window of the held-out subject decoded by each method;
+11. ``evaluate``: SSIM and N-way top-K per method with t-tests (``RUN/evaluation``);
+12. ``report``: ``RUN/report.html``.
 
-Later stages append their step to :data:`STEPS`. The demo ends with a printed summary and
-``OUT/summary.json``.
+Training steps are reused when their run folder ``OUT/run-<hash>`` (keyed by the store and every
+training section of the config) holds a finished stage, and resumed when a killed demo left
+checkpoints. The demo ends with a printed summary and ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +50,11 @@ QUICK: dict[str, Any] = {
     "data": {"image_size": 64},
     "pretrain": {"steps": 10, "batch_size": 8, "checkpoint_every": 10},
     "align": {"steps": 20},
+    "contrastive": {"steps": 10, "stimuli_per_batch": 8, "checkpoint_every": 10},
+    "cotrain": {"steps": 10, "batch_size": 8, "checkpoint_every": 10},
+    "demo_generator": {"vae_steps": 30, "unet_steps": 60},
+    "generation": {"num_inference_steps": 4, "height": 32, "width": 32},
+    "evaluation": {"trials": 20},
     "simulation": {
         "n_subjects": 3, "n_categories": 4, "train_clips_per_category": 2, "test_clips_per_category": 1,
         "test_repeats": 2, "clip_seconds": 6.0, "blank_seconds": 2.0, "clips_per_run": 8, "frame_size": 32,
@@ -128,22 +144,155 @@ def step_prepare(ctx: DemoContext) -> dict[str, Any]:
     return result
 
 
+def _run_dir(ctx: DemoContext) -> Path:
+    """``OUT/run-<hash>``, keyed by the store and every section that changes a trained model."""
+    sections = ("model", "subjects", "pretrain", "contrastive", "cotrain", "lea", "demo_generator")
+    data = {name: getattr(ctx.config, name).model_dump(mode="json") for name in sections}
+    data["cotrain"].pop("generator")  # the demo generator's folder is filled in by step_generator
+    data["demo_generator"].pop("cache_dir")
+    return ctx.out / f"run-{_key({'store': str(ctx.paths['store'].absolute()), **data})}"
+
+
+def _trained(ctx: DemoContext, stage_folder: str, output: Path, fit: Callable[[bool], Any]) -> dict[str, Any]:
+    """Run a training stage unless ``RUN/<stage_folder>/metrics.json`` and ``output`` say it finished.
+
+    ``fit(resume)`` trains; an unfinished stage folder (a killed demo) is resumed from its checkpoint.
+    """
+    metrics_path = ctx.paths["run"] / stage_folder / "metrics.json"
+    reused = metrics_path.is_file() and output.exists()
+    if not reused:
+        fit((ctx.paths["run"] / stage_folder / "checkpoints").is_dir())
+    metrics = json.loads(metrics_path.read_text())
+    return {"path": str(output), "reused": reused, "steps": metrics.get("steps"),
+            "first_loss": _round(metrics.get("first_loss")), "final_loss": _round(metrics.get("final_loss"))}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 def step_pretrain(ctx: DemoContext) -> dict[str, Any]:
     """Stage 0: fine-tune the tiny fMRI-PTE on the training split (or reuse a finished run of the same config)."""
     from glfa.training.pretrain import run_pretrain
 
-    key = _key({"store": str(ctx.paths["store"].absolute()), "model": ctx.config.model.model_dump(mode="json"),
-                "pretrain": ctx.config.pretrain.model_dump(mode="json"), "subjects": ctx.config.subjects.model_dump()})
-    run_dir = ctx.out / f"run-{key}"
-    metrics_path = run_dir / "pretrain" / "metrics.json"
-    reused = metrics_path.is_file() and (run_dir / "pte").is_dir()
+    ctx.paths["run"] = run_dir = _run_dir(ctx)
+    return _trained(ctx, "pretrain", run_dir / "pte",
+                    lambda resume: run_pretrain(ctx.config, ctx.paths["store"], run_dir, resume=resume,
+                                                progress=ctx.progress))
+
+
+def step_contrastive(ctx: DemoContext) -> dict[str, Any]:
+    """Stage 1: the encoder (GLFA off) learns CLIP space from cached stand-in CLIP embeddings of frames and captions."""
+    from glfa.training.contrastive import run_contrastive
+
+    run_dir = ctx.paths["run"]
+    return _trained(ctx, "contrastive", run_dir / "contrastive" / "encoder",
+                    lambda resume: run_contrastive(ctx.config, ctx.paths["store"], run_dir, resume=resume,
+                                                   progress=ctx.progress))
+
+
+def step_generator(ctx: DemoContext) -> dict[str, Any]:
+    """The demo's tiny text-to-video model, trained on the synthetic clips' captions once per machine."""
+    from glfa.data.store import StudyStore
+    from glfa.demo_generator import demo_generator_dir, is_complete, train_demo_generator
+
+    store = StudyStore.open(ctx.paths["store"])
+    try:
+        reused = is_complete(demo_generator_dir(store, ctx.config))
+        path = train_demo_generator(store, ctx.config, progress=ctx.progress)
+    finally:
+        store.close()
+    ctx.config.cotrain.generator = str(path)
+    metrics = json.loads((path / "metrics.json").read_text())
+    return {"path": str(path), "reused": reused, "seconds_training": metrics.get("seconds"),
+            "vae_psnr_test": metrics.get("vae", {}).get("psnr_test"),
+            "unet_final_loss": _round(metrics.get("unet", {}).get("final_loss"))}
+
+
+def _cotrain_step(method: str, glfa: bool) -> Callable[[DemoContext], dict[str, Any]]:
+    def step(ctx: DemoContext) -> dict[str, Any]:
+        from glfa.training.cotrain import run_cotrain
+
+        run_dir = ctx.paths["run"]
+        return _trained(ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
+                        lambda resume: run_cotrain(ctx.config, ctx.paths["store"], run_dir, method=method, glfa=glfa,
+                                                   resume=resume, progress=ctx.progress))
+
+    step.__doc__ = f"Stage 2 {'with' if glfa else 'without'} GLFA: the decoder {method!r} (fMRI tokens replace text)."
+    return step
+
+
+def step_lea(ctx: DemoContext) -> dict[str, Any]:
+    """The LEA baseline: ridge from the stage-1 encoder's latent to the generator's caption tokens."""
+    from glfa.baselines.lea import fit_lea
+
+    model = ctx.paths["run"] / "lea" / "model"
+    reused = (model / "model.json").is_file()
     if not reused:
-        run_pretrain(ctx.config, ctx.paths["store"], run_dir, resume=(run_dir / "pretrain").is_dir(),
-                     progress=ctx.progress)
-    metrics = json.loads(metrics_path.read_text())
-    ctx.paths["run"] = run_dir
-    return {"path": str(run_dir / "pte"), "reused": reused, "steps": metrics.get("steps"),
-            "first_loss": metrics.get("first_loss"), "final_loss": metrics.get("final_loss")}
+        fit_lea(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
+    info = json.loads((model / "model.json").read_text())
+    return {"path": str(model), "reused": reused, "alpha": info.get("alpha")}
+
+
+def step_within(ctx: DemoContext) -> dict[str, Any]:
+    """Within-subject baselines: stages 1 and 2 (no GLFA) on each held-out subject's own training windows."""
+    from glfa.config import SubjectsConfig
+    from glfa.training.contrastive import run_contrastive
+    from glfa.training.cotrain import run_cotrain
+
+    run_dir, store, results = ctx.paths["run"], ctx.paths["store"], {}
+    for subject in ctx.config.subjects.held_out:
+        config = ctx.config.model_copy(deep=True)
+        config.subjects = SubjectsConfig(train=[subject], held_out=[])
+        own = run_dir / f"within-{subject}"
+        encoder = own / "contrastive" / "encoder"
+        _trained(ctx, f"within-{subject}/contrastive", encoder,
+                 lambda resume: run_contrastive(config, store, own, resume=resume, progress=ctx.progress))
+        method = f"within-{subject}"
+        results[subject] = _trained(
+            ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
+            lambda resume: run_cotrain(config, store, run_dir, method=method, glfa=False, init_from=encoder,
+                                       resume=resume, progress=ctx.progress))
+    return {"path": str(run_dir), **{f"final_loss_{s}": r["final_loss"] for s, r in results.items()},
+            "reused": all(r["reused"] for r in results.values())}
+
+
+#: The cross-subject decoders the demo compares, by method name (RUN/cotrain-<method> or RUN/lea);
+#: each held-out subject S is also decoded by its own within-subject model ``within-S``.
+DEMO_METHODS = ("glfa", "pte-v", "lea")
+
+
+def step_generate(ctx: DemoContext) -> dict[str, Any]:
+    """Decode every test window of each held-out subject with every method (mp4 + gif beside the truth)."""
+    from glfa.generate import generate
+
+    written = {}
+    for subject in ctx.config.subjects.held_out:
+        for method in (*DEMO_METHODS, f"within-{subject}"):
+            folder = generate(ctx.paths["run"], method=method, subject=subject, split="test", progress=ctx.progress)
+            written[f"{method}/{subject}"] = json.loads((folder / "index.json").read_text())["count"]
+    return {"path": str(ctx.paths["run"] / "generations"), "clips": written}
+
+
+def step_evaluate(ctx: DemoContext) -> dict[str, Any]:
+    """Video metrics (SSIM, N-way top-K) of every method's decoded clips, with t-tests; alignment before/after."""
+    from glfa.evaluation import evaluate_run, write_video_tables
+
+    evaluation = evaluate_run(ctx.paths["run"], config=ctx.config, progress=ctx.progress)
+    paths = write_video_tables(evaluation, ctx.paths["run"] / "evaluation")
+    if ctx.progress:
+        print(Path(paths["markdown"]).read_text())
+    means = {f"{r.method}/{r.subject}": {k: f"{v['mean']:.3f}±{v['std']:.3f}" for k, v in r.summary.items()}
+             for r in evaluation.results}
+    return {"path": str(paths["markdown"]), **means}
+
+
+def step_report(ctx: DemoContext) -> dict[str, Any]:
+    """One self-contained HTML report: tables, plots, decoded clips beside the ground truth."""
+    from glfa.report import write_report
+
+    path = write_report(ctx.paths["run"])
+    return {"path": str(path), "size_mb": _size_mb(path)}
 
 
 def step_align(ctx: DemoContext) -> dict[str, Any]:
@@ -174,6 +323,15 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("prepare", step_prepare),
     ("pretrain", step_pretrain),
     ("align", step_align),
+    ("contrastive", step_contrastive),
+    ("generator", step_generator),
+    ("cotrain-glfa", _cotrain_step("glfa", glfa=True)),
+    ("cotrain-pte-v", _cotrain_step("pte-v", glfa=False)),
+    ("lea", step_lea),
+    ("within", step_within),
+    ("generate", step_generate),
+    ("evaluate", step_evaluate),
+    ("report", step_report),
 ]
 
 

@@ -1,4 +1,5 @@
-"""glfa demo --quick: simulate (cached) -> prepare (reused) -> pretrain -> align -> summary."""
+"""glfa demo --quick: simulate -> prepare -> pretrain -> align -> contrastive -> generator -> cotrain (GLFA and
+fMRI-PTE-V) -> LEA -> within-subject -> generate -> evaluate -> report, then a second run that reuses it all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 from glfa.cli import main
 from glfa.config import load_config
 from glfa.data.store import StudyStore
-from glfa.demo import QUICK, demo_config, demo_config_path, run_demo
+from glfa.demo import QUICK, STEPS, demo_config, demo_config_path, run_demo
 
 
 def test_demo_config_is_shipped_and_valid():
@@ -22,10 +23,14 @@ def test_demo_config_is_shipped_and_valid():
     assert quick.simulation.n_subjects == QUICK["simulation"]["n_subjects"] == 3  # leave-one-out needs 3
     assert quick.simulation.n_categories < config.simulation.n_categories
     assert quick.pretrain.steps < config.pretrain.steps and quick.align.steps < config.align.steps
+    assert config.demo_generator.cross_attention_dim == config.model.heads.token_dim
+    assert config.subjects.held_out and config.generation.height == config.data.windows.video_height
+    assert quick.generation.height == quick.simulation.frame_size and quick.cotrain.steps < config.cotrain.steps
     assert yaml.safe_load(path.read_text())["name"] == "demo"
 
 
-def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
+def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLFA_CACHE", str(tmp_path / "machine-cache"))  # the demo generator is cached there
     out = tmp_path / "demo"
     summary = run_demo(out, quick=True, progress=False)
     sim, prep = summary["steps"]["simulate"], summary["steps"]["prepare"]
@@ -46,6 +51,21 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
     table = (out / "alignment" / "alignment.md").read_text()
     assert "identity" in table and "01,02 -> 03" in table
     assert set(align["held_out_isc_glfa"]) == {"01", "02", "03"}
+    steps = summary["steps"]
+    assert list(steps) == [name for name, _ in STEPS]
+    run = Path(steps["pretrain"]["path"]).parent
+    assert Path(steps["generator"]["path"]).parent == tmp_path / "machine-cache"
+    for method in ("glfa", "pte-v", "within-03"):
+        info = json.loads((run / f"cotrain-{method}" / "model" / "model.json").read_text())
+        assert info["train_subjects"] == (["03"] if method == "within-03" else ["01", "02"])
+    assert steps["generate"]["clips"] == {f"{m}/03": prep["windows_test"] // 3
+                                          for m in ("glfa", "pte-v", "lea", "within-03")}
+    evaluation = json.loads((run / "evaluation" / "video.json").read_text())
+    glfa = next(r for r in evaluation["results"] if r["method"] == "glfa")
+    assert glfa["protocol"] == "cross-subject" and glfa["summary"]["frame-2way"]["n"] == prep["windows_test"] // 3
+    assert 0 <= glfa["summary"]["frame-2way"]["std"] and "frame-2way" in steps["evaluate"]["glfa/03"]
+    report = (run / "report.html").read_text()
+    assert "Honest comparison" in report and "data:image/gif;base64," in report and "http://" not in report
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["steps"]["prepare"]["windows_test"] == prep["windows_test"]
     printed = capsys.readouterr().out
@@ -56,4 +76,7 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys):
     again = json.loads((out / "summary.json").read_text())
     assert again["steps"]["simulate"]["reused"] and again["steps"]["prepare"]["reused"]
     assert again["steps"]["pretrain"]["reused"]
+    trained = ("contrastive", "cotrain-glfa", "cotrain-pte-v", "lea", "within")
+    assert all(again["steps"][name]["reused"] for name in trained)
+    assert again["steps"]["generator"]["path"] == steps["generator"]["path"]
     assert again["steps"]["simulate"]["path"] == sim["path"]
