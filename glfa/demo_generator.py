@@ -148,15 +148,14 @@ def _cache_root(config: GlfaConfig, cache_dir: str | Path | None) -> Path:
     return Path(root).expanduser()
 
 
-class TrainingData:
+class WindowData:
     """The store's windows of one split in memory: frames ``[N, m, h, w, 3]`` and the middle frame's caption."""
 
     def __init__(self, store, split: str):
         windows = store.windows(split)
-        if not windows:
-            raise StoreError(f"the store has no {split} windows; the demo generator trains on the training "
-                             "windows and measures on the test windows", path=store.path)
-        self.videos = np.stack([store.frames(w) for w in windows])  # [N, m, h, w, 3]
+        shape = (0, store.video_frames, store.manifest["video_height"], store.manifest["video_width"], 3)
+        self.videos = np.stack([store.frames(w) for w in windows]) if windows else np.zeros(shape, np.uint8)
+        # [N, m, h, w, 3]
         self.captions = [store.captions(w)[store.video_frames // 2] for w in windows]
         starts = np.array([store.frame_index(w) for w in windows])
         rows = starts[:, None] + np.arange(store.video_frames)[None]  # [N, m]: rows of the store's frame table
@@ -186,9 +185,9 @@ def _check(store, config: GlfaConfig, videos: np.ndarray) -> None:
 
 
 def demo_generator_dir(store, config: GlfaConfig, *, cache_dir: str | Path | None = None,
-                       data: TrainingData | None = None) -> Path:
+                       data: WindowData | None = None) -> Path:
     """The cache folder of the demo generator for ``store`` and ``config`` (it may not exist yet)."""
-    data = data if data is not None else TrainingData(store, "train")
+    data = data if data is not None else WindowData(store, "train")
     settings = config.demo_generator.model_dump(mode="json")
     settings.pop("cache_dir")
     key = cache_key({"format": FORMAT, "simulation": config.simulation.model_dump(mode="json"),
@@ -226,7 +225,11 @@ def _install(tmp: Path, target: Path) -> None:
             return
     discarded = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-old")
     os.replace(target, discarded)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not is_complete(target):  # nobody else installed one in between
+            raise
     shutil.rmtree(discarded, ignore_errors=True)
 
 
@@ -254,7 +257,9 @@ def train_demo_generator(store, config: GlfaConfig, *, cache_dir: str | Path | N
     Path
         ``CACHE/demo-generator-<key>``, a diffusers text-to-video folder with ``metrics.json``.
     """
-    data = TrainingData(store, "train")
+    data = WindowData(store, "train")
+    if not len(data.videos):
+        raise StoreError("the store has no training windows; the demo generator trains on them", path=store.path)
     _check(store, config, data.videos)
     target = demo_generator_dir(store, config, cache_dir=cache_dir, data=data)
     if is_complete(target):
@@ -265,7 +270,7 @@ def train_demo_generator(store, config: GlfaConfig, *, cache_dir: str | Path | N
     _say(f"demo generator: {'rebuilding incomplete' if target.exists() else 'training'} {target}", progress)
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-tmp")
     try:
-        metrics = _train(tmp, data, TrainingData(store, "test"), config, progress=progress, device=device)
+        metrics = _train(tmp, data, WindowData(store, "test"), config, progress=progress, device=device)
         write_json_atomic(tmp / "metrics.json", metrics)
         _install(tmp, target)
     finally:
@@ -282,7 +287,7 @@ def _say(message: str, progress: bool) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def _train(folder: Path, train: TrainingData, test: TrainingData, config: GlfaConfig, *, progress: bool,
+def _train(folder: Path, train: WindowData, test: WindowData, config: GlfaConfig, *, progress: bool,
            device: str | torch.device | None) -> dict[str, Any]:
     """Build, train and save the generator in ``folder``; the metrics for ``metrics.json``."""
     from glfa.backbones import load_video_generator, resolve_device
@@ -317,7 +322,7 @@ def _train(folder: Path, train: TrainingData, test: TrainingData, config: GlfaCo
         "format": FORMAT,
         "vae": {**_loss_summary(vae_losses), **vae_time, "scaling_factor": scaling,
                 "psnr_train": reconstruction_psnr(generator, train.videos),
-                "psnr_test": reconstruction_psnr(generator, test.videos)},
+                "psnr_test": reconstruction_psnr(generator, test.videos) if len(test.videos) else None},
         "unet": {**_loss_summary(unet_losses), **unet_time},
         "encode": encode_time,
         "train_windows": len(train.videos), "test_windows": len(test.videos), "train_frames": len(train.frames),
