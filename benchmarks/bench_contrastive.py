@@ -38,6 +38,7 @@ from glfa.backbones import load_clip, tiny_clip  # noqa: E402
 from glfa.config import validate_config  # noqa: E402
 from glfa.data.features import _frame_table, caption_view, frame_view  # noqa: E402
 from glfa.data.store import StudyStore  # noqa: E402
+from glfa.optim import adamw  # noqa: E402
 from glfa.training.contrastive import ContrastiveStage  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def time_steps(stage: ContrastiveStage, batch: dict, steps: int) -> tuple[list[f
     for model in models.values():
         model.train()
     params = [p for m in models.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=stage.settings.learning_rate)
+    optimizer = adamw(params, lr=stage.settings.learning_rate, weight_decay=0.0)
     times, first = [], None
     for _ in range(steps + 1):  # the first is a warm-up
         torch.manual_seed(1)

@@ -46,6 +46,7 @@ from glfa.backbones import VideoGenerator, tiny_video_generator  # noqa: E402
 from glfa.config import ModelConfig, validate_config  # noqa: E402
 from glfa.data.store import StudyStore  # noqa: E402
 from glfa.models.encoder import FmriEncoder  # noqa: E402
+from glfa.optim import adamw  # noqa: E402
 from glfa.training.cotrain import CotrainStage, TrainableUNet, cotrain_step, trainable_unet_parameters  # noqa: E402
 
 PATTERNS = ["attn1", "attn2", "temp_conv"]
@@ -69,7 +70,7 @@ def tiny(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     cached = stage.build_models()
     encoded = copy.deepcopy(cached)
-    optimizers = {id(m): torch.optim.AdamW(stage.param_groups(m), lr=1e-4) for m in (cached, encoded)}
+    optimizers = {id(m): adamw(stage.param_groups(m), lr=1e-4, weight_decay=0.0) for m in (cached, encoded)}
     for models in (cached, encoded):
         for model in models.values():
             model.train()
@@ -167,7 +168,7 @@ def full(args: argparse.Namespace) -> dict:
         model.train()
         model.enable_gradient_checkpointing()
     params = [p for m in (encoder, wrapped) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    optimizer = adamw(params, lr=1e-4, weight_decay=0.01)
     s, b = args.subjects, args.windows
     fmri = torch.randn(b, s, args.fmri_frames, 256, 256, device=device)  # [B, S, n, H, W]
     latents = torch.randn(b, 4, args.frames, args.height // 8, args.width // 8, device=device)

@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from glfa.errors import CheckpointError, DataError, NotFittedError
+from glfa.optim import adamw
 from glfa.training.checkpoint import replace_dir
 
 FORMAT_VERSION = 1
@@ -221,7 +222,7 @@ class GLFAAligner(BaseEstimator):
         data.mul_(mask_t)
         n_subjects, n_times = data.shape[:2]
         batch = min(self.batch_size, n_times)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        optimizer = adamw(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)
         history: list[float] = []
         with flush_denormals():

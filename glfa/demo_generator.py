@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from glfa.config import GlfaConfig
 from glfa.data.features import cache_key
 from glfa.errors import StoreError
+from glfa.optim import adamw
 from glfa.training.checkpoint import write_json_atomic
 
 __all__ = ["FORMAT", "KL_WEIGHT", "VAE_ARCH", "UNET_ARCH", "SCHEDULER_CHANGES", "REQUIRED_FILES", "build_demo_generator",
@@ -366,7 +367,7 @@ def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
 
 def _optimizer(module: torch.nn.Module, learning_rate: float, steps: int):
     """AdamW and a cosine decay of its learning rate to a tenth over ``steps``."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = adamw(module.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     return optimizer, schedule

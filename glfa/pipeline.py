@@ -116,7 +116,7 @@ class EncoderCondition:
     def __call__(self, fmri: torch.Tensor) -> torch.Tensor:
         """The encoder's ``tokens`` for ``fmri`` (moved to the encoder's device)."""
         device = next(self.encoder.parameters()).device
-        return self.encoder(fmri.to(device))["tokens"]
+        return self.encoder(fmri.to(device), heads=("tokens",))["tokens"]
 
 
 class FmriToVideoPipeline:

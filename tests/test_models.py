@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glfa.config import ModelConfig
-from glfa.errors import CheckpointError, DataError
+from glfa.errors import CheckpointError, ConfigError, DataError
 from glfa.models import ClipHead, FmriEncoder, FmriPTE, SpatioTemporalBlock, TokenProjector
 from glfa.models.layers import Attention, sincos_pos_embed_2d
 
@@ -186,6 +186,23 @@ def test_encoder_forward_with_and_without_glfa():
     assert sum(p.numel() for p in enc.parameters()) - sum(p.numel() for p in plain.parameters()) == n_glfa
     with pytest.raises(DataError, match="fmri"):
         enc(torch.randn(2, FRAMES + 1, IMAGE, IMAGE))
+
+
+def test_encoder_computes_only_the_heads_asked_for():
+    torch.manual_seed(0)
+    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES, mask=_mask()).eval()
+    x = torch.randn(3, FRAMES, IMAGE, IMAGE)
+    full = enc(x)
+    calls = []
+    enc.token_head.register_forward_hook(lambda *args: calls.append("tokens"))
+    clip_only = enc(x, heads=("clip",))
+    assert set(clip_only) == {"clip", "aligned"} and calls == []
+    torch.testing.assert_close(clip_only["clip"], full["clip"])
+    tokens_only = enc(x, heads=("tokens",))
+    assert set(tokens_only) == {"tokens", "aligned"} and calls == ["tokens"]
+    torch.testing.assert_close(tokens_only["tokens"], full["tokens"])
+    with pytest.raises(ConfigError, match="unknown encoder head.*'latent'"):
+        enc(x, heads=("latent",))
 
 
 def test_encoder_gradients_reach_glfa_and_checkpointing_matches():

@@ -218,7 +218,7 @@ def encoder_latent(encoder, fmri: torch.Tensor) -> torch.Tensor:
     encoder.eval()
     try:
         with torch.no_grad():
-            encoder(fmri)
+            encoder(fmri, heads=("clip",))
     finally:
         handle.remove()
         encoder.train(training)

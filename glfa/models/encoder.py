@@ -21,6 +21,8 @@ from glfa.models.temporal import SpatioTemporalBlock
 
 # PTE constructor arguments that must match for its encoder weights to fit an FmriEncoder.
 _PTE_ENCODER_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+# The encoder's output heads: the generator's condition tokens and the CLIP-space embedding.
+HEADS = ("tokens", "clip")
 
 
 class FmriEncoder(nn.Module):
@@ -76,18 +78,30 @@ class FmriEncoder(nn.Module):
         frames = self.glfa(rearrange(fmri, "b n h w -> (b n) h w"))  # [(b n), h, w]
         return rearrange(frames, "(b n) h w -> b n h w", b=b)
 
-    def forward(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}."""
+    def forward(self, fmri: torch.Tensor, *, heads: tuple[str, ...] = HEADS) -> dict[str, torch.Tensor]:
+        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+
+        ``heads`` names the outputs to compute besides "aligned": each stage's loss needs one
+        ("clip" in stage 1, "tokens" in stage 2 and generation), and the other is skipped.
+        """
         expected = (self.num_frames, self.image_size, self.image_size)
         if fmri.dim() != 4 or tuple(fmri.shape[1:]) != expected:
             raise DataError(f"expected fmri of shape [B, {', '.join(map(str, expected))}], got {list(fmri.shape)}",
                             field="fmri")
+        unknown = sorted(set(heads) - set(HEADS))
+        if unknown:
+            raise ConfigError(f"unknown encoder head(s) {unknown}; expected some of {list(HEADS)}", field="heads")
         b = fmri.shape[0]
         aligned = self.align(fmri)
         tokens = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
         tokens = self.temporal(rearrange(tokens, "(b n) t d -> b n t d", b=b))  # [b, n, p+1, d]
         tokens = rearrange(tokens, "b n t d -> b (n t) d")
-        return {"tokens": self.token_head(tokens), "clip": self.clip_head(tokens), "aligned": aligned}
+        out = {"aligned": aligned}
+        if "tokens" in heads:
+            out["tokens"] = self.token_head(tokens)
+        if "clip" in heads:
+            out["clip"] = self.clip_head(tokens)
+        return out
 
     def load_pte(self, source: str | Path | FmriPTE) -> None:
         """Copy the encoder weights of a pretrained FmriPTE (a saved folder or a model) into ``self.pte``."""

@@ -175,7 +175,7 @@ class ContrastiveStage(Stage):
         rows = self.frame_start[batch["window"].cpu()] + frame
         image, text = self.targets(rows, image_view, text_view, fmri.device)  # [b, d] each
         x = rearrange(fmri[:, chosen.to(fmri.device)].float(), "b s n h w -> (s b) n h w")
-        f = rearrange(models["encoder"](x)["clip"].float(), "(s b) d -> s b d", s=k)
+        f = rearrange(models["encoder"](x, heads=("clip",))["clip"].float(), "(s b) d -> s b d", s=k)
         scale = models["logit_scale"]()
         loss = torch.stack([(clip_loss(f[i], image, scale) + clip_loss(f[i], text, scale)) / 2
                             for i in range(k)]).mean()

@@ -160,7 +160,7 @@ def cotrain_step(encoder: nn.Module, unet: nn.Module, scheduler, fmri: torch.Ten
 
     s = fmri.shape[1]
     x = rearrange(fmri.float(), "b s n h w -> (s b) n h w")
-    out = encoder(x)  # tokens [(s b), K, C], aligned [(s b), n, H, W]
+    out = encoder(x, heads=("tokens",))  # tokens [(s b), K, C], aligned [(s b), n, H, W]
     z0 = repeat(latents.float(), "b c m h w -> (s b) c m h w", s=s)
     denoise = denoising_loss(unet, scheduler, z0, out["tokens"])
     logs: dict[str, torch.Tensor] = {"denoise": denoise.detach()}
@@ -367,7 +367,7 @@ class CotrainStage(Stage):
         mean = self.mean_fmri()  # [n, H, W]
         device = next(encoder.parameters()).device
         with torch.no_grad():
-            tokens = encoder(torch.from_numpy(mean)[None].to(device))["tokens"][0]  # [K, C]
+            tokens = encoder(torch.from_numpy(mean)[None].to(device), heads=("tokens",))["tokens"][0]  # [K, C]
         target = Path(run_dir) / self.name / MODEL_DIR
         tmp = target.with_name(f".{MODEL_DIR}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from glfa.config import TrainCommon
 from glfa.errors import CheckpointError, ConfigError, DataError
+from glfa.optim import adamw
 from glfa.training.checkpoint import (
     Checkpoint,
     capture_rng,
@@ -407,8 +408,7 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
         for name, model in models.items():
             enable_gradient_checkpointing(model, name=name, source=stage.source,
                                           field=f"{stage.name}.gradient_checkpointing")
-    optimizer = torch.optim.AdamW(stage.param_groups(models), lr=settings.learning_rate,
-                                  weight_decay=settings.weight_decay)
+    optimizer = adamw(stage.param_groups(models), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = stage.scheduler(optimizer)
     dataset = stage.dataset()
     try:
