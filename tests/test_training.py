@@ -24,7 +24,7 @@ from glfa.data.store import StoreWriter, StudyStore
 from glfa.data.windows import Window
 from glfa.errors import ConfigError, GlfaError
 from glfa.training.checkpoint import latest_checkpoint
-from glfa.training.loop import IndexStream, _ShardedBatches, train
+from glfa.training.loop import IndexStream, _ShardedBatches, main_process_first, train
 from glfa.training.pretrain import PretrainStage, TrainingFrames, run_pretrain
 
 SUBJECTS = ["s1", "s2", "s3"]
@@ -311,3 +311,42 @@ def test_pretrain_init_from_must_match_the_model(tiny_store, tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(GlfaError, match="patch_size"):
         run_pretrain(config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
+
+
+_MAIN_FIRST = """
+import sys, time
+from pathlib import Path
+from glfa.training.loop import main_process_first
+marker = Path(sys.argv[1])
+with main_process_first("cpu") as is_main:
+    if is_main:
+        time.sleep(1.0)  # a slow cache build
+        marker.write_text("built")
+    else:
+        assert marker.read_text() == "built", "a second process entered before the main one had finished"
+print("main" if is_main else "other", flush=True)
+"""
+
+
+def test_main_process_builds_first_under_two_processes(tmp_path):
+    """Two processes as ``accelerate launch`` starts them: the other waits until the main one has left the block."""
+    script = tmp_path / "main_first.py"
+    script.write_text(_MAIN_FIRST)
+    marker = tmp_path / "cache-built"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in (1, 0):  # the other process starts first
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(marker)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err
+    assert [out.strip() for out, _ in outs] == ["other", "main"]
+    with main_process_first("cpu") as is_main:  # a single process is the main one
+        assert is_main

@@ -27,7 +27,6 @@ Held-out subjects and test windows are never read. The result, an
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,15 @@ from glfa.data.datasets import StimulusWindowDataset
 from glfa.data.features import ClipFeatures, clip_features
 from glfa.errors import ConfigError, DataError
 from glfa.losses import clip_loss
-from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.loop import (
+    Stage,
+    StepOutput,
+    TrainResult,
+    TrainSettings,
+    main_process_first,
+    process_device,
+    train,
+)
 from glfa.training.pretrain import PTE_DIR, default_run_dir
 
 STAGE_DIR = "contrastive"
@@ -121,17 +128,9 @@ class ContrastiveStage(Stage):
 
     def _clip_features(self, clip: Any, progress: bool) -> ClipFeatures:
         """The cached embeddings; under ``accelerate launch`` the main process builds them first."""
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            state = PartialState()
-            with state.main_process_first():
-                return clip_features(self.store, clip, config=self.config, device=state.device,
-                                     progress=progress and state.is_main_process)
-        from glfa.backbones import resolve_device
-
-        return clip_features(self.store, clip, config=self.config, device=resolve_device(self.config.device),
-                             progress=progress)
+        with main_process_first(self.config.device) as is_main:
+            return clip_features(self.store, clip, config=self.config, device=process_device(self.config.device),
+                                 progress=progress and is_main)
 
     def build_models(self) -> dict[str, nn.Module]:
         """The encoder (GLFA off, heads' dropout from the config, PTE from ``init_from``, token head frozen)

@@ -46,7 +46,15 @@ from torch.utils.data import Dataset
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
 from glfa.training.checkpoint import write_json_atomic
-from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.loop import (
+    Stage,
+    StepOutput,
+    TrainResult,
+    TrainSettings,
+    main_process_first,
+    process_device,
+    train,
+)
 from glfa.training.pretrain import PTE_DIR, default_run_dir
 
 STAGE1_ENCODER = Path("contrastive") / "encoder"
@@ -202,13 +210,6 @@ class CotrainWindows(Dataset):
         return {"fmri": item["fmri"], "latents": self.latents.get(item["window"]), "window": item["window"]}
 
 
-def _generator_device(config: GlfaConfig) -> torch.device:
-    """Where the generator is loaded: this process's GPU (LOCAL_RANK under accelerate launch), else the CPU."""
-    if config.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def _saved_class(folder: Path) -> str | None:
     """The ``class`` of a glfa model folder (None when there is no readable config.json)."""
     from glfa.models.serialization import read_json_object
@@ -272,7 +273,7 @@ class CotrainStage(Stage):
         if path is None:
             raise config.error("cotrain.generator", "no video generator: set cotrain.generator to a diffusers "
                                "text-to-video folder (e.g. zeroscope_v2_576w) or pass --generator DIR")
-        self.generator = load_video_generator(path, device=_generator_device(config))
+        self.generator = load_video_generator(path, device=process_device(config.device))
         if self.generator.cross_attention_dim != self.model_config.heads.token_dim:
             raise config.error("model.heads.token_dim",
                                f"is {self.model_config.heads.token_dim}, but the generator's UNet "
@@ -309,7 +310,9 @@ class CotrainStage(Stage):
         if self._latents is None:
             from glfa.data.features import vae_latents
 
-            self._latents = vae_latents(self.store, self.generator, split="train", progress=self.progress)
+            with main_process_first(self.config.device) as is_main:  # under accelerate launch: built once, then read
+                self._latents = vae_latents(self.store, self.generator, split="train",
+                                            progress=self.progress and is_main)
         return self._latents
 
     def build_models(self) -> dict[str, nn.Module]:

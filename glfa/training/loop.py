@@ -20,8 +20,10 @@ Run folder layout (``RUN_DIR`` is shared by the stages of one experiment)::
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +51,36 @@ from glfa.training.checkpoint import (
     write_bytes_atomic,
     write_json_atomic,
 )
+
+# ----------------------------------------------------------------------------- processes under accelerate launch
+
+
+def process_device(device: str | None) -> torch.device:
+    """This process's device for frozen models and caches: the CPU when asked for or without CUDA, else
+    this process's GPU (``LOCAL_RANK`` under ``accelerate launch``, the first GPU otherwise)."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def main_process_first(device: str | None) -> Iterator[bool]:
+    """Run the block in the main process before the others; yields whether this is the main process.
+
+    Under ``accelerate launch`` (``WORLD_SIZE`` > 1) the others wait at a barrier until the main
+    process has left the block, so a store cache built inside it is computed once and then read
+    by every process. A single process just runs the block. ``device`` is the config's device:
+    processes on the CPU meet through gloo, as the training loop's Accelerator will.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield True
+        return
+    from accelerate import PartialState
+
+    state = PartialState(cpu=process_device(device).type == "cpu")
+    with state.main_process_first():
+        yield state.is_main_process
+
 
 # ----------------------------------------------------------------------------- settings and the stage interface
 
