@@ -413,7 +413,7 @@ def _efficientnet_lite0() -> torch.nn.Module:
     # weights_only=True: a plain state dict of tensors, no arbitrary pickle code.
     state = _load("EfficientNet-Lite0 weights", Path(path), torch.load, path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    # channels-last: the CPU convolutions skip a layout conversion per layer (2 cores: 29 -> 45 frames/s)
+    # channels-last: the CPU convolutions skip a layout conversion per layer (2 cores: about 29 -> 45 frames/s)
     return _fold_for_inference(model.eval()).to(memory_format=torch.channels_last)
 
 
