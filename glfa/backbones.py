@@ -577,7 +577,8 @@ class VideoGenerator:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> the text encoder's token states ``[n, k, c]`` (k = the tokenizer's max length)."""
         if self.text_encoder is None or self.tokenizer is None:
-            raise BackboneError("this video generator has no text_encoder/ and tokenizer/", path=self.path)
+            raise BackboneError("this video generator has no text encoder: its folder lacks text_encoder/ and "
+                                "tokenizer/, or it was loaded with with_text_encoder=False", path=self.path)
         tokens = self.tokenizer(list(texts), padding="max_length", truncation=True,
                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
         ids = tokens["input_ids"].to(self.text_encoder.device)
@@ -590,8 +591,13 @@ def load_video_generator(
     dtype: str | torch.dtype | None = None,
     *,
     allow_pickle: bool = False,
+    with_text_encoder: bool = True,
 ) -> VideoGenerator:
-    """Load a diffusers text-to-video model's UNet3D, VAE, schedulers and (if present) text encoder."""
+    """Load a diffusers text-to-video model's UNet3D, VAE, schedulers and (if present) text encoder.
+
+    ``with_text_encoder=False`` leaves the text encoder and tokenizer out (``None``): co-training
+    and fMRI-conditioned generation never read text, and zeroscope's text encoder is 1.4 GB.
+    """
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet3DConditionModel
 
@@ -615,7 +621,7 @@ def load_video_generator(
                                 scheduler.config)
 
     text_encoder = tokenizer = None
-    if (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir():
+    if with_text_encoder and (folder / "text_encoder" / "config.json").is_file() and (folder / "tokenizer").is_dir():
         _, class_name = index.get("text_encoder", ["transformers", "CLIPTextModel"])
         encoder_class = getattr(transformers, str(class_name), transformers.CLIPTextModel)
         text_encoder = _frozen(_load("text encoder", folder / "text_encoder", encoder_class.from_pretrained, folder,

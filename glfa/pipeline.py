@@ -174,7 +174,7 @@ class FmriToVideoPipeline:
         model_dir = Path(model_dir)
         info = read_model_info(model_dir)
         negative = read_negative_tokens(model_dir)
-        generator = load_video_generator(info["generator"], device=device, dtype=dtype)
+        generator = load_video_generator(info["generator"], device=device, dtype=dtype, with_text_encoder=False)
         if info["kind"] == "cotrain":
             from glfa.models.encoder import FmriEncoder
 

@@ -194,6 +194,10 @@ def test_video_generator_loads_back(tiny_dirs):
 
     tokens = gen.encode_text(["a dog", ""])
     assert tokens.shape == (2, 77, 24)
+    without = B.load_video_generator(tiny_dirs["generator"], device="cpu", with_text_encoder=False)
+    assert without.text_encoder is None and without.tokenizer is None
+    with pytest.raises(BackboneError, match="with_text_encoder=False"):
+        without.encode_text(["a dog"])
     with torch.no_grad():  # fMRI tokens of any length condition the UNet
         eps = gen.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, 5, 24)).sample
     assert eps.shape == latents.shape

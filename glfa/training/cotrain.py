@@ -273,7 +273,7 @@ class CotrainStage(Stage):
         if path is None:
             raise config.error("cotrain.generator", "no video generator: set cotrain.generator to a diffusers "
                                "text-to-video folder (e.g. zeroscope_v2_576w) or pass --generator DIR")
-        self.generator = load_video_generator(path, device=process_device(config.device))
+        self.generator = load_video_generator(path, device=process_device(config.device), with_text_encoder=False)
         if self.generator.cross_attention_dim != self.model_config.heads.token_dim:
             raise config.error("model.heads.token_dim",
                                f"is {self.model_config.heads.token_dim}, but the generator's UNet "
