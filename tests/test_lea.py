@@ -56,6 +56,24 @@ def test_ridge_cv_errors_match_refits_per_fold():
     assert ridge.alpha_ == alphas[int(np.argmin(expected))]
 
 
+def test_ridge_on_a_table_of_shared_targets_equals_the_full_targets():
+    """y_rows: every subject's sample of a stimulus reads one stored target row; same fit as the copies."""
+    rng = np.random.default_rng(4)
+    table = rng.normal(size=(10, 6)).astype(np.float32)  # 10 distinct targets
+    rows = np.tile(np.arange(10), 3)  # 3 subjects x 10 stimuli
+    x = table[rows, :4].astype(np.float64) + 0.5 * rng.normal(size=(30, 4))
+    groups = rows  # folds split by stimulus
+    full = RidgeCV(alphas=[0.1, 10.0], cv=5, block_size=4).fit(x, table[rows], groups=groups)
+    shared = RidgeCV(alphas=[0.1, 10.0], cv=5, block_size=4).fit(x, table, groups=groups, y_rows=rows)
+    np.testing.assert_allclose(shared.cv_scores_, full.cv_scores_, rtol=1e-12)
+    np.testing.assert_allclose(shared.coef_, full.coef_, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(shared.intercept_, full.intercept_, rtol=1e-12)
+    with pytest.raises(DataError, match="y_rows"):
+        RidgeCV(cv=2).fit(x, table, y_rows=np.full(30, 10))  # row 10 of a 10-row table
+    with pytest.raises(DataError, match="y_rows"):
+        RidgeCV(cv=2).fit(x, table, y_rows=rows[:5])
+
+
 def test_ridge_recovers_a_planted_map_and_shrinks_more_for_noisier_data():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(200, 20))

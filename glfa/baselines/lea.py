@@ -119,12 +119,17 @@ class RidgeCV:
         self.random_state = random_state
         self.block_size = block_size
 
-    def _check(self, x, y, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _check(self, x, y, groups, y_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y)
-        if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        rows = np.arange(len(x)) if y_rows is None else np.asarray(y_rows)
+        if x.ndim != 2 or y.ndim != 2 or (y_rows is None and len(x) != len(y)):
             raise DataError(f"expected X [n, features] and Y [n, targets] with the same n, got {x.shape} and "
                             f"{y.shape}", field="Y")
+        if rows.shape != (len(x),) or not np.issubdtype(rows.dtype, np.integer) or \
+                (rows.size and (rows.min() < 0 or rows.max() >= len(y))):
+            raise DataError(f"expected one row index of Y (0 to {len(y) - 1}) per sample ({len(x)}), got "
+                            f"{rows.dtype} of shape {rows.shape}", field="y_rows")
         for name, a in (("X", x), ("Y", y)):
             if not np.all(np.isfinite(a)):
                 raise DataError("contains NaN or infinite values", field=name)
@@ -136,13 +141,13 @@ class RidgeCV:
         groups = np.arange(len(x)) if groups is None else np.asarray(groups)
         if groups.shape != (len(x),):
             raise DataError(f"expected one group per sample ({len(x)}), got shape {groups.shape}", field="groups")
-        return x, y, groups
+        return x, y, groups, rows
 
     def _blocks(self, width: int):
         step = max(1, int(self.block_size))
         return (slice(i, min(i + step, width)) for i in range(0, width, step))
 
-    def _fold_errors(self, x, y, train: np.ndarray, val: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    def _fold_errors(self, x, y, rows, train: np.ndarray, val: np.ndarray, alphas: np.ndarray) -> np.ndarray:
         """Summed squared validation error of every alpha for one fold, ``[len(alphas)]``.
 
         With ``P = (X_val - x_mean) V``, ``M = U^T (Y_train - y_mean)`` and ``d = s / (s^2 + alpha)``,
@@ -154,10 +159,10 @@ class RidgeCV:
         r = len(svd.s)
         total, cross, mm = 0.0, np.zeros(r), np.zeros((r, r))
         for block in self._blocks(y.shape[1]):
-            y_train = y[train, block].astype(np.float64)  # [t, b]
+            y_train = y[rows[train], block].astype(np.float64)  # [t, b]
             y_mean = y_train.mean(axis=0)
             m = svd.u.T @ (y_train - y_mean)  # [r, b]
-            y_val = y[val, block].astype(np.float64) - y_mean  # [v, b]
+            y_val = y[rows[val], block].astype(np.float64) - y_mean  # [v, b]
             total += float(np.einsum("vb,vb->", y_val, y_val))
             cross += np.einsum("rb,rb->r", p.T @ y_val, m)
             mm += m @ m.T
@@ -168,25 +173,28 @@ class RidgeCV:
             errors.append(total - 2 * d @ cross + d @ g @ d)
         return np.maximum(np.array(errors), 0.0)
 
-    def fit(self, X, Y, groups=None) -> RidgeCV:
+    def fit(self, X, Y, groups=None, *, y_rows=None) -> RidgeCV:
         """Choose ``alpha_`` by cross-validation on ``X`` ``[n, features]`` -> ``Y`` ``[n, targets]``, refit on all.
 
-        ``groups`` (``[n]``, any labels) keeps samples that share a label in one fold.
+        ``groups`` (``[n]``, any labels) keeps samples that share a label in one fold. ``y_rows``
+        (``[n]`` integers) makes ``Y`` a table of distinct targets, sample ``i``'s being
+        ``Y[y_rows[i]]``: samples that share a target (every subject's response to one stimulus)
+        then share one row in memory instead of a copy each.
         """
-        x, y, groups = self._check(X, Y, groups)
+        x, y, groups, rows = self._check(X, Y, groups, y_rows)
         alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
         errors = np.zeros(len(alphas))
         everyone = np.arange(len(x))
         for val in _group_folds(groups, int(self.cv), self.random_state):
-            errors += self._fold_errors(x, y, np.setdiff1d(everyone, val), val, alphas)
-        self.cv_scores_ = errors / y.size
+            errors += self._fold_errors(x, y, rows, np.setdiff1d(everyone, val), val, alphas)
+        self.cv_scores_ = errors / (len(x) * y.shape[1])
         self.alpha_ = float(alphas[int(np.argmin(self.cv_scores_))])
         svd = _CenteredSVD(x)
         d = svd.shrink(self.alpha_)
         self.coef_ = np.empty((y.shape[1], x.shape[1]))
         self.intercept_ = np.empty(y.shape[1])
         for block in self._blocks(y.shape[1]):
-            y_block = y[:, block].astype(np.float64)
+            y_block = y[rows, block].astype(np.float64)
             self.intercept_[block] = y_block.mean(axis=0)
             m = svd.u.T @ (y_block - self.intercept_[block])  # [r, b]
             self.coef_[block] = (m.T * d) @ svd.vt  # [b, d]
@@ -298,9 +306,9 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     if len(set(groups)) < config.lea.cv_folds:
         raise config.error("lea.cv_folds", f"is {config.lea.cv_folds}, but the training split has "
                            f"{len(set(groups))} stimuli (folds split by stimulus)")
-    y, token_shape = _targets(gen, [window_caption(store, w) for _, w in samples], batch_size, store.path)
+    y, y_rows, token_shape = _targets(gen, [window_caption(store, w) for _, w in samples], batch_size, store.path)
     x, mean_fmri = _latents(encoder, store, samples, batch_size, progress)
-    ridge = RidgeCV(config.lea.alphas, cv=config.lea.cv_folds).fit(x, y, groups=groups)
+    ridge = RidgeCV(config.lea.alphas, cv=config.lea.cv_folds).fit(x, y, groups=groups, y_rows=y_rows)
     negative_latent = encoder_latent(encoder, torch.from_numpy(mean_fmri)[None].to(device)).double().cpu().numpy()
     negative = ridge.predict(negative_latent).reshape(token_shape)  # [K, C]
 
@@ -321,8 +329,13 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     return target
 
 
-def _targets(generator, captions: list[str], batch_size: int, store_path) -> tuple[np.ndarray, tuple[int, int]]:
-    """(float32 ``[N, K*C]`` text tokens of each sample's caption, (K, C)); each distinct caption encoded once."""
+def _targets(generator, captions: list[str], batch_size: int, store_path) -> tuple[np.ndarray, np.ndarray,
+                                                                                   tuple[int, int]]:
+    """(float32 ``[u, K*C]`` text tokens of each distinct caption, each sample's row in it ``[N]``, (K, C)).
+
+    Each distinct caption is encoded and held once: every training subject's response to a window
+    shares its row (for Wen 2017 that halves LEA's largest array, about 2.7 GB at zeroscope's K * C).
+    """
     unique = sorted(set(captions))
     if not any(c.strip() for c in unique):
         raise DataError("every training window's caption is empty: LEA regresses onto caption embeddings; "
@@ -331,7 +344,7 @@ def _targets(generator, captions: list[str], batch_size: int, store_path) -> tup
               for i in range(0, len(unique), batch_size)]
     targets = np.concatenate(tokens)  # [u, K, C]
     row = {c: i for i, c in enumerate(unique)}
-    return targets.reshape(len(unique), -1)[[row[c] for c in captions]], targets.shape[1:]
+    return targets.reshape(len(unique), -1), np.array([row[c] for c in captions]), targets.shape[1:]
 
 
 def _latents(encoder, store, samples: list, batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
