@@ -372,14 +372,33 @@ def _register_evaluate_run(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_run)
 
 
+def _cmd_evaluate_combine(args: argparse.Namespace) -> int:
+    from glfa.evaluation import combine_evaluations, write_video_tables
+
+    evaluation = combine_evaluations(args.runs, args.output)
+    paths = write_video_tables(evaluation, Path(args.output))
+    print(Path(paths["markdown"]).read_text())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    return 0
+
+
+def _register_evaluate_combine(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser("combine", help="join evaluated runs into one set of tables (leave-one-subject-out: "
+                        "one run per held-out subject)")
+    p.add_argument("runs", nargs="+", help="run folders evaluated with `glfa evaluate RUN` (or their video.json)")
+    p.add_argument("-o", "--output", required=True, help="folder for the joined video.json and video.md")
+    p.set_defaults(func=_cmd_evaluate_combine)
+
+
 RUN_PROTOCOL = "run"
 # Each entry adds one evaluation protocol under `glfa evaluate`.
-_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment]
+_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment, _register_evaluate_combine]
 
 
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a run's decoded videos (glfa evaluate RUN) or the alignment "
-                       "metrics of GLFA alone (glfa evaluate alignment STORE)")
+    p = sub.add_parser("evaluate", help="evaluate a run's decoded videos (glfa evaluate RUN), the alignment "
+                       "metrics of GLFA alone (glfa evaluate alignment STORE), or join evaluated runs "
+                       "(glfa evaluate combine RUN RUN ... -o DIR)")
     esub = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for register in _EVALUATE_PROTOCOLS:
         register(esub)

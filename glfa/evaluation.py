@@ -832,6 +832,57 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     return out
 
 
+def combine_evaluations(sources: list[str | Path], out_dir: str | Path) -> VideoEvaluation:
+    """One evaluation from several runs' ``glfa evaluate``: the whole leave-one-subject-out Table 2.
+
+    Leave-one-subject-out decoding trains one run per held-out subject ("1,2 -> 3", "1,3 -> 2",
+    "2,3 -> 1"), and each run's evaluation scores its own task. This joins them, so the tables
+    have a block of rows per held-out subject, with each run's t-tests and GLFA alignment.
+
+    Parameters
+    ----------
+    sources : list of paths
+        Run folders (their ``evaluation/video.json``) or ``video.json`` files, at least two.
+    out_dir : path
+        Where the joined tables will be written; it names the result.
+
+    Raises
+    ------
+    DataError
+        Fewer than two sources, a run not yet evaluated, runs scored with different evaluation
+        settings (their numbers would not be comparable), or one method on one task in two runs.
+    """
+    if len(sources) < 2:
+        raise DataError(f"expected at least two evaluated runs to combine, got {len(sources)}", field="runs")
+    paths = [Path(src) / "evaluation" / "video.json" if Path(src).is_dir() else Path(src) for src in sources]
+    for path in paths:
+        if not path.is_file():
+            raise DataError("no video evaluation here; run `glfa evaluate RUN` on the run first", path=path)
+    evaluations = [VideoEvaluation.load(path) for path in paths]
+    first = evaluations[0].config["evaluation"]
+    for path, other in zip(paths[1:], evaluations[1:]):
+        settings = other.config["evaluation"]
+        differ = sorted(k for k in set(first) | set(settings) if first.get(k) != settings.get(k))
+        if differ:
+            raise DataError(f"scored with other evaluation settings than {paths[0]} ({', '.join(differ)}); "
+                            "evaluate every run with the same -c CONFIG", path=path, field="evaluation")
+    seen: dict[tuple[str, str, str, str], Path] = {}
+    for path, evaluation in zip(paths, evaluations):
+        for r in evaluation.results:
+            key = (r.protocol, r.task, r.method, r.split)
+            if key in seen:
+                raise DataError(f"method {r.method!r} on task {r.task!r} ({r.split}) is also in {seen[key]}",
+                                path=path)
+            seen[key] = path
+    return VideoEvaluation(
+        run_dir=str(out_dir), config=evaluations[0].config,
+        config_source=", ".join(dict.fromkeys(e.config_source for e in evaluations)),
+        results=[r for e in evaluations for r in e.results], ttests=[t for e in evaluations for t in e.ttests],
+        alignment=[a for e in evaluations for a in e.alignment],
+        alignment_skipped=list(dict.fromkeys(s for e in evaluations for s in e.alignment_skipped)),
+        seconds=round(sum(e.seconds for e in evaluations), 3))
+
+
 def write_video_tables(evaluation: VideoEvaluation, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``video.json`` (everything) and ``video.md`` (the tables) atomically; default ``RUN/evaluation``."""
     from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic

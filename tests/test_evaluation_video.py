@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from glfa import backbones as B
 from glfa.config import validate_config
 from glfa.errors import BackboneError, DataError
-from glfa.evaluation import VideoEvaluation, evaluate_run, write_video_tables
+from glfa.evaluation import VideoEvaluation, combine_evaluations, evaluate_run, write_video_tables
 from glfa.metrics import fsc, isc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -268,3 +268,51 @@ def test_bad_input(tmp_path, classifiers):
         bad = eval_config({**classifiers, field: str(tmp_path / "no-such-classifier")})
         with pytest.raises(BackboneError, match=f"no-such-classifier: evaluation.{field}: folder not found"):
             evaluate_run(run, config=bad, progress=False)
+
+
+def test_combine_runs_into_the_leave_one_subject_out_table(tmp_path, classifiers, capsys):
+    """One run per held-out subject, each evaluated alone, joined into one Table 2 with a block per subject."""
+    from glfa.cli import main
+
+    first, second = tmp_path / "held-out-s3", tmp_path / "held-out-s2"
+    write_planted_run(first)
+    truth = planted_clips(seed=5)
+    for method in ("glfa", "lea"):
+        write_model(second, method, train=["s1", "s3"], held_out=["s2"], store="/data/study",
+                    kind="lea" if method == "lea" else "cotrain")
+    write_generations(second, "glfa", "s2", np.roll(truth, 1, axis=0), truth, store="/data/study")
+    write_generations(second, "lea", "s2", truth.copy(), truth, store="/data/study")
+    config = eval_config(classifiers, seed=3)
+    alone = {}
+    for run in (first, second):
+        alone[run] = evaluate_run(run, config=config, progress=False)
+        write_video_tables(alone[run])
+
+    out = tmp_path / "loso"
+    assert main(["evaluate", "combine", str(first), str(second / "evaluation" / "video.json"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    joined = VideoEvaluation.load(out / "video.json")
+    assert [(r.task, r.method) for r in joined.results] == [
+        ("s1,s2 -> s3", "glfa"), ("s1,s2 -> s3", "lea"), ("s1,s3 -> s2", "glfa"), ("s1,s3 -> s2", "lea")]
+    for result in joined.results:  # each run's numbers, unchanged
+        run = first if result.task == "s1,s2 -> s3" else second
+        original = next(r for r in alone[run].results if r.method == result.method)
+        assert result.scores == original.scores and result.summary == original.summary
+    assert joined.ttest("s1,s3 -> s2", "ssim", "glfa", "lea") == alone[second].ttest("s1,s3 -> s2", "ssim", "glfa",
+                                                                                        "lea")
+    table2 = (out / "video.md").read_text().split("## Cross-subject decoding (Table 2)")[1].split("##")[0]
+    rows = [line.split("|")[1:3] for line in table2.splitlines() if line.startswith("|")][2:]
+    assert [(task.strip(), method.strip()) for task, method in rows] == [
+        ("s1,s2 -> s3", "LEA"), ("", "GLFA"), ("s1,s3 -> s2", "LEA"), ("", "GLFA")]
+
+    with pytest.raises(DataError, match="also in"):
+        combine_evaluations([first, first], out)
+    other = tmp_path / "other"
+    write_planted_run(other)
+    write_video_tables(evaluate_run(other, config=eval_config(classifiers, seed=3, trials=7), progress=False))
+    with pytest.raises(DataError, match="other evaluation settings.*trials"):
+        combine_evaluations([second, other], out)
+    with pytest.raises(DataError, match="run `glfa evaluate RUN`"):
+        combine_evaluations([first, tmp_path / "never-evaluated"], out)
+    with pytest.raises(DataError, match="at least two"):
+        combine_evaluations([first], out)
