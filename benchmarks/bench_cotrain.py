@@ -163,6 +163,7 @@ def full(args: argparse.Namespace) -> dict:
                                inference_scheduler=None)
     info = sizes(unet, vae, encoder)
     wrapped = TrainableUNet(unet, trainable_unet_parameters(unet, PATTERNS))
+    wrapped.store_frozen_weights_in(torch.bfloat16)  # as stage 2 does under bf16 mixed precision
     encoder.clip_head.requires_grad_(False)
     for model in (encoder, wrapped):
         model.train()

@@ -247,6 +247,28 @@ def test_pte_v_with_gradient_checkpointing_and_bf16(setup, tmp_path):
     assert encoder.glfa is None
 
 
+def test_mixed_precision_stores_the_frozen_layer_weights_in_half(setup):
+    config = _config(setup, mixed_precision="bf16")
+    stage = CotrainStage(config, setup["store"], run_dir=setup["run"], progress=False)
+    models = stage.build_models()
+    unet = stage.generator.unet
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    frozen_layer_weights = {id(p) for m in unet.modules() if isinstance(m, layers)
+                            for p in m.parameters(recurse=False) if not p.requires_grad}
+    assert frozen_layer_weights
+    for name, param in unet.named_parameters():
+        if param.requires_grad:  # trained: float32 for the optimizer
+            assert param.dtype == torch.float32, name
+        else:  # frozen: half in linear and conv layers, float32 in norms
+            assert param.dtype == (torch.bfloat16 if id(param) in frozen_layer_weights else torch.float32), name
+    batch = _batch(stage)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stage.step(models, batch)
+    out.loss.backward()
+    grads = [p.grad for p in unet.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 def test_bad_input_is_refused_clearly(setup, tmp_path):
     store, run = setup["store"], setup["run"]
     with pytest.raises(BackboneError, match="folder not found"):
