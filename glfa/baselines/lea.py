@@ -334,7 +334,8 @@ def _targets(generator, captions: list[str], batch_size: int, store_path) -> tup
     """(float32 ``[u, K*C]`` text tokens of each distinct caption, each sample's row in it ``[N]``, (K, C)).
 
     Each distinct caption is encoded and held once: every training subject's response to a window
-    shares its row (for Wen 2017 that halves LEA's largest array, about 2.7 GB at zeroscope's K * C).
+    shares its row. For Wen 2017 (two training subjects, K * C = 78,848) LEA's largest array
+    falls from about 2.7 GB (a row per sample) to at most half of that.
     """
     unique = sorted(set(captions))
     if not any(c.strip() for c in unique):
