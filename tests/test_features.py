@@ -198,3 +198,31 @@ def test_vae_latents_need_a_video_size_the_vae_divides(store):
     odd = SimpleNamespace(vae_scale_factor=3)
     with pytest.raises(StoreError, match="16 x 16 pixels, not a multiple of the VAE's factor 3"):
         F.vae_latents(store, odd, progress=False)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_fixed_batches_compute_each_item_with_the_same_neighbours_whatever_is_asked():
+    calls = []
+
+    def batch_dependent(a, b):  # a planted function whose results change with the batch they are computed in
+        calls.append((a, b))
+        return np.arange(a, b) * 1000.0 + (b - a)
+
+    whole = F.FixedBatches(batch_dependent, count=11, size=4).take(np.arange(11))
+    pieces = F.FixedBatches(batch_dependent, count=11, size=4)
+    parts = []
+    for a, b in [(0, 3), (3, 9), (9, 11)]:
+        parts.append(pieces.take(np.arange(a, b)))
+        pieces.forget_before(b)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(whole, np.arange(11) * 1000.0 + np.array([4] * 8 + [3] * 3))
+    assert calls == [(0, 4), (4, 8), (8, 11)] * 2  # each batch computed once per FixedBatches
+    np.testing.assert_array_equal(pieces.take([10, 8, 10]), whole[[10, 8, 10]])
+
+
+def test_vae_latents_do_not_depend_on_the_chunking(store, generator):
+    three = F.vae_latents(store, generator, progress=False, chunk_rows=3)
+    seven = F.vae_latents(store, generator, progress=False, chunk_rows=7)
+    assert three.folder != seven.folder and torch.equal(three.latents, seven.latents)

@@ -14,10 +14,16 @@ identity (its folder and weight files, or ``standin`` and the width), the settin
 values, the cache format version and the chunk layout. A build killed midway resumes from the
 chunks on disk; a chunk of the wrong shape or dtype, unreadable or holding non-finite values is
 detected and computed again, never used.
+
+A cached value never depends on how rows fall into chunks: frozen models see their inputs in
+:class:`FixedBatches`, batches at fixed positions of the whole input list, so a resumed build holds
+the same bits as an uninterrupted one (padding to the longest caption of a batch, or a kernel
+chosen by the batch size, would otherwise change the floats).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -34,13 +40,17 @@ from tqdm.auto import tqdm
 from glfa.errors import StoreError
 from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
 
-__all__ = ["FORMAT_VERSION", "CHUNK_ROWS", "ArraySpec", "cached_arrays", "cache_key", "ClipFeatures",
+__all__ = ["FORMAT_VERSION", "CHUNK_ROWS", "ArraySpec", "cached_arrays", "cache_key", "FixedBatches", "ClipFeatures",
            "clip_features", "frame_view", "caption_view", "LatentFeatures", "vae_latents"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: values computed in FixedBatches
 CHUNK_ROWS = 64
 META = "meta.json"
 FEATURES_DIR = "features"
+# Model batch sizes of the caches (FixedBatches): fixed, so that no value depends on the chunking.
+EMBED_BATCH_ROWS = 8  # frame rows (times the views) per CLIP image batch
+EMBED_BATCH_TEXTS = 64  # distinct caption texts per CLIP text batch
+EMBED_BATCH_WINDOWS = 4  # windows per VAE batch
 _IMAGE_TAG, _TEXT_TAG = 1, 2  # keep the crop and caption random streams apart
 
 
@@ -179,6 +189,45 @@ def cached_arrays(
         "arrays": {name: spec.to_json() for name, spec in specs.items()}, "info": info or {},
     })
     return out
+
+
+class FixedBatches:
+    """Results of a batched function over a list of items, computed in batches at fixed positions.
+
+    Item ``i`` is always computed in batch ``i // size`` together with the same other items,
+    whichever items a caller asks for and in whatever groups, so its result is the same bits in
+    every run. Each batch is computed once and kept until :meth:`forget_before` drops it.
+
+    Parameters
+    ----------
+    fn
+        ``fn(start, stop)`` -> array ``[stop - start, ...]``: the results of items ``start .. stop - 1``.
+    count
+        Number of items.
+    size
+        Items per batch.
+    """
+
+    def __init__(self, fn: Callable[[int, int], np.ndarray], *, count: int, size: int):
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self.fn, self.count, self.size = fn, int(count), int(size)
+        self._done: dict[int, np.ndarray] = {}
+
+    def _batch(self, k: int) -> np.ndarray:
+        if k not in self._done:
+            start = k * self.size
+            self._done[k] = np.asarray(self.fn(start, min(self.count, start + self.size)))
+        return self._done[k]
+
+    def take(self, indices) -> np.ndarray:
+        """The results of ``indices`` (any order, repeats allowed), stacked ``[len(indices), ...]``."""
+        return np.stack([self._batch(i // self.size)[i % self.size] for i in np.asarray(indices, dtype=np.int64)])
+
+    def forget_before(self, index: int) -> None:
+        """Drop the batches that hold only items below ``index`` (no later call asks for them)."""
+        for k in [k for k in self._done if (k + 1) * self.size <= index]:
+            del self._done[k]
 
 
 def _cache_folder(store, name: str, key: str) -> Path:
@@ -326,7 +375,6 @@ def clip_features(store, clip, *, config, progress: bool = True, build: bool = T
     key = cache_key(info)
     folder = _cache_folder(store, "clip", key)
     loaded: list[Any] = []
-    embedded: dict[str, np.ndarray] = {}  # caption text -> embedding: each distinct string is embedded once
 
     def backbone():
         if not loaded:
@@ -338,19 +386,33 @@ def clip_features(store, clip, *, config, progress: bool = True, build: bool = T
                 loaded.append(clip)
         return loaded[0]
 
-    def compute(a: int, b: int) -> dict[str, np.ndarray]:
-        model = backbone()
-        block = frames[a:b]  # [r, h, w, 3] uint8
-        images = torch.stack([frame_view(block[i], a + i, v, crop_scale=section.crop_scale, seed=section.seed)
-                              for i in range(b - a) for v in range(views)])  # [(r v), h, w, 3]
-        image = model.embed_images(images).float().cpu().numpy().reshape(b - a, views, -1)
-        texts = [caption_view(captions[a + i], a + i, v, swap_prob=section.word_swap_prob,
+    def embed_views(start: int, stop: int) -> np.ndarray:  # item r * views + v: view v of frame row r
+        first = start // views
+        block = frames[first:(stop - 1) // views + 1]  # [r, h, w, 3] uint8, one read
+        crops = [frame_view(block[i // views - first], i // views, i % views, crop_scale=section.crop_scale,
+                            seed=section.seed) for i in range(start, stop)]
+        return backbone().embed_images(torch.stack(crops)).float().cpu().numpy()
+
+    images = FixedBatches(embed_views, count=rows * views, size=EMBED_BATCH_ROWS * views)
+
+    @functools.cache
+    def caption_texts() -> tuple[np.ndarray, FixedBatches]:
+        """Per item, its text's place among the distinct texts (in order of first use), and their batches."""
+        texts = [caption_view(captions[r], r, v, swap_prob=section.word_swap_prob,
                               synonym_prob=section.synonym_prob, seed=section.seed)
-                 for i in range(b - a) for v in range(views)]
-        new = [t for t in dict.fromkeys(texts) if t not in embedded]
-        if new:
-            embedded.update(zip(new, model.embed_texts(new).float().cpu().numpy()))
-        text = np.stack([embedded[t] for t in texts]).reshape(b - a, views, -1)
+                 for r in range(rows) for v in range(views)]
+        distinct = list(dict.fromkeys(texts))  # each distinct text is embedded once
+        place = {text: i for i, text in enumerate(distinct)}
+        embed = FixedBatches(lambda a, b: backbone().embed_texts(distinct[a:b]).float().cpu().numpy(),
+                             count=len(distinct), size=EMBED_BATCH_TEXTS)
+        return np.array([place[t] for t in texts], dtype=np.int64), embed
+
+    def compute(a: int, b: int) -> dict[str, np.ndarray]:
+        items = np.arange(a * views, b * views)
+        image = images.take(items).reshape(b - a, views, -1)
+        images.forget_before(b * views)
+        text_item, text_embeddings = caption_texts()
+        text = text_embeddings.take(text_item[items]).reshape(b - a, views, -1)
         return {"image": image, "text": text}
 
     specs = {"image": ArraySpec((views, dim), "float16"), "text": ArraySpec((views, dim), "float16")}
@@ -453,9 +515,16 @@ def vae_latents(store, generator, *, split: str = "train", progress: bool = True
     key = cache_key(info)
     folder = _cache_folder(store, f"vae-{split}", key)
 
-    def compute(a: int, b: int) -> dict[str, np.ndarray]:
+    def encode(a: int, b: int) -> np.ndarray:
         videos = np.stack([store.frames(w) for w in windows[a:b]])  # [r, m, h, w, 3]
-        return {"latents": generator.encode_videos(videos).float().cpu().numpy()}
+        return generator.encode_videos(videos).float().cpu().numpy()
+
+    latents = FixedBatches(encode, count=len(windows), size=EMBED_BATCH_WINDOWS)
+
+    def compute(a: int, b: int) -> dict[str, np.ndarray]:
+        out = latents.take(np.arange(a, b))
+        latents.forget_before(b)
+        return {"latents": out}
 
     shape = (generator.latent_channels, m, height // factor, width // factor)
     arrays = cached_arrays(folder, rows=len(windows), specs={"latents": ArraySpec(shape, dtype)}, compute=compute,
