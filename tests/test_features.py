@@ -97,14 +97,15 @@ def test_an_interrupted_build_resumes_from_its_chunks(store, clip_dir):
     n = store.num_video_frames  # 36 rows: chunks of 8 -> 5 chunks
     victim = Counting(load_clip(clip_dir, device="cpu"), fail_after=2)
     with pytest.raises(KeyboardInterrupt):
-        F.clip_features(store, victim, config=config, progress=False, chunk_rows=8)
+        F.clip_features(store, victim, config=config, progress=False, chunk_rows=8, batch_rows=8)
     folder = next(p for p in (store.path / "cache" / "features").iterdir()
                   if (p / "chunk-00001.npz").is_file() and not (p / "meta.json").exists())
     assert sorted(p.name for p in folder.glob("chunk-*")) == ["chunk-00000.npz", "chunk-00001.npz"]
     resumed = Counting(load_clip(clip_dir, device="cpu"))
-    feats = F.clip_features(store, resumed, config=config, progress=False, chunk_rows=8)
+    feats = F.clip_features(store, resumed, config=config, progress=False, chunk_rows=8, batch_rows=8)
     assert feats.folder == folder and resumed.image_rows == (n - 16) * VIEWS  # the 2 chunks done are not redone
-    whole = F.clip_features(store, load_clip(clip_dir, device="cpu"), config=config, progress=False, chunk_rows=9)
+    whole = F.clip_features(store, load_clip(clip_dir, device="cpu"), config=config, progress=False, chunk_rows=9,
+                            batch_rows=8)
     assert torch.equal(whole.image, feats.image) and torch.equal(whole.text, feats.text)
 
 
@@ -131,13 +132,14 @@ def test_a_second_call_reads_the_cache_without_the_model(store, clip_dir, monkey
 
 def test_a_corrupt_chunk_is_computed_again(store, clip_dir):
     config = _config(seed=5)
-    good = F.clip_features(store, load_clip(clip_dir, device="cpu"), config=config, progress=False, chunk_rows=8)
+    good = F.clip_features(store, load_clip(clip_dir, device="cpu"), config=config, progress=False, chunk_rows=8,
+                           batch_rows=8)
     wrong = {"image": np.zeros((8, VIEWS, 31), np.float16), "text": np.zeros((8, VIEWS, 32), np.float16)}
     np.savez(good.folder / "chunk-00001.npz", **wrong)  # wrong shape
     torn = good.folder / "chunk-00003.npz"
     torn.write_bytes(torn.read_bytes()[:100])  # cut short by a crash
     counting = Counting(load_clip(clip_dir, device="cpu"))
-    again = F.clip_features(store, counting, config=config, progress=False, chunk_rows=8)
+    again = F.clip_features(store, counting, config=config, progress=False, chunk_rows=8, batch_rows=8)
     assert counting.image_rows == 16 * VIEWS
     assert torch.equal(again.image, good.image) and torch.equal(again.text, good.text)
 

@@ -48,7 +48,7 @@ CHUNK_ROWS = 64
 META = "meta.json"
 FEATURES_DIR = "features"
 # Model batch sizes of the caches (FixedBatches): fixed, so that no value depends on the chunking.
-EMBED_BATCH_ROWS = 8  # frame rows (times the views) per CLIP image batch
+EMBED_BATCH_ROWS = 64  # frame rows (times the views) per CLIP image batch
 EMBED_BATCH_TEXTS = 64  # distinct caption texts per CLIP text batch
 EMBED_BATCH_WINDOWS = 4  # windows per VAE batch
 _IMAGE_TAG, _TEXT_TAG = 1, 2  # keep the crop and caption random streams apart
@@ -325,7 +325,8 @@ def _clip_identity(clip, dim: int) -> dict[str, Any]:
 
 
 def clip_features(store, clip, *, config, progress: bool = True, build: bool = True,
-                  device: str | torch.device | None = None, chunk_rows: int = CHUNK_ROWS) -> ClipFeatures:
+                  device: str | torch.device | None = None, chunk_rows: int = CHUNK_ROWS,
+                  batch_rows: int = EMBED_BATCH_ROWS) -> ClipFeatures:
     """CLIP embeddings of every frame and caption of ``store``, computed once into ``STORE/cache/features``.
 
     Parameters
@@ -347,6 +348,9 @@ def clip_features(store, clip, *, config, progress: bool = True, build: bool = T
         Where a CLIP given by name is loaded (default: CUDA when present).
     chunk_rows
         Frames per chunk file.
+    batch_rows
+        Frames (each with its views) per image batch of the model, at fixed positions of the frame
+        table (:class:`FixedBatches`); part of the key.
 
     Returns
     -------
@@ -371,7 +375,7 @@ def clip_features(store, clip, *, config, progress: bool = True, build: bool = T
     rows = len(captions)
     info = {"kind": "clip", "format_version": FORMAT_VERSION, "store_created": store.manifest.get("created"),
             "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(), "model": identity,
-            "settings": settings, "chunk_rows": chunk_rows, "rows": rows}
+            "settings": settings, "chunk_rows": chunk_rows, "batch_rows": batch_rows, "rows": rows}
     key = cache_key(info)
     folder = _cache_folder(store, "clip", key)
     loaded: list[Any] = []
@@ -393,7 +397,7 @@ def clip_features(store, clip, *, config, progress: bool = True, build: bool = T
                             seed=section.seed) for i in range(start, stop)]
         return backbone().embed_images(torch.stack(crops)).float().cpu().numpy()
 
-    images = FixedBatches(embed_views, count=rows * views, size=EMBED_BATCH_ROWS * views)
+    images = FixedBatches(embed_views, count=rows * views, size=batch_rows * views)
 
     @functools.cache
     def caption_texts() -> tuple[np.ndarray, FixedBatches]:
