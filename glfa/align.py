@@ -22,8 +22,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from glfa.devices import flush_denormals, resolve_device
 from glfa.errors import CheckpointError, DataError, NotFittedError
 from glfa.optim import adamw
 from glfa.training.checkpoint import replace_dir
@@ -40,28 +40,6 @@ FORMAT_VERSION = 1
 _CONFIG_FILE = "aligner.json"
 _WEIGHTS_FILE = "weights.safetensors"
 _TRANSFORM_CHUNK = 64  # frames per forward pass in transform
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero on CPU inside the block (restored to the default, off, after).
-
-    Fitting on real responses drives some optimiser statistics into the denormal range, where
-    CPU arithmetic is ten or more times slower; flushing them costs no accuracy that matters here.
-    """
-    enabled = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.set_flush_denormal(False)
 
 
 class GLFAAligner(BaseEstimator):

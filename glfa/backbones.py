@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from glfa.devices import resolve_device
 from glfa.errors import BackboneError, DataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,13 +112,6 @@ def _cached_snapshot(repo_id: str, expected: str) -> Path:
             f"(`hf download {repo_id}`) or pass the folder. Expected {expected}",
             path=repo_id,
         ) from None
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, or CUDA when available and CPU otherwise."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:

@@ -374,7 +374,7 @@ def run_demo(out: str | Path, quick: bool = False, *, progress: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     config = demo_config(quick)
     ctx = DemoContext(out=out, config=config, quick=quick, progress=progress)
-    from glfa.align import flush_denormals
+    from glfa.devices import flush_denormals
 
     start = time.perf_counter()
     with flush_denormals():  # the tiny models' small updates reach denormal floats, 10x slower on a CPU

@@ -291,7 +291,8 @@ def _say(message: str, progress: bool) -> None:
 def _train(folder: Path, train: WindowData, test: WindowData, config: GlfaConfig, *, progress: bool,
            device: str | torch.device | None) -> dict[str, Any]:
     """Build, train and save the generator in ``folder``; the metrics for ``metrics.json``."""
-    from glfa.backbones import load_video_generator, resolve_device
+    from glfa.backbones import load_video_generator
+    from glfa.devices import resolve_device
 
     settings = config.demo_generator
     clock = _Clock()

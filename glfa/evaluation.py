@@ -792,7 +792,8 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     """
     from tqdm.auto import tqdm
 
-    from glfa.backbones import load_frame_classifier, load_video_classifier, resolve_device
+    from glfa.backbones import load_frame_classifier, load_video_classifier
+    from glfa.devices import resolve_device
     from glfa.metrics.video import summarize
 
     start = time.perf_counter()

@@ -279,7 +279,8 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     progress
         Show a progress bar.
     """
-    from glfa.backbones import load_video_generator, resolve_device
+    from glfa.backbones import load_video_generator
+    from glfa.devices import resolve_device
     from glfa.data.store import StudyStore
     from glfa.training.pretrain import default_run_dir
 
@@ -417,7 +418,7 @@ class LeaDecoder:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from glfa.backbones import resolve_device
+        from glfa.devices import resolve_device
         from glfa.models.encoder import FmriEncoder
         from glfa.models.serialization import read_json_object
 
