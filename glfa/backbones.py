@@ -11,9 +11,9 @@ One place loads every pretrained model the method uses:
 - :func:`load_frame_classifier` (ImageNet ViT-B/16, or the offline EfficientNet-Lite0) and
   :func:`load_video_classifier` (VideoMAE, Kinetics-400) for the N-way top-K metrics.
 
-Nothing is ever downloaded: every load passes ``local_files_only=True`` and importing this module
-sets ``HF_HUB_OFFLINE=1`` unless the user set it. A hub id is looked up in the local Hugging Face
-cache only; a missing folder, a hub id that is not cached, or a folder of the wrong kind raises
+Nothing is ever downloaded: every load passes ``local_files_only=True`` (importing glfa sets no
+environment variable; the loaders themselves never reach the network). A hub id is looked up in the
+local Hugging Face cache only; a missing folder, a hub id that is not cached, or a folder of the wrong kind raises
 :class:`~glfa.errors.BackboneError` saying what is expected there. Weights are read from
 safetensors files only, unless ``allow_pickle=True`` is passed for checkpoints that ship ``.bin``.
 
@@ -45,7 +45,6 @@ import torch.nn.functional as F
 from glfa.devices import resolve_device
 from glfa.errors import BackboneError, DataError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: The name (besides ``None``) that :func:`load_clip` maps to :class:`StandInClip`.
 STANDIN = "standin"

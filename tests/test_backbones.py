@@ -243,6 +243,29 @@ def test_hub_id_from_the_local_cache_only(tiny_dirs, tmp_path, monkeypatch):
     assert loaded.dim == 16 and loaded.path == repo / "snapshots" / commit
 
 
+def test_loaders_never_reach_the_network_and_importing_sets_no_environment(tiny_dirs, tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a loader reached for the network: {args}")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    B.load_clip(tiny_dirs["clip"], device="cpu").embed_texts(["a dog runs"])
+    B.load_video_generator(tiny_dirs["generator"], device="cpu")
+    with pytest.raises(BackboneError, match="not in the local Hugging Face cache"):
+        B.load_clip("glfa-test/not-cached")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    probe = "import os, glfa.backbones, glfa.cli; print(os.environ.get('HF_HUB_OFFLINE'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
+
+
 # ----------------------------------------------------------------------------- classifiers
 
 
