@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,18 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from glfa.data.captions import INDEX, caption_path, read_captions
+from glfa.data.store import StudyStore
 from glfa.errors import DataError
 
-__all__ = ["caption_frames", "caption_videos", "caption_store", "caption_path", "read_captions", "INDEX"]
-
-INDEX = "index.json"
-_UNSAFE = re.compile(r"[^\w.-]")
-
-
-def caption_path(out_dir: str | Path, stimulus_id: str) -> Path:
-    """``out_dir/<stimulus id>.json`` (characters other than letters, digits, ``.-_`` become ``_``)."""
-    return Path(out_dir) / f"{_UNSAFE.sub('_', str(stimulus_id))}.json"
-
+__all__ = ["caption_frames", "caption_videos", "caption_store"]
 
 def _partial_path(out_dir: Path, stimulus_id: str) -> Path:
     """The work-in-progress file of a stimulus."""
@@ -64,18 +56,6 @@ def _write_text(path: Path, text: str) -> None:
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically."""
     _write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
-
-
-def read_captions(path: str | Path) -> list[str]:
-    """The per-frame captions in ``path`` (a JSON list of strings); DataError when malformed."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read the captions ({exc.__class__.__name__}: {exc})", path=path) from None
-    if not isinstance(data, list) or not data or not all(isinstance(c, str) for c in data):
-        raise DataError("expected a non-empty JSON list of strings (one caption per frame)", path=path)
-    return data
 
 
 def caption_frames(model, frames: np.ndarray, batch_size: int = 16) -> list[str]:
@@ -230,8 +210,6 @@ def caption_store(store, model, *, out_dir: str | Path | None = None, batch_size
 
     The captions go to ``out_dir`` (default ``STORE/cache/captions``), one file per stimulus.
     """
-    from glfa.data.store import StudyStore
-
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store)
     out = Path(out_dir) if out_dir is not None else store.cache_dir / "captions"

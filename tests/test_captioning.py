@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from glfa import backbones as B
-from glfa.captioning import INDEX, caption_frames, caption_path, caption_store, caption_videos, read_captions
+from glfa.captioning import caption_frames, caption_store, caption_videos
+from glfa.data.captions import INDEX, caption_path, read_captions
 from glfa.cli import main
 from glfa.data.store import StoreWriter, StudyStore
 from glfa.data.windows import Window

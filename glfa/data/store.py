@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from glfa import __version__
+from glfa.data.captions import caption_path, read_captions
 from glfa.data.windows import Window
 from glfa.errors import StoreError
 
@@ -213,8 +214,6 @@ class StudyStore:
         A stimulus whose frames all have empty captions takes ``cache/captions/<id>.json`` when that
         file exists and holds one caption per stored frame; a file of another length is an error.
         """
-        from glfa.captioning import caption_path, read_captions
-
         folder = self._path / CACHE_DIR / "captions"
         if not folder.is_dir():
             return
