@@ -226,10 +226,9 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (x - m) / s
 
 
-def _batches(n: int, size: int):
-    """Slices of ``range(n)`` of at most ``size`` items."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def _in_batches(fn, items, size: int) -> torch.Tensor:
+    """``fn`` over consecutive slices of ``items`` of at most ``size`` items, outputs concatenated on dim 0."""
+    return torch.cat([fn(items[start:start + size]) for start in range(0, len(items), size)])
 
 
 def _frozen(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
@@ -274,22 +273,20 @@ class ClipBackbone:
     @torch.no_grad()
     def embed_images(self, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """``[n, h, w, 3]`` frames -> float32 ``[n, dim]`` unit vectors (on the model's device)."""
-        out = []
-        for part in _batches(len(frames), batch_size):
-            feats = self.model.get_image_features(pixel_values=self.preprocess(frames[part]))
-            out.append(_pooled(feats))
-        return F.normalize(torch.cat(out).float(), dim=-1)
+        feats = _in_batches(lambda part: _pooled(self.model.get_image_features(pixel_values=self.preprocess(part))),
+                            frames, batch_size)
+        return F.normalize(feats.float(), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Captions -> float32 ``[n, dim]`` unit vectors (on the model's device)."""
-        out = []
-        for part in _batches(len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[part]), padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            feats = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-            out.append(_pooled(feats))
-        return F.normalize(torch.cat(out).float(), dim=-1)
+        def embed(part):
+            tokens = self.tokenizer(list(part), padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt").to(self.device)
+            return _pooled(self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                        attention_mask=tokens["attention_mask"]))
+
+        return F.normalize(_in_batches(embed, list(texts), batch_size).float(), dim=-1)
 
 
 def _pooled(features) -> torch.Tensor:
@@ -359,24 +356,24 @@ class StandInClip:
     @torch.no_grad()
     def embed_images(self, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """``[n, h, w, 3]`` frames -> float32 ``[n, dim]`` unit vectors."""
-        out = []
-        for part in _batches(len(frames), batch_size):
-            feats = self.image_model.extract_features(self.preprocess(frames[part]))  # [b, 1280, 7, 7]
-            out.append(feats.mean(dim=(2, 3)) @ self.image_projection)
-        return F.normalize(torch.cat(out), dim=-1)
+        def embed(part):
+            feats = self.image_model.extract_features(self.preprocess(part))  # [b, 1280, 7, 7]
+            return feats.mean(dim=(2, 3)) @ self.image_projection
+
+        return F.normalize(_in_batches(embed, frames, batch_size), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Captions -> float32 ``[n, dim]`` unit vectors."""
-        out = []
-        for part in _batches(len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[part]), padding=True, truncation=True, max_length=256,
+        def embed(part):
+            tokens = self.tokenizer(list(part), padding=True, truncation=True, max_length=256,
                                     return_tensors="pt").to(self.device)
             hidden = self.text_model(**tokens).last_hidden_state  # [b, t, 384]
             mask = tokens["attention_mask"].unsqueeze(-1).float()  # [b, t, 1]
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(F.normalize(pooled, dim=-1) @ self.text_projection)
-        return F.normalize(torch.cat(out), dim=-1)
+            return F.normalize(pooled, dim=-1) @ self.text_projection
+
+        return F.normalize(_in_batches(embed, list(texts), batch_size), dim=-1)
 
 
 def _minilm_dir() -> Path:
@@ -546,11 +543,11 @@ class VideoGenerator:
             raise DataError(f"expected videos [b, f, h, w, 3], got shape {tuple(v.shape)}", field="videos")
         b, f = v.shape[:2]
         frames = v.reshape(b * f, *v.shape[2:])  # [(b f), h, w, 3]
-        out = []
-        for part in _batches(b * f, batch_size):
-            x = frames_to_tensor(frames[part], self.vae.device).to(self.vae.dtype) * 2 - 1  # [n, 3, h, w]
-            out.append(self.vae.encode(x).latent_dist.mean * self.scaling_factor)
-        lat = torch.cat(out)  # [(b f), c, h', w']
+        def encode(part):
+            x = frames_to_tensor(part, self.vae.device).to(self.vae.dtype) * 2 - 1  # [n, 3, h, w]
+            return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+        lat = _in_batches(encode, frames, batch_size)  # [(b f), c, h', w']
         return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()
@@ -558,12 +555,12 @@ class VideoGenerator:
         """Scaled latents ``[b, c, f, h', w']`` -> uint8 videos ``[b, f, h, w, 3]`` (on the CPU)."""
         b, _, f = latents.shape[:3]
         flat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, *latents.shape[1:2], *latents.shape[3:])
-        out = []
-        for part in _batches(b * f, batch_size):
-            z = flat[part].to(self.vae.device, self.vae.dtype) / self.scaling_factor
+        def decode(part):
+            z = part.to(self.vae.device, self.vae.dtype) / self.scaling_factor
             x = (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)  # [n, 3, h, w]
-            out.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-        frames = torch.cat(out)  # [(b f), h, w, 3]
+            return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+        frames = _in_batches(decode, flat, batch_size)  # [(b f), h, w, 3]
         return frames.reshape(b, f, *frames.shape[1:])
 
     @torch.no_grad()
@@ -654,12 +651,12 @@ class FrameClassifier:
     @torch.no_grad()
     def probabilities(self, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """``[n, h, w, 3]`` frames -> float32 class probabilities ``[n, classes]`` (numpy)."""
-        out = []
-        for part in _batches(len(frames), batch_size):
-            logits = self.model(self.preprocess(frames[part]))
+        def classify(part):
+            logits = self.model(self.preprocess(part))
             logits = logits if isinstance(logits, torch.Tensor) else logits.logits
-            out.append(logits.float().softmax(-1).cpu())
-        return torch.cat(out).numpy()
+            return logits.float().softmax(-1).cpu()
+
+        return _in_batches(classify, frames, batch_size).numpy()
 
 
 class VideoClassifier:
@@ -681,11 +678,11 @@ class VideoClassifier:
     @torch.no_grad()
     def probabilities(self, videos: np.ndarray | torch.Tensor | list, batch_size: int = 8) -> np.ndarray:
         """``[b, f, h, w, 3]`` videos (or a list of ``[f, h, w, 3]``) -> float32 ``[b, classes]`` (numpy)."""
-        out = []
-        for part in _batches(len(videos), batch_size):
-            x = torch.stack([self.preprocess(v) for v in videos[part]])  # [b, t, 3, s, s]
-            out.append(self.model(pixel_values=x).logits.float().softmax(-1).cpu())
-        return torch.cat(out).numpy()
+        def classify(part):
+            x = torch.stack([self.preprocess(v) for v in part])  # [b, t, 3, s, s]
+            return self.model(pixel_values=x).logits.float().softmax(-1).cpu()
+
+        return _in_batches(classify, videos, batch_size).numpy()
 
 
 def load_frame_classifier(
