@@ -142,9 +142,9 @@ def test_losses_equal_an_independent_computation(setup):
     def mse(p, q):
         return ((p - q) ** 2)[..., mask].mean()
 
-    pairs = [(i, j) for i in range(s) for j in range(i + 1, s)]
-    glfa = np.mean([mse(aligned[i], aligned[j]) + 0.5 * (mse(aligned[i], orig[i]) + mse(aligned[j], orig[j]))
-                    for i, j in pairs])
+    # the authors' weighting: mean over pairs of the alignment + reg_scale 0.5 * mean over subjects of consistency
+    glfa = (np.mean([mse(aligned[i], aligned[j]) for i in range(s) for j in range(i + 1, s)])
+            + 0.5 * np.mean([mse(aligned[i], orig[i]) for i in range(s)]))
     assert out.logs["glfa"].item() == pytest.approx(glfa, rel=1e-4)
     assert out.loss.item() == pytest.approx(denoise.item() + glfa, rel=1e-4)
 

@@ -33,10 +33,9 @@ class FmriEncoder(nn.Module):
     config : ModelConfig (or a dict of one).
     image_size : side of the square flat cortical images.
     num_frames : n, fMRI frames per window.
-    mask : [H, W] visual-cortex mask for GLFA (saved with the weights); None = every pixel.
     """
 
-    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int, mask=None):
+    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int):
         super().__init__()
         if isinstance(config, dict):
             config = ModelConfig.model_validate(config)
@@ -44,8 +43,7 @@ class FmriEncoder(nn.Module):
             raise ConfigError(f"num_frames must be positive, got {num_frames}", field="num_frames")
         self.config, self.image_size, self.num_frames = config, image_size, num_frames
         pte, heads = config.pte, config.heads
-        self.glfa = GLFA.from_config(config.glfa, height=image_size, width=image_size, mask=mask) \
-            if config.glfa.enabled else None
+        self.glfa = GLFA.from_config(config.glfa, height=image_size, width=image_size) if config.glfa.enabled else None
         self.pte = PteEncoder(image_size=image_size, patch_size=pte.patch_size, embed_dim=pte.embed_dim,
                               depth=pte.depth, num_heads=pte.num_heads, mlp_ratio=pte.mlp_ratio)
         self.temporal = SpatioTemporalBlock.from_config(config.temporal, dim=pte.embed_dim, num_frames=num_frames)
@@ -53,12 +51,9 @@ class FmriEncoder(nn.Module):
         self.token_head = TokenProjector(num_input_tokens=num_input_tokens, dim=pte.embed_dim,
                                          num_tokens=heads.num_tokens, token_dim=heads.token_dim,
                                          dropout=heads.dropout)
-        self.clip_head = ClipHead(dim=pte.embed_dim, clip_dim=heads.clip_dim, dropout=heads.dropout)
-
-    def set_mask(self, mask) -> None:
-        """Set GLFA's visual-cortex mask ([H, W]); no effect without GLFA."""
-        if self.glfa is not None:
-            self.glfa.set_mask(mask)
+        self.clip_head = ClipHead(kind=heads.clip_head, dim=pte.embed_dim, num_frames=num_frames,
+                                  num_tokens=heads.num_tokens, token_dim=heads.token_dim, clip_dim=heads.clip_dim,
+                                  dropout=heads.dropout)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the PTE and spatiotemporal activations in backward."""
@@ -93,14 +88,17 @@ class FmriEncoder(nn.Module):
             raise ConfigError(f"unknown encoder head(s) {unknown}; expected some of {list(HEADS)}", field="heads")
         b = fmri.shape[0]
         aligned = self.align(fmri)
-        tokens = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
-        tokens = self.temporal(rearrange(tokens, "(b n) t d -> b n t d", b=b))  # [b, n, p+1, d]
-        tokens = rearrange(tokens, "b n t d -> b (n t) d")
+        frames = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
+        frames = rearrange(frames, "(b n) t d -> b n t d", b=b)
         out = {"aligned": aligned}
+        # The fmri2clip CLIP head reads the condition tokens; the linear one the PTE's [CLS] tokens.
+        tokens = None
+        if "tokens" in heads or (self.clip_head.kind == "fmri2clip" and "clip" in heads):
+            tokens = self.token_head(rearrange(self.temporal(frames), "b n t d -> b (n t) d"))  # [b, k, c]
         if "tokens" in heads:
-            out["tokens"] = self.token_head(tokens)
+            out["tokens"] = tokens
         if "clip" in heads:
-            out["clip"] = self.clip_head(tokens)
+            out["clip"] = self.clip_head(tokens if self.clip_head.kind == "fmri2clip" else frames[:, :, 0])
         return out
 
     def load_pte(self, source: str | Path | FmriPTE) -> None:
