@@ -317,14 +317,13 @@ def test_stage1_weights_load_into_an_encoder_with_glfa(setup, tmp_path):
     config = setup["config"]
     saved = FmriEncoder.from_pretrained(setup["stage1"])
     mask = setup["store"].mask
-    encoder = FmriEncoder(config.model, 16, setup["store"].fmri_frames, mask=mask)
+    encoder = FmriEncoder(config.model, 16, setup["store"].fmri_frames)
     fresh = encoder.load_encoder_weights(setup["stage1"])
-    assert fresh == ["glfa.global_map.weight", "glfa.local.weight", "glfa.mask"]
+    assert fresh == ["glfa.global_map.weight", "glfa.local.weight"]
     state = encoder.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.state_dict().items())
     x = torch.randn(2, setup["store"].fmri_frames, 16, 16) * torch.from_numpy(mask)
     torch.testing.assert_close(encoder.align(x), x, atol=1e-2, rtol=0)  # GLFA starts near the identity
-    assert torch.equal(encoder.glfa.mask, torch.from_numpy(mask).float())
     other = config.model.model_copy(update={"temporal": config.model.temporal.model_copy(update={"num_heads": 4})})
     with pytest.raises(CheckpointError, match="model.temporal.num_heads"):
         FmriEncoder(other, 16, setup["store"].fmri_frames).load_encoder_weights(setup["stage1"])

@@ -21,12 +21,13 @@ from glfa.models.temporal import SpatioTemporalBlock
 
 # PTE constructor arguments that must match for its encoder weights to fit an FmriEncoder.
 _PTE_ENCODER_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-# The encoder's output heads: the generator's condition tokens and the CLIP-space embedding.
-HEADS = ("tokens", "clip")
+# The encoder's outputs besides "aligned": the generator's condition tokens, the CLIP-space
+# embedding, and the fMRI-PTE's [CLS] token of every frame (the PTE latent, which LEA reads).
+HEADS = ("tokens", "clip", "cls")
 
 
 class FmriEncoder(nn.Module):
-    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D], "aligned": [B, n, H, W]}.
 
     Parameters
     ----------
@@ -73,11 +74,11 @@ class FmriEncoder(nn.Module):
         frames = self.glfa(rearrange(fmri, "b n h w -> (b n) h w"))  # [(b n), h, w]
         return rearrange(frames, "(b n) h w -> b n h w", b=b)
 
-    def forward(self, fmri: torch.Tensor, *, heads: tuple[str, ...] = HEADS) -> dict[str, torch.Tensor]:
-        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+    def forward(self, fmri: torch.Tensor, *, heads: tuple[str, ...] = ("tokens", "clip")) -> dict[str, torch.Tensor]:
+        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D], "aligned": [B, n, H, W]}.
 
         ``heads`` names the outputs to compute besides "aligned": each stage's loss needs one
-        ("clip" in stage 1, "tokens" in stage 2 and generation), and the other is skipped.
+        ("clip" in stage 1, "tokens" in stage 2 and generation), and the rest is skipped.
         """
         expected = (self.num_frames, self.image_size, self.image_size)
         if fmri.dim() != 4 or tuple(fmri.shape[1:]) != expected:
@@ -91,6 +92,8 @@ class FmriEncoder(nn.Module):
         frames = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
         frames = rearrange(frames, "(b n) t d -> b n t d", b=b)
         out = {"aligned": aligned}
+        if "cls" in heads:
+            out["cls"] = frames[:, :, 0]
         # The fmri2clip CLIP head reads the condition tokens; the linear one the PTE's [CLS] tokens.
         tokens = None
         if "tokens" in heads or (self.clip_head.kind == "fmri2clip" and "clip" in heads):

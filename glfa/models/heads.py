@@ -42,7 +42,8 @@ class TokenProjector(nn.Module):
         """[B, T, D] -> [B, K, C]."""
         if x.dim() != 3 or x.shape[1] != self.num_input_tokens:
             raise DataError(f"expected [B, {self.num_input_tokens}, D], got {list(x.shape)}", field="x")
-        x = rearrange(self.channel_mapper(rearrange(x, "b t d -> b d t")), "b d k -> b k d")  # [b, k, d]
+        # contiguous: on a transposed view two modules with equal weights were seen to round differently
+        x = rearrange(self.channel_mapper(rearrange(x, "b t d -> b d t").contiguous()), "b d k -> b k d")  # [b, k, d]
         projected = self.projection(x)  # [b, k, c]
         return projected + self.drop(self.fc(F.gelu(projected)))
 
