@@ -413,3 +413,27 @@ def test_authors_state_of_a_glfa_model_round_trips_through_the_importer(tmp_path
     ours = imported.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items() if not k.startswith("clip_head.")
                or kind != "stage2")
+
+
+def test_imported_pte_starts_stage_0_from_the_cli(tmp_path):
+    """The UKB checkpoint as --init of `glfa train pretrain` (the paper's stage 0 starts from it)."""
+    import yaml
+
+    pte = tmp_path / "ukb"
+    assert main(["import-weights", str(save_theirs(tmp_path / "checkpoint_120000.pth", pte_state())), str(pte)]) == 0
+    store = write_decoding_store(tmp_path / "store", image_size=IMAGE, fmri_frames=WINDOW)
+    config = tmp_path / "release-tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "imported", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+        "subjects": {"held_out": ["s3"]},
+        "model": {"pte": {"patch_size": PATCH, "embed_dim": D, "depth": DEPTH, "num_heads": HEADS,
+                          "decoder_depth": 1, "decoder_num_heads": HEADS, "bottleneck_dim": BOTTLENECK}},
+        "pretrain": {"steps": 1, "batch_size": 2, "num_workers": 0}}))
+    run = tmp_path / "run"
+    assert main(["train", "pretrain", "-c", str(config), "--store", str(store), "--init", str(pte), "--out", str(run),
+                 "--quiet"]) == 0
+    tuned, imported = FmriPTE.from_pretrained(run / "pte"), FmriPTE.from_pretrained(pte)
+    # one step of fine-tuning moved the imported weights a little, and kept the stored decoder position embedding
+    moved = (tuned.encoder.blocks[0].attn.qkv.weight - imported.encoder.blocks[0].attn.qkv.weight).abs().max()
+    assert 0 < moved < 1e-2
+    assert torch.equal(tuned.decoder.pos_embed, pte_state()["transformer.decoder_pos_embed"])

@@ -342,6 +342,10 @@ def _write_decoder(encoder: FmriEncoder, report: dict[str, Any], out: Path, pipe
     from glfa.errors import DataError
     from glfa.training.cotrain import mean_training_fmri, save_decoder_model, trainable_unet_parameters
 
+    lora = sorted((pipeline / "lora").glob("*.pt"))
+    if lora:  # their inference injects these when present; glfa does not, so refuse rather than decode otherwise
+        raise CheckpointError(f"holds LoRA weights ({lora[0].name}, ...), which glfa does not apply", path=pipeline,
+                              field="lora")
     store = store if isinstance(store, StudyStore) else StudyStore.open(store)
     for field, theirs, ours in (("num_frames", encoder.num_frames, store.fmri_frames),
                                 ("image_size", encoder.image_size, store.image_size)):
