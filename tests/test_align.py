@@ -28,7 +28,10 @@ def _patches(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _optimal_shared_kernel(x1: np.ndarray, x2: np.ndarray, k: int, lam: float) -> np.ndarray:
-    """The single k x k kernel (summing to one) minimising |d k|^2 + lam * (|p1 k - y1|^2 + |p2 k - y2|^2), by least squares."""
+    """The single k x k kernel (summing to one) minimising |d k|^2 + lam * (|p1 k - y1|^2 + |p2 k - y2|^2).
+
+    Least squares on interior pixels, d = p1 - p2.
+    """
     r = k // 2
     p1, p2 = _patches(x1, k), _patches(x2, k)
     y1 = x1[:, r:-r, r:-r].reshape(-1).astype(np.float64)

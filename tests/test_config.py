@@ -23,7 +23,8 @@ def test_release_config_matches_the_published_model():
     release = load_config(CONFIGS / "fudan-webvid-release.yaml")
     assert release.data.windows.fmri_frames(release.data.tr) == 5 and release.data.windows.video_frames == 12
     gen = release.generation
-    assert (gen.num_frames, gen.width, gen.height, gen.guidance_scale, gen.num_inference_steps) == (12, 576, 320, 6.0, 30)
+    settings = (gen.num_frames, gen.width, gen.height, gen.guidance_scale, gen.num_inference_steps)
+    assert settings == (12, 576, 320, 6.0, 30)
     assert (release.subjects.train, release.subjects.held_out) == (["1", "2"], ["3"])
     assert release.model.heads.clip_head == "fmri2clip" and release.model.heads.num_tokens == 77
     assert release.model.glfa.enabled and release.model.glfa.consistency_weight == 0.5

@@ -31,7 +31,7 @@ def test_masked_mse_by_hand():
 
 
 def test_glfa_loss_by_hand_three_subjects():
-    """The authors' weighting: mean over pairs of the alignment MSE + lambda * mean over subjects of the consistency MSE."""
+    """The authors' weighting: mean over pairs of alignment MSEs + lambda * mean over subjects of consistency MSEs."""
     rng = np.random.default_rng(1)
     s, b, n, h, w = 3, 2, 4, 6, 5
     aligned, original = rng.normal(size=(s, b, n, h, w)), rng.normal(size=(s, b, n, h, w))

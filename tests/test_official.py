@@ -64,7 +64,8 @@ def pte_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """``Neural_fMRI2fMRI``: encoder, [CLS] bottleneck, decoder (one block) with a non-sin-cos decoder_pos_embed."""
     gen = torch.Generator().manual_seed(seed)
     state = _pte_encoder(gen, "transformer.")
-    state.update({"transformer.pred.weight": _randn(gen, BOTTLENECK, D), "transformer.pred.bias": _randn(gen, BOTTLENECK),
+    state.update({"transformer.pred.weight": _randn(gen, BOTTLENECK, D),
+                  "transformer.pred.bias": _randn(gen, BOTTLENECK),
                   "transformer.decoder_embed.weight": _randn(gen, D, BOTTLENECK),
                   "transformer.decoder_embed.bias": _randn(gen, D), "transformer.mask_token": _randn(gen, 1, 1, D),
                   "transformer.decoder_pos_embed": _randn(gen, 1, TOKENS, D, std=0.5),

@@ -27,7 +27,8 @@ HEADS = ("tokens", "clip", "cls")
 
 
 class FmriEncoder(nn.Module):
-    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D], "aligned": [B, n, H, W]}.
+    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D],
+    "aligned": [B, n, H, W]}.
 
     Parameters
     ----------

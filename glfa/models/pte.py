@@ -1,10 +1,11 @@
 """fMRI-PTE: the ViT autoencoder that compresses a flat cortical image into a [CLS] token.
 
 The authors' ``fMRI_Autoencoder`` (NeuroPictor / GLFA code). Encoder: Conv2d(1 -> D, kernel =
-stride = patch) patch tokens + a [CLS] token, a fixed 2-D sin-cos position embedding (stored), ``depth`` pre-LN transformer blocks (qkv bias, MLP ratio 4), final
-LayerNorm -> [N, p + 1, D]. Decoder (pretraining only): [CLS] -> Linear(D -> bottleneck) ->
-Linear(bottleneck -> D), followed by p mask tokens, plus position embedding -> decoder blocks ->
-LayerNorm -> Linear(D -> patch * patch pixels) -> unpatchify. Loss: MSE on the mask's pixels.
+stride = patch) patch tokens + a [CLS] token, a fixed 2-D sin-cos position embedding (stored),
+``depth`` pre-LN transformer blocks (qkv bias, MLP ratio 4), final LayerNorm -> [N, p + 1, D].
+Decoder (pretraining only): [CLS] -> Linear(D -> bottleneck) -> Linear(bottleneck -> D), followed
+by p mask tokens, plus the stored decoder position embedding -> decoder blocks -> LayerNorm ->
+Linear(D -> patch * patch pixels) -> unpatchify. Loss: MSE on the mask's pixels.
 """
 
 from __future__ import annotations
