@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from glfa import backbones as B
 from glfa.cli import main
-from glfa.config import validate_config
+from glfa.config import ModelConfig, load_config, validate_config
+from glfa.data.store import StudyStore
 from glfa.errors import CheckpointError, DataError
+from glfa.generate import generate
 from glfa.models import FmriEncoder, FmriPTE
-from glfa.models.official import import_checkpoint, import_weights
+from glfa.models.official import import_checkpoint, import_weights, infer_config, to_authors_state
+from glfa.pipeline import read_model_info, read_negative_tokens
+from glfa.training.cotrain import CotrainStage
 from tests.fixtures import write_decoding_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -305,8 +311,6 @@ def test_cli_writes_folders_that_from_pretrained_loads(tmp_path, capsys):
 
 
 def test_stage2_with_pipeline_is_a_decoder_model_that_generate_decodes(tmp_path):
-    from glfa.generate import generate
-    from glfa.pipeline import read_model_info, read_negative_tokens
 
     generator = B.tiny_video_generator(tmp_path / "pipeline", cross_attention_dim=D, sample_size=16)
     store = write_decoding_store(tmp_path / "store", image_size=IMAGE, fmri_frames=WINDOW)
@@ -320,10 +324,8 @@ def test_stage2_with_pipeline_is_a_decoder_model_that_generate_decodes(tmp_path)
                                                                                          ["s1", "s2"], ["s3"])
     assert info["generator"] == str(generator.resolve()) and info["imported_from"].endswith("stage2.pth")
     # the negative condition: the imported encoder's tokens for the mean training window of s1 and s2
-    from glfa.data.store import StudyStore
-
     opened = StudyStore.open(store)
-    windows = [w for w in opened.windows("train")]
+    windows = opened.windows("train")
     mean = torch.stack([torch.from_numpy(opened.fmri(s, w)) for s in ("s1", "s2") for w in windows]).mean(0)
     expected = ref_fmri_encoder(mean[None, :, None], state)["fmri_embedding"][0]
     assert_rel(read_negative_tokens(out), expected)
@@ -373,8 +375,6 @@ def test_bad_checkpoints_name_the_file_and_the_key(tmp_path):
 
 
 def test_pipeline_refuses_a_store_of_another_window_and_generate_explains_an_encoder_folder(tmp_path, capsys):
-    from glfa.generate import generate
-
     stage2 = save_theirs(tmp_path / "stage2.pth", encoder_state(2))
     store = write_decoding_store(tmp_path / "store", image_size=IMAGE, fmri_frames=WINDOW + 1, frames=6)
     config = validate_config({"subjects": {"held_out": ["s3"]}})
@@ -391,9 +391,6 @@ def test_pipeline_refuses_a_store_of_another_window_and_generate_explains_an_enc
 
 @pytest.mark.parametrize("kind", ["pte", "stage1", "stage2"])
 def test_authors_state_of_a_glfa_model_round_trips_through_the_importer(tmp_path, kind):
-    from glfa.config import ModelConfig
-    from glfa.models.official import to_authors_state
-
     torch.manual_seed(0)
     if kind == "pte":
         model = FmriPTE(image_size=IMAGE, patch_size=PATCH, embed_dim=D, depth=DEPTH, num_heads=HEADS,
@@ -418,8 +415,6 @@ def test_authors_state_of_a_glfa_model_round_trips_through_the_importer(tmp_path
 
 def test_imported_pte_starts_stage_0_from_the_cli(tmp_path):
     """The UKB checkpoint as --init of `glfa train pretrain` (the paper's stage 0 starts from it)."""
-    import yaml
-
     pte = tmp_path / "ukb"
     assert main(["import-weights", str(save_theirs(tmp_path / "checkpoint_120000.pth", pte_state())), str(pte)]) == 0
     store = write_decoding_store(tmp_path / "store", image_size=IMAGE, fmri_frames=WINDOW)
@@ -438,3 +433,39 @@ def test_imported_pte_starts_stage_0_from_the_cli(tmp_path):
     moved = (tuned.encoder.blocks[0].attn.qkv.weight - imported.encoder.blocks[0].attn.qkv.weight).abs().max()
     assert 0 < moved < 1e-2
     assert torch.equal(tuned.decoder.pos_embed, pte_state()["transformer.decoder_pos_embed"])
+
+
+def test_the_released_shapes_give_the_release_config():
+    """At full size (meta tensors: shapes only), the importer reads off exactly the release config's model."""
+    release = load_config(Path(__file__).resolve().parents[1] / "configs" / "fudan-webvid-release.yaml")
+    with torch.device("meta"):
+        model = FmriEncoder(release.model, 256, 5)
+    state = to_authors_state(model, "stage2")
+    assert state["func_align_layer.weight"].shape == (1, 1, 1, 256, 256, 169)
+    assert state["fmri_encoder_proj.cond_state_transform.channel_mapper.0.weight"].shape == (321, 1285)
+    inferred = infer_config(state, "stage2")
+    assert (inferred["image_size"], inferred["num_frames"]) == (256, 5)
+    assert inferred["model"]["pte"]["num_heads"] == 16  # 1024 / 64, their head width
+    assert ModelConfig.model_validate(inferred["model"]) == release.model
+
+
+def test_imported_stage1_encoder_starts_stage_2(tmp_path):
+    """An imported stage-1 checkpoint is --init of `glfa train cotrain`: its weights, GLFA at the identity."""
+    state = encoder_state(1, glfa=False)
+    stage1 = tmp_path / "stage1"
+    import_weights(save_theirs(tmp_path / "fmri-encoder-checkpoint_12000.pth", state), stage1)
+    generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=D, sample_size=16)
+    store = write_decoding_store(tmp_path / "store", image_size=IMAGE, fmri_frames=WINDOW)
+    model = FmriEncoder.from_pretrained(stage1).config.model_dump(mode="json")  # the imported shapes, GLFA off
+    model["glfa"] = {"enabled": True, "parcel_size": PARCEL, "kernel_size": KERNEL}
+    config = validate_config({"device": "cpu", "subjects": {"held_out": ["s3"]}, "cotrain": {"num_workers": 0},
+                              "model": model})
+    stage = CotrainStage(config, StudyStore.open(store), init_from=stage1, generator=generator,
+                         run_dir=tmp_path / "run", progress=False)
+    encoder = stage.build_models()["encoder"].eval()
+    assert encoder.glfa is not None
+    fmri = fmri_window()
+    with torch.no_grad():
+        tokens = encoder(fmri, heads=("tokens",))["tokens"]
+    # GLFA starts at the identity (weights near zero), so the tokens are the imported encoder's
+    assert_rel(tokens, ref_fmri_encoder(fmri[:, :, None], state)["fmri_embedding"], rel=1e-2)

@@ -234,7 +234,7 @@ def to_authors_state(model: FmriPTE | FmriEncoder, kind: str) -> dict[str, torch
                               f"{len(model.temporal.layers)}", field="model.temporal.depth")
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        value = value.detach().cpu()
+        value = value.detach()
         if kind == "pte":
             out[_PTE + _rename(key, [(ours, theirs) for theirs, ours in _PTE_NAMES])] = value
         elif key == "glfa.local.weight":  # [k*k, H, W] -> [1, 1, 1, H, W, k*k]
