@@ -369,6 +369,8 @@ def test_bad_checkpoints_name_the_file_and_the_key(tmp_path):
     state["fmri_encoder.extra_head.weight"] = torch.zeros(3)
     with pytest.raises(CheckpointError, match="unexpected keys.*fmri_encoder.extra_head.weight"):
         import_checkpoint(save_theirs(tmp_path / "extra.pth", state))
+    with pytest.raises(CheckpointError, match="num_heads.*no valid glfa model"):  # 3 heads do not divide D
+        import_checkpoint(good, num_heads=3)
     with pytest.raises(CheckpointError, match="--kind pte was asked for.*stage1"):
         import_checkpoint(save_theirs(tmp_path / "s1.pth", encoder_state(1)), kind="pte")
     assert main(["import-weights", str(evil), str(tmp_path / "out")]) == 2  # one line, status 2
