@@ -363,7 +363,7 @@ def test_bad_checkpoints_name_the_file_and_the_key(tmp_path):
         import_checkpoint(save_theirs(tmp_path / "shape.pth", state))
     state = pte_state()
     del state["transformer.decoder_norm.bias"]
-    with pytest.raises(CheckpointError, match=r"missing keys.*decoder.norm.bias"):
+    with pytest.raises(CheckpointError, match=r"missing keys.*transformer.decoder_norm.bias"):
         import_checkpoint(save_theirs(tmp_path / "missing.pth", state))
     state = encoder_state(1)
     state["fmri_encoder.extra_head.weight"] = torch.zeros(3)

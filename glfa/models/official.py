@@ -217,6 +217,15 @@ def convert_state(state: dict[str, torch.Tensor],
     return out, origin, dropped
 
 
+def authors_name(key: str, kind: str) -> str:
+    """The authors' name of glfa's weight ``key`` in a checkpoint of ``kind``."""
+    if kind == "pte":
+        return _PTE + _rename(key, [(ours, theirs) for theirs, ours in _PTE_NAMES])
+    glfa = {"glfa.local.weight": "func_align_layer.weight",
+            "glfa.global_map.weight": "func_align_layer.global_align_weight"}
+    return glfa.get(key) or _rename(key, [(ours, theirs) for theirs, ours in _ENCODER_NAMES]) or key
+
+
 def to_authors_state(model: FmriPTE | FmriEncoder, kind: str) -> dict[str, torch.Tensor]:
     """A glfa model's weights under the authors' names and shapes: the inverse of :func:`convert_state`.
 
@@ -235,30 +244,28 @@ def to_authors_state(model: FmriPTE | FmriEncoder, kind: str) -> dict[str, torch
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         value = value.detach()
-        if kind == "pte":
-            out[_PTE + _rename(key, [(ours, theirs) for theirs, ours in _PTE_NAMES])] = value
-        elif key == "glfa.local.weight":  # [k*k, H, W] -> [1, 1, 1, H, W, k*k]
-            out["func_align_layer.weight"] = value.permute(1, 2, 0)[None, None, None].contiguous()
+        if key == "glfa.local.weight":  # [k*k, H, W] -> [1, 1, 1, H, W, k*k]
+            value = value.permute(1, 2, 0)[None, None, None].contiguous()
         elif key == "glfa.global_map.weight":  # [P, P] -> [1, 1, P, P]
-            out["func_align_layer.global_align_weight"] = value[None, None]
-        elif kind == "stage1" or not key.startswith("clip_head."):
-            out[_rename(key, [(ours, theirs) for theirs, ours in _ENCODER_NAMES])] = value
+            value = value[None, None]
+        if kind != "stage2" or not key.startswith("clip_head."):
+            out[authors_name(key, kind)] = value
     if kind == "stage1":
         out["logit_scale"] = torch.tensor(math.log(1 / 0.07))
     return out
 
 
-def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: dict[str, str], path, *,
-                  may_miss: tuple[str, ...] = ()) -> list[str]:
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: dict[str, str], kind: str,
+                  path, *, may_miss: tuple[str, ...] = ()) -> list[str]:
     """Copy ``state`` into ``model``; CheckpointError naming unexpected, missing or mis-shaped keys.
 
-    Keys are named as the authors' file names them (``origin``); a missing one by glfa's name.
+    Keys are named as the authors' files name them (``origin``, :func:`authors_name`).
     Parameters of ``model`` under ``may_miss`` prefixes may be absent (they keep their values).
     Returns the names that kept their values.
     """
     own = model.state_dict()
     unexpected = sorted(origin[k] for k in set(state) - set(own))
-    missing = sorted(k for k in own if k not in state and not k.startswith(may_miss))
+    missing = sorted(authors_name(k, kind) for k in own if k not in state and not k.startswith(may_miss))
     shapes = [f"{origin[k]} {list(v.shape)} (glfa {k}: {list(own[k].shape)})" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
     for what, names in (("unexpected keys", unexpected), ("missing keys", missing), ("mis-shaped keys", shapes)):
@@ -298,7 +305,7 @@ def import_checkpoint(path: str | Path, *, kind: str = "auto",
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"the shapes describe no valid glfa model ({' '.join(first[:3])})", path=path,
                               field="num_heads") from None
-    kept = _load_exactly(model, converted, origin, path, may_miss=("clip_head.",) if found == "stage2" else ())
+    kept = _load_exactly(model, converted, origin, found, path, may_miss=("clip_head.",) if found == "stage2" else ())
     return model.eval(), {"kind": found, "source": str(Path(path).resolve()), "kept_initial": kept,
                           "dropped": dropped}
 
