@@ -126,13 +126,17 @@ def zeroscope_parts(channels: tuple[int, ...], device: str | torch.device):
 
 
 def full_encoder(fmri_frames: int, device: str | torch.device) -> FmriEncoder:
-    """The full-preset FmriEncoder with GLFA at 256 x 256 and a disc-shaped cortex mask."""
+    """The full-preset FmriEncoder with GLFA at 256 x 256."""
     if device == "meta":
         with torch.device("meta"):
             return FmriEncoder(ModelConfig(preset="full"), 256, fmri_frames)
+    return FmriEncoder(ModelConfig(preset="full"), 256, fmri_frames).to(device)
+
+
+def disc_mask(device: str | torch.device) -> torch.Tensor:
+    """A disc-shaped cortex mask [256, 256] (bool): the frames are zero outside it, as real ones."""
     yy, xx = np.mgrid[:256, :256]
-    mask = (yy - 127.5) ** 2 + (xx - 127.5) ** 2 < 120**2
-    return FmriEncoder(ModelConfig(preset="full"), 256, fmri_frames, mask=mask).to(device)
+    return torch.from_numpy((yy - 127.5) ** 2 + (xx - 127.5) ** 2 < 120**2).to(device)
 
 
 def sizes(unet, vae, encoder) -> dict:
@@ -142,6 +146,19 @@ def sizes(unet, vae, encoder) -> dict:
             "unet_trained_parameters": sum(p.numel() for n, p in unet.named_parameters() if n in names),
             "vae_parameters": sum(p.numel() for p in vae.parameters()),
             "encoder_parameters": sum(p.numel() for p in encoder.parameters())}
+
+
+def bf16_training(encoder: FmriEncoder, unet) -> tuple[TrainableUNet, torch.optim.Optimizer]:
+    """Stage 2 under bf16 mixed precision: the UNet's trained parameters (frozen weights kept in bf16),
+    gradient checkpointing on both models, the CLIP head frozen; (wrapped UNet, AdamW)."""
+    wrapped = TrainableUNet(unet, trainable_unet_parameters(unet, PATTERNS))
+    wrapped.store_frozen_weights_in(torch.bfloat16)  # as stage 2 does under bf16 mixed precision
+    encoder.clip_head.requires_grad_(False)
+    for model in (encoder, wrapped):
+        model.train()
+        model.enable_gradient_checkpointing()
+    params = [p for m in (encoder, wrapped) for p in m.parameters() if p.requires_grad]
+    return wrapped, adamw(params, lr=1e-4, weight_decay=0.01)
 
 
 def full(args: argparse.Namespace) -> dict:
@@ -162,19 +179,12 @@ def full(args: argparse.Namespace) -> dict:
     generator = VideoGenerator(unet=unet, vae=vae.eval().requires_grad_(False), scheduler=scheduler,
                                inference_scheduler=None)
     info = sizes(unet, vae, encoder)
-    wrapped = TrainableUNet(unet, trainable_unet_parameters(unet, PATTERNS))
-    wrapped.store_frozen_weights_in(torch.bfloat16)  # as stage 2 does under bf16 mixed precision
-    encoder.clip_head.requires_grad_(False)
-    for model in (encoder, wrapped):
-        model.train()
-        model.enable_gradient_checkpointing()
-    params = [p for m in (encoder, wrapped) for p in m.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=1e-4, weight_decay=0.01)
+    wrapped, optimizer = bf16_training(encoder, unet)
     s, b = args.subjects, args.windows
-    fmri = torch.randn(b, s, args.fmri_frames, 256, 256, device=device)  # [B, S, n, H, W]
+    mask = disc_mask(device)
+    fmri = torch.randn(b, s, args.fmri_frames, 256, 256, device=device) * mask  # [B, S, n, H, W]
     latents = torch.randn(b, 4, args.frames, args.height // 8, args.width // 8, device=device)
     frames = torch.randint(0, 256, (b, args.frames, args.height, args.width, 3), dtype=torch.uint8)
-    mask = encoder.glfa.mask.bool()
 
     def sync() -> None:
         if device == "cuda":

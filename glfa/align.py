@@ -191,10 +191,9 @@ class GLFAAligner(BaseEstimator):
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = GLFA(height=height, width=width, parcel_size=self.parcel_size, kernel_size=self.kernel_size,
-                         mask=mask)
+            model = GLFA(height=height, width=width, parcel_size=self.parcel_size, kernel_size=self.kernel_size)
         model.to(device).train()
-        mask_t = model.mask
+        mask_t = torch.from_numpy(mask).to(device)
         data = torch.from_numpy(np.stack(images)).to(device)  # [s, t, h, w]
         del images
         data.mul_(mask_t)
@@ -229,7 +228,7 @@ class GLFAAligner(BaseEstimator):
         """Images [T, H, W] (already checked) -> aligned images [T, H, W] float32."""
         device = resolve_device(self.device)
         model = self.model_.to(device)
-        mask = model.mask
+        mask = torch.from_numpy(self.mask_).to(device)
         out = []
         try:
             for i in range(0, images.shape[0], _TRANSFORM_CHUNK):
@@ -344,8 +343,7 @@ class GLFAAligner(BaseEstimator):
             aligner = cls(**params, mask=mask, projector=projector)
         except TypeError as exc:
             raise CheckpointError(f"unexpected aligner parameters ({exc})", path=cfg_path) from None
-        model = GLFA(height=height, width=width, parcel_size=aligner.parcel_size, kernel_size=aligner.kernel_size,
-                     mask=mask)
+        model = GLFA(height=height, width=width, parcel_size=aligner.parcel_size, kernel_size=aligner.kernel_size)
         state = {k[len("model."):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("model.")}
         try:
             model.load_state_dict(state)

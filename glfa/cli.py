@@ -165,6 +165,42 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
 
 
+# ----------------------------------------------------------------------------- import-weights
+
+
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from glfa.models.official import import_weights
+
+    config = _config(args) if args.config else None
+    report = import_weights(Path(args.checkpoint), Path(args.out), kind=args.kind, num_heads=args.num_heads,
+                            pipeline=args.pipeline, store=args.store, config=config, method=args.method)
+    what = "stage-2 decoder model (glfa generate decodes with it)" if args.pipeline else \
+        {"pte": "FmriPTE", "stage1": "FmriEncoder", "stage2": "FmriEncoder"}[report["kind"]]
+    print(f"imported a {report['kind']} checkpoint as a {what} into {report['out']}")
+    if report["dropped"]:
+        print(f"left out (glfa keeps them elsewhere): {', '.join(report['dropped'])}")
+    if report["kept_initial"]:
+        print(f"not in the checkpoint, kept at their initial values: {', '.join(report['kept_initial'])}")
+    return 0
+
+
+def _register_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-weights", help="turn the authors' published checkpoint (.pth) into a glfa model folder")
+    p.add_argument("checkpoint", help="the authors' .pth (read with torch.load(weights_only=True) only)")
+    p.add_argument("out", help="the glfa model folder to write")
+    p.add_argument("--kind", choices=["auto", "pte", "stage1", "stage2"], default="auto",
+                   help="what the checkpoint holds (default: read from its keys)")
+    p.add_argument("--pipeline", default=None, help="with a stage-2 checkpoint: the diffusers text-to-video folder "
+                   "released beside it; OUT becomes a decoder model folder (RUN/cotrain-glfa/model)")
+    p.add_argument("--store", default=None, help="with --pipeline: the study store whose training windows give the "
+                   "negative condition (the mean training fMRI)")
+    p.add_argument("-c", "--config", help="with --pipeline: the run's YAML config (subjects, generation settings)")
+    p.add_argument("--method", default=None, help="with --pipeline: the method name recorded (default glfa)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads (not in any shape; default: embedding width / 64, the authors' 16)")
+    p.set_defaults(func=_cmd_import_weights)
+
+
 # ----------------------------------------------------------------------------- generate
 
 
@@ -456,8 +492,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_generate,
-             _register_align, _register_evaluate, _register_report, _register_caption]
+_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_import_weights,
+             _register_generate, _register_align, _register_evaluate, _register_report, _register_caption]
 
 
 def _protocol_names() -> set[str]:

@@ -129,7 +129,8 @@ class GlfaLayerConfig(_Strict):
     enabled: bool = True
     parcel_size: int = Field(16, gt=0, description="side of a square parcel in pixels")
     kernel_size: int = Field(13, gt=0, description="side of each pixel's local kernel (odd)")
-    consistency_weight: float = Field(0.5, ge=0, description="lambda of L_GLFA")
+    consistency_weight: float = Field(0.5, ge=0, description="lambda of L_GLFA: the authors' reg_scale, weighing "
+                                      "the mean over subjects of MSE(A_s, x_s)")
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> GlfaLayerConfig:
@@ -152,6 +153,9 @@ class HeadsConfig(_Strict):
     num_tokens: int = Field(77, gt=0, description="K: text tokens of the generator's text encoder")
     token_dim: int = Field(1024, gt=0, description="C: the generator's cross-attention width")
     clip_dim: int = Field(1024, gt=0, description="width of the CLIP joint space")
+    clip_head: Literal["fmri2clip", "linear"] = Field(
+        "fmri2clip", description="the authors' fmri2clip_cfg: fmri2clip (1x1 convolutions over the condition tokens, "
+        "their stage-1 config) or linear (one linear map of the n frames' [CLS] tokens)")
     dropout: float = Field(0.0, ge=0, lt=1)
 
 

@@ -55,6 +55,10 @@ def model_dir_for(run_dir: str | Path, method: str) -> Path:
     if not method or "/" in method or method.startswith("."):
         raise DataError(f"expected a method name such as 'glfa', 'pte-v' or 'lea', got {method!r}", field="method")
     path = run_dir / "lea" / "model" if method == "lea" else run_dir / f"cotrain-{method}" / "model"
+    if not (path / MODEL_INFO).is_file() and (path / "config.json").is_file():
+        raise CheckpointError("holds an fMRI encoder only, not a decoder model (an authors' stage-2 checkpoint "
+                              "imported without its pipeline?): run glfa import-weights CHECKPOINT OUT --pipeline DIR "
+                              "--store STORE -c CONFIG", path=path, field="method")
     if not (path / MODEL_INFO).is_file():
         found = available_methods(run_dir)
         raise CheckpointError(f"no model for method {method!r} (no {path / MODEL_INFO}); this run holds "

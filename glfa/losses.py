@@ -39,7 +39,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
 
 def glfa_loss(aligned: torch.Tensor, original: torch.Tensor, mask: torch.Tensor | None,
               consistency_weight: float = 0.5) -> torch.Tensor:
-    """L_GLFA: mean over subject pairs a < b of MSE(A_a, A_b) + lambda * (MSE(A_a, x_a) + MSE(A_b, x_b)).
+    """L_GLFA as the authors' training code weighs it: alignment + lambda * consistency.
+
+    alignment = the mean over the S(S-1)/2 subject pairs a < b of MSE(A_a, A_b);
+    consistency = the mean over the S subjects of MSE(A_s, x_s). With the released config
+    (align_scale 1, reg_scale = lambda = 1/2) this is their objective; reading paper Eq. 3 as a sum
+    over pairs of align + lambda * (const_a + const_b) would weigh consistency (S - 1) times more.
 
     Parameters
     ----------
@@ -47,7 +52,7 @@ def glfa_loss(aligned: torch.Tensor, original: torch.Tensor, mask: torch.Tensor 
         (for instance [S, B, n, H, W] or [S, B, H, W]).
     original : the inputs x_s, same shape as ``aligned``.
     mask : [H, W] visual-cortex mask (every MSE is over its pixels) or None.
-    consistency_weight : lambda (1/2 in the paper).
+    consistency_weight : lambda, the authors' reg_scale (1/2).
     """
     if aligned.shape != original.shape:
         raise DataError(f"aligned {list(aligned.shape)} and original {list(original.shape)} differ in shape",
@@ -57,12 +62,9 @@ def glfa_loss(aligned: torch.Tensor, original: torch.Tensor, mask: torch.Tensor 
     s = aligned.shape[0]
     if s < 2:
         raise DataError(f"L_GLFA needs the responses of at least 2 subjects, got {s}", field="aligned")
-    consistency = [masked_mse(aligned[i], original[i], mask) for i in range(s)]
-    total = aligned.new_zeros(())
-    for a in range(s):
-        for b in range(a + 1, s):
-            total = total + masked_mse(aligned[a], aligned[b], mask) + consistency_weight * (consistency[a] + consistency[b])
-    return total / (s * (s - 1) // 2)
+    consistency = sum(masked_mse(aligned[i], original[i], mask) for i in range(s)) / s
+    alignment = sum(masked_mse(aligned[a], aligned[b], mask) for a in range(s) for b in range(a + 1, s))
+    return alignment / (s * (s - 1) // 2) + consistency_weight * consistency
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:

@@ -10,11 +10,24 @@ from glfa.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["wen2017.yaml", "fudan-webvid.yaml", "fudan-fcvid.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["wen2017.yaml", "fudan-webvid.yaml", "fudan-webvid-release.yaml", "fudan-fcvid.yaml",
+                                  "demo.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.source.endswith(name)
     assert config.model.glfa.kernel_size in (5, 7, 9, 13)
+
+
+def test_release_config_matches_the_published_model():
+    """The settings of the authors' fmri-video-sub12-funcalign release (window 5, subjects 1,2 -> 3)."""
+    release = load_config(CONFIGS / "fudan-webvid-release.yaml")
+    assert release.data.windows.fmri_frames(release.data.tr) == 5 and release.data.windows.video_frames == 12
+    gen = release.generation
+    settings = (gen.num_frames, gen.width, gen.height, gen.guidance_scale, gen.num_inference_steps)
+    assert settings == (12, 576, 320, 6.0, 30)
+    assert (release.subjects.train, release.subjects.held_out) == (["1", "2"], ["3"])
+    assert release.model.heads.clip_head == "fmri2clip" and release.model.heads.num_tokens == 77
+    assert release.model.glfa.enabled and release.model.glfa.consistency_weight == 0.5
 
 
 def test_paper_hyperparameters():

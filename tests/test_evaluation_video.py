@@ -220,7 +220,7 @@ def test_glfa_alignment_of_the_cotrained_layer(tmp_path, classifiers):
     config = {"model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}}}
     model_dir = write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store=store_dir, config=config)
     torch.manual_seed(0)
-    encoder = FmriEncoder(validate_config(config).model, store.image_size, store.fmri_frames, mask=store.mask)
+    encoder = FmriEncoder(validate_config(config).model, store.image_size, store.fmri_frames)
     with torch.no_grad():  # a trained layer is not the identity
         encoder.glfa.global_map.weight.normal_(0, 0.3)
         encoder.glfa.local.weight.normal_(0, 0.3)

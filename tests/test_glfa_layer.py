@@ -118,7 +118,7 @@ def test_glfa_starts_as_identity_on_masked_images():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     mask = rng.random((32, 48)) > 0.4
-    glfa = GLFA(height=32, width=48, parcel_size=8, kernel_size=13, mask=mask)
+    glfa = GLFA(height=32, width=48, parcel_size=8, kernel_size=13)
     x = torch.randn(4, 1, 32, 48) * torch.from_numpy(mask).float()
     out = glfa(x)
     assert out.shape == x.shape
@@ -130,6 +130,23 @@ def test_glfa_starts_as_identity_on_masked_images():
         glfa.local.weight.zero_()
     torch.testing.assert_close(glfa(x), x, atol=0, rtol=0)
     torch.testing.assert_close(glfa(x[:, 0]), x[:, 0], atol=0, rtol=0)
+
+
+def test_glfa_masks_each_step_by_its_input_nonzeros():
+    """The authors' masks: the global step keeps the input's non-zeros, the local step its own input's."""
+    torch.manual_seed(1)
+    glfa = GLFA(height=16, width=16, parcel_size=4, kernel_size=3)
+    with torch.no_grad():
+        glfa.global_map.weight.normal_(0, 0.5)
+        glfa.local.weight.normal_(0, 0.5)
+    x = torch.randn(2, 16, 16)
+    x[0, :, :5] = 0  # frame 0 is zero on the left, frame 1 nowhere: each frame has its own mask
+    g = glfa.global_map(x) * (x != 0)
+    expected = glfa.local(g) * (g != 0)
+    out = glfa(x)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    assert torch.all(out[0, :, :5] == 0) and torch.all(out[1] != 0)
+    assert "mask" not in glfa.state_dict()
 
 
 def test_global_parcel_map_mixes_parcels_row_major():
@@ -160,17 +177,8 @@ def test_global_parcel_map_matches_matrix_definition():
         torch.testing.assert_close(out[:, r * s:(r + 1) * s, c * s:(c + 1) * s].reshape(2, s * s), mixed[:, idx])
 
 
-def test_set_mask_and_bad_input():
+def test_bad_input():
     glfa = GLFA(height=16, width=16, parcel_size=4, kernel_size=3)
-    mask = np.zeros((16, 16), bool)
-    mask[4:12, 4:12] = True
-    glfa.set_mask(mask)
-    assert glfa.mask.sum().item() == 64
-    assert "mask" in glfa.state_dict()
-    with pytest.raises(DataError, match="mask"):
-        glfa.set_mask(np.ones((8, 8), bool))
-    with pytest.raises(DataError, match="0/1"):
-        glfa.set_mask(np.full((16, 16), 0.5))
     with pytest.raises(DataError, match=r"\[N, 1, 16, 16\]"):
         glfa(torch.zeros(2, 2, 16, 16))
     with pytest.raises(DataError, match="16 x 16"):

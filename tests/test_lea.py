@@ -157,8 +157,8 @@ def test_fit_lea_writes_the_model_folder(fitted):
     assert set(fitted["read"]) == {("s1", "train"), ("s2", "train")}
 
     ridge = load_file(model_dir / "ridge.safetensors")
-    assert ridge["coef"].shape == (77 * 32, 32) and ridge["intercept"].shape == (77 * 32,)
-    assert ridge["x_mean"].shape == (32,) and ridge["token_shape"].tolist() == [77, 32]
+    assert ridge["coef"].shape == (77 * 32, 2 * 32) and ridge["intercept"].shape == (77 * 32,)
+    assert ridge["x_mean"].shape == (2 * 32,) and ridge["token_shape"].tolist() == [77, 32]
     assert ridge["alpha"].tolist() == [pytest.approx(1e-3)]
     negative = load_file(model_dir / "negative.safetensors")
     windows = store.windows("train")
@@ -186,10 +186,10 @@ def test_lea_decoder_predicts_each_windows_caption(fitted):
     distances = torch.cdist(tokens.reshape(len(fmri), -1), embeddings)  # [b, u]
     own = [captions.index(window_caption(store, w)) for _ in ("s1", "s2") for w in windows]
     assert distances.argmin(1).tolist() == own
-    # the latent is the CLIP head's input: projecting it gives the encoder's CLIP embedding
+    # the latent is the fMRI-PTE's [CLS] token of each frame, concatenated
     latent = encoder_latent(decoder.encoder, fmri[:3])
-    clip = torch.nn.functional.normalize(decoder.encoder.clip_head.proj(latent), dim=-1)
-    torch.testing.assert_close(clip, decoder.encoder(fmri[:3])["clip"])
+    frames = decoder.encoder.pte(fmri[:3].reshape(-1, 1, *fmri.shape[-2:]))  # GLFA is off in stage 1
+    torch.testing.assert_close(latent, frames[:, 0].reshape(3, -1))
     assert not decoder.encoder.training
 
 

@@ -31,27 +31,32 @@ def test_masked_mse_by_hand():
 
 
 def test_glfa_loss_by_hand_three_subjects():
+    """The authors' weighting: mean over pairs of alignment MSEs + lambda * mean over subjects of consistency MSEs."""
     rng = np.random.default_rng(1)
     s, b, n, h, w = 3, 2, 4, 6, 5
     aligned, original = rng.normal(size=(s, b, n, h, w)), rng.normal(size=(s, b, n, h, w))
     m = rng.random((h, w)) > 0.3
     lam = 0.5
-    terms = []
-    for a in range(s):
-        for c in range(a + 1, s):
-            terms.append(_np_masked_mse(aligned[a], aligned[c], m)
-                         + lam * (_np_masked_mse(aligned[a], original[a], m) + _np_masked_mse(aligned[c], original[c], m)))
-    expected = sum(terms) / len(terms)
+    align = np.mean([_np_masked_mse(aligned[a], aligned[c], m) for a in range(s) for c in range(a + 1, s)])
+    const = np.mean([_np_masked_mse(aligned[a], original[a], m) for a in range(s)])
     got = glfa_loss(torch.from_numpy(aligned), torch.from_numpy(original), torch.from_numpy(m), lam)
-    assert math.isclose(got.item(), expected, rel_tol=1e-12)
+    assert math.isclose(got.item(), align + lam * const, rel_tol=1e-12)
     # [S, B, H, W] works too, and lambda is honoured
     got2 = glfa_loss(torch.from_numpy(aligned[:, :, 0]), torch.from_numpy(original[:, :, 0]), None, 2.0)
     a0, a1, a2 = aligned[:, :, 0]
     o0, o1, o2 = original[:, :, 0]
     mse = lambda u, v: float(((u - v) ** 2).mean())  # noqa: E731
-    exp2 = (mse(a0, a1) + 2 * (mse(a0, o0) + mse(a1, o1)) + mse(a0, a2) + 2 * (mse(a0, o0) + mse(a2, o2))
-            + mse(a1, a2) + 2 * (mse(a1, o1) + mse(a2, o2))) / 3
+    exp2 = (mse(a0, a1) + mse(a0, a2) + mse(a1, a2)) / 3 + 2.0 * (mse(a0, o0) + mse(a1, o1) + mse(a2, o2)) / 3
     assert math.isclose(got2.item(), exp2, rel_tol=1e-12)
+
+
+def test_glfa_loss_two_subjects_weighs_consistency_as_their_code():
+    """Two subjects, reg_scale 0.5, align_scale 1: loss = MSE(A1, A2) + 0.5 * (MSE(A1, x1) + MSE(A2, x2)) / 2."""
+    a = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 5.0]]]])  # [S=2, B=1, 1, 2]
+    x = torch.tensor([[[[0.0, 2.0]]], [[[3.0, 1.0]]]])
+    align = ((1 - 3) ** 2 + (2 - 5) ** 2) / 2  # 6.5
+    const = (((1 - 0) ** 2 + 0) / 2 + (0 + (5 - 1) ** 2) / 2) / 2  # (0.5 + 8) / 2
+    assert glfa_loss(a, x, None, 0.5).item() == pytest.approx(align + 0.5 * const, rel=1e-12)
 
 
 def test_glfa_loss_zero_when_identical_and_unchanged():

@@ -58,8 +58,11 @@ def test_full_preset_encoder_parameter_count_with_glfa_on_meta_device():
     assert sum(p.numel() for p in enc.glfa.global_map.parameters()) == 256 * 256
     t = 5 * 257
     hidden = t // 4
-    token_head = 2 * 1024 + (t * hidden + hidden) + (hidden * 77 + 77) + (1024 * 1024 + 1024) + 2 * (1024 * 1024 + 1024)
+    # the authors' fmri2text: two bias-free token mixers, bias-free projection and fc
+    token_head = t * hidden + hidden * 77 + 1024 * 1024 + 1024 * 1024
     assert sum(p.numel() for p in enc.token_head.parameters()) == token_head
+    # their fmri2clip head: Conv1d 77 -> 19 -> 4 -> 1 without bias, Linear(1024 -> 1024) with bias
+    assert sum(p.numel() for p in enc.clip_head.parameters()) == 77 * 19 + 19 * 4 + 4 + 1024 * 1024 + 1024
 
 
 def test_sincos_position_embedding_values():
@@ -155,11 +158,17 @@ def test_heads_shapes_normalisation_and_dropout():
     x = torch.randn(2, 3 * 17, 32)
     proj = TokenProjector(num_input_tokens=51, dim=32, num_tokens=8, token_dim=24)
     assert proj(x).shape == (2, 8, 24)
-    assert proj.mix_in.out_features == 12  # about a quarter of 51
-    head = ClipHead(dim=32, clip_dim=16)
-    emb = head(x)
+    assert proj.channel_mapper[0].out_features == 12  # a quarter of 51, rounded down
+    tokens = proj(x)
+    head = ClipHead(kind="fmri2clip", dim=32, num_frames=3, num_tokens=8, token_dim=24, clip_dim=16)
+    emb = head(tokens)
     assert emb.shape == (2, 16)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    linear = ClipHead(kind="linear", dim=32, num_frames=3, num_tokens=8, token_dim=24, clip_dim=16)
+    assert linear(torch.randn(2, 3, 32)).shape == (2, 16)
+    assert linear.proj.in_features == 3 * 32
+    with pytest.raises(ConfigError, match="clip_head"):
+        ClipHead(kind="mean", dim=32, num_frames=3, num_tokens=8, token_dim=24, clip_dim=16)
     drop = TokenProjector(num_input_tokens=51, dim=32, num_tokens=8, token_dim=24, dropout=0.5).train()
     assert not torch.equal(drop(x), drop(x))
     drop.eval()
@@ -172,7 +181,7 @@ def test_encoder_forward_with_and_without_glfa():
     torch.manual_seed(0)
     mask = _mask()
     x = torch.randn(2, FRAMES, IMAGE, IMAGE) * torch.from_numpy(mask)
-    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES, mask=mask).eval()
+    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES).eval()
     out = enc(x)
     assert out["tokens"].shape == (2, 8, 32)
     assert out["clip"].shape == (2, 32)
@@ -190,24 +199,32 @@ def test_encoder_forward_with_and_without_glfa():
 
 def test_encoder_computes_only_the_heads_asked_for():
     torch.manual_seed(0)
-    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES, mask=_mask()).eval()
+    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES).eval()
     x = torch.randn(3, FRAMES, IMAGE, IMAGE)
     full = enc(x)
-    calls = []
-    enc.token_head.register_forward_hook(lambda *args: calls.append("tokens"))
-    clip_only = enc(x, heads=("clip",))
-    assert set(clip_only) == {"clip", "aligned"} and calls == []
-    torch.testing.assert_close(clip_only["clip"], full["clip"])
     tokens_only = enc(x, heads=("tokens",))
-    assert set(tokens_only) == {"tokens", "aligned"} and calls == ["tokens"]
+    assert set(tokens_only) == {"tokens", "aligned"}
     torch.testing.assert_close(tokens_only["tokens"], full["tokens"])
+    clip_only = enc(x, heads=("clip",))  # the fmri2clip head reads the condition tokens
+    assert set(clip_only) == {"clip", "aligned"}
+    torch.testing.assert_close(clip_only["clip"], full["clip"])
+    # the linear CLIP head reads the PTE's [CLS] tokens: no token projector, no spatiotemporal block
+    cfg = tiny_config()
+    cfg.heads.clip_head = "linear"
+    linear = FmriEncoder(cfg, IMAGE, FRAMES).eval()
+    calls = []
+    linear.token_head.register_forward_hook(lambda *args: calls.append("tokens"))
+    linear.temporal.register_forward_hook(lambda *args: calls.append("temporal"))
+    assert set(linear(x, heads=("clip",))) == {"clip", "aligned"} and calls == []
+    linear(x, heads=("tokens",))
+    assert calls == ["temporal", "tokens"]
     with pytest.raises(ConfigError, match="unknown encoder head.*'latent'"):
         enc(x, heads=("latent",))
 
 
 def test_encoder_gradients_reach_glfa_and_checkpointing_matches():
     torch.manual_seed(0)
-    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES, mask=_mask())
+    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES)
     x = torch.randn(2, FRAMES, IMAGE, IMAGE)
     grads = []
     for flag in (False, True):
@@ -225,15 +242,15 @@ def test_encoder_gradients_reach_glfa_and_checkpointing_matches():
 
 def test_encoder_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    mask = _mask()
-    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES, mask=mask).eval()
+    enc = FmriEncoder(tiny_config(), IMAGE, FRAMES).eval()
     with torch.no_grad():
         enc.glfa.local.weight.normal_(0, 0.1)  # make the GLFA weights matter
-    x = torch.randn(2, FRAMES, IMAGE, IMAGE)
+        enc.pte.pos_embed.normal_()  # stored with the weights, not recomputed on load
+    x = torch.randn(2, FRAMES, IMAGE, IMAGE) * torch.from_numpy(_mask())
     enc.save_pretrained(tmp_path / "enc")
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "model.safetensors"]
     loaded = FmriEncoder.from_pretrained(tmp_path / "enc").eval()
-    assert torch.equal(loaded.glfa.mask, torch.from_numpy(mask).float())
+    assert torch.equal(loaded.pte.pos_embed, enc.pte.pos_embed)
     a, b = enc(x), loaded(x)
     for key in a:
         assert torch.equal(a[key], b[key])

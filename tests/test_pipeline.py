@@ -41,7 +41,7 @@ def write_cotrain_model(model_dir: Path, *, generator_dir: Path, store_dir: Path
     config = validate_config(CONFIG)
     store = StudyStore.open(store_dir)
     torch.manual_seed(seed)
-    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames, mask=store.mask).eval()
+    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames).eval()
     encoder.save_pretrained(model_dir / "encoder")
     unet = B.load_video_generator(generator_dir, device="cpu").unet
     save_file({k: v.contiguous() for k, v in perturbed_unet_params(unet).items()},
@@ -158,7 +158,7 @@ def test_from_model_dir_equals_the_pipeline_built_by_hand(parts, pipe):
     trained = perturbed_unet_params(generator.unet)
     generator.unet.load_state_dict({**generator.unet.state_dict(), **trained})
     torch.manual_seed(0)  # the encoder write_cotrain_model saved
-    encoder = FmriEncoder(validate_config(CONFIG).model, 16, 2, mask=parts.store.mask).eval()
+    encoder = FmriEncoder(validate_config(CONFIG).model, 16, 2).eval()
     negative = load_file(parts.model_dir / "negative.safetensors")["tokens"]
     by_hand = FmriToVideoPipeline(condition=lambda f: encoder(f)["tokens"], generator=generator,
                                   negative_tokens=negative)

@@ -5,10 +5,10 @@ embeddings of the window's caption with ridge regression; the predicted tokens t
 the same text-to-video generator (through :class:`glfa.pipeline.FmriToVideoPipeline`, with the
 prediction for the mean training fMRI window as the negative condition).
 
-- Latent (:func:`encoder_latent`): the stage-1 encoder's (``RUN/contrastive/encoder``, GLFA off)
-  pooled representation that its CLIP head projects, ``LayerNorm(mean over the n * (p + 1)
-  spatiotemporal tokens)`` (``[B, D]``, D = ``model.pte.embed_dim``): stage 1 trains it to map
-  linearly onto CLIP's image and caption embeddings, which suits a linear map to text tokens.
+- Latent (:func:`encoder_latent`): the fMRI-PTE latent of the stage-1 encoder
+  (``RUN/contrastive/encoder``, GLFA off), the [CLS] tokens of the window's n frames concatenated
+  (``[B, n * D]``, D = ``model.pte.embed_dim``), as LEA regresses from the fMRI-PTE latent; stage 1
+  trains it towards CLIP space (the authors' linear CLIP head is one linear map of it).
 - Target: ``VideoGenerator.encode_text`` of the caption of the window's middle video frame
   (frame ``m // 2`` of its ``m``), ``[K, C]`` flattened to ``K * C``.
 - Samples: every training subject's response to every training window (held-out subjects and
@@ -23,7 +23,7 @@ model folder, ``RUN/lea/model/``::
                           image_size, plus the chosen alpha and the cross-validation errors
     negative.safetensors  mean_fmri [n, H, W], tokens [K, C] (the prediction for mean_fmri)
     encoder/              the encoder whose latent LEA reads (FmriEncoder.save_pretrained)
-    ridge.safetensors     coef [K*C, D], intercept [K*C], x_mean [D], alpha [1], token_shape [2] = (K, C)
+    ridge.safetensors     coef [K*C, n*D], intercept [K*C], x_mean [n*D], alpha [1], token_shape [2] = (K, C)
 
 :class:`LeaDecoder` loads it and predicts tokens for fMRI windows.
 """
@@ -215,22 +215,15 @@ class RidgeCV:
 
 
 def encoder_latent(encoder, fmri: torch.Tensor) -> torch.Tensor:
-    """The encoder's pooled latent ``[B, D]`` for fMRI windows ``[B, n, H, W]`` (no gradient, dropout off).
-
-    It is the input of the CLIP head's projection, ``LayerNorm(mean over tokens)`` of the
-    spatiotemporal block's output, captured with a hook so the encoder's own forward runs.
-    """
-    captured: list[torch.Tensor] = []
-    handle = encoder.clip_head.proj.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    """The encoder's PTE latent ``[B, n * D]`` for fMRI windows ``[B, n, H, W]`` (no gradient, dropout off)."""
     training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad():
-            encoder(fmri, heads=("clip",))
+            cls = encoder(fmri, heads=("cls",))["cls"]  # [b, n, d]
     finally:
-        handle.remove()
         encoder.train(training)
-    return captured[0]
+    return cls.flatten(1)
 
 
 def window_caption(store, window) -> str:
@@ -320,7 +313,7 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
         "store": str(Path(store.path).resolve()), "train_subjects": train_subjects, "held_out": held_out,
         "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
         "encoder_source": str(encoder_dir.resolve()),
-        "latent": "clip_head input: LayerNorm(mean of the spatiotemporal tokens)",
+        "latent": "the fMRI-PTE [CLS] tokens of the window's frames, concatenated",
         "target": "generator text tokens of the middle frame's caption", "samples": len(samples),
         "stimuli": len(set(groups)), "alpha": ridge.alpha_,
         "cv_mse": {f"{a:g}": float(e) for a, e in zip(np.ravel(config.lea.alphas), ridge.cv_scores_)},
@@ -443,7 +436,7 @@ class LeaDecoder:
         encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device)
         coef, intercept, x_mean = (tensors[k].float().to(device) for k in ("coef", "intercept", "x_mean"))
         k, c = (int(v) for v in tensors["token_shape"])
-        dim = encoder.config.pte.embed_dim
+        dim = encoder.num_frames * encoder.config.pte.embed_dim  # the n frames' [CLS] tokens
         if coef.shape != (k * c, dim) or intercept.shape != (k * c,) or x_mean.shape != (dim,):
             raise CheckpointError(f"ridge shapes coef {list(coef.shape)}, intercept {list(intercept.shape)}, x_mean "
                                   f"{list(x_mean.shape)} do not fit tokens [{k}, {c}] from latents of width {dim}",

@@ -21,22 +21,23 @@ from glfa.models.temporal import SpatioTemporalBlock
 
 # PTE constructor arguments that must match for its encoder weights to fit an FmriEncoder.
 _PTE_ENCODER_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-# The encoder's output heads: the generator's condition tokens and the CLIP-space embedding.
-HEADS = ("tokens", "clip")
+# The encoder's outputs besides "aligned": the generator's condition tokens, the CLIP-space
+# embedding, and the fMRI-PTE's [CLS] token of every frame (the PTE latent, which LEA reads).
+HEADS = ("tokens", "clip", "cls")
 
 
 class FmriEncoder(nn.Module):
-    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+    """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D],
+    "aligned": [B, n, H, W]}.
 
     Parameters
     ----------
     config : ModelConfig (or a dict of one).
     image_size : side of the square flat cortical images.
     num_frames : n, fMRI frames per window.
-    mask : [H, W] visual-cortex mask for GLFA (saved with the weights); None = every pixel.
     """
 
-    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int, mask=None):
+    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int):
         super().__init__()
         if isinstance(config, dict):
             config = ModelConfig.model_validate(config)
@@ -44,8 +45,7 @@ class FmriEncoder(nn.Module):
             raise ConfigError(f"num_frames must be positive, got {num_frames}", field="num_frames")
         self.config, self.image_size, self.num_frames = config, image_size, num_frames
         pte, heads = config.pte, config.heads
-        self.glfa = GLFA.from_config(config.glfa, height=image_size, width=image_size, mask=mask) \
-            if config.glfa.enabled else None
+        self.glfa = GLFA.from_config(config.glfa, height=image_size, width=image_size) if config.glfa.enabled else None
         self.pte = PteEncoder(image_size=image_size, patch_size=pte.patch_size, embed_dim=pte.embed_dim,
                               depth=pte.depth, num_heads=pte.num_heads, mlp_ratio=pte.mlp_ratio)
         self.temporal = SpatioTemporalBlock.from_config(config.temporal, dim=pte.embed_dim, num_frames=num_frames)
@@ -53,12 +53,9 @@ class FmriEncoder(nn.Module):
         self.token_head = TokenProjector(num_input_tokens=num_input_tokens, dim=pte.embed_dim,
                                          num_tokens=heads.num_tokens, token_dim=heads.token_dim,
                                          dropout=heads.dropout)
-        self.clip_head = ClipHead(dim=pte.embed_dim, clip_dim=heads.clip_dim, dropout=heads.dropout)
-
-    def set_mask(self, mask) -> None:
-        """Set GLFA's visual-cortex mask ([H, W]); no effect without GLFA."""
-        if self.glfa is not None:
-            self.glfa.set_mask(mask)
+        self.clip_head = ClipHead(kind=heads.clip_head, dim=pte.embed_dim, num_frames=num_frames,
+                                  num_tokens=heads.num_tokens, token_dim=heads.token_dim, clip_dim=heads.clip_dim,
+                                  dropout=heads.dropout)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the PTE and spatiotemporal activations in backward."""
@@ -78,11 +75,11 @@ class FmriEncoder(nn.Module):
         frames = self.glfa(rearrange(fmri, "b n h w -> (b n) h w"))  # [(b n), h, w]
         return rearrange(frames, "(b n) h w -> b n h w", b=b)
 
-    def forward(self, fmri: torch.Tensor, *, heads: tuple[str, ...] = HEADS) -> dict[str, torch.Tensor]:
-        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "aligned": [B, n, H, W]}.
+    def forward(self, fmri: torch.Tensor, *, heads: tuple[str, ...] = ("tokens", "clip")) -> dict[str, torch.Tensor]:
+        """[B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D], "aligned": [B, n, H, W]}.
 
         ``heads`` names the outputs to compute besides "aligned": each stage's loss needs one
-        ("clip" in stage 1, "tokens" in stage 2 and generation), and the other is skipped.
+        ("clip" in stage 1, "tokens" in stage 2 and generation), and the rest is skipped.
         """
         expected = (self.num_frames, self.image_size, self.image_size)
         if fmri.dim() != 4 or tuple(fmri.shape[1:]) != expected:
@@ -93,14 +90,19 @@ class FmriEncoder(nn.Module):
             raise ConfigError(f"unknown encoder head(s) {unknown}; expected some of {list(HEADS)}", field="heads")
         b = fmri.shape[0]
         aligned = self.align(fmri)
-        tokens = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
-        tokens = self.temporal(rearrange(tokens, "(b n) t d -> b n t d", b=b))  # [b, n, p+1, d]
-        tokens = rearrange(tokens, "b n t d -> b (n t) d")
+        frames = self.pte(rearrange(aligned, "b n h w -> (b n) 1 h w"))  # [(b n), p+1, d]
+        frames = rearrange(frames, "(b n) t d -> b n t d", b=b)
         out = {"aligned": aligned}
+        if "cls" in heads:
+            out["cls"] = frames[:, :, 0]
+        # The fmri2clip CLIP head reads the condition tokens; the linear one the PTE's [CLS] tokens.
+        tokens = None
+        if "tokens" in heads or (self.clip_head.kind == "fmri2clip" and "clip" in heads):
+            tokens = self.token_head(rearrange(self.temporal(frames), "b n t d -> b (n t) d"))  # [b, k, c]
         if "tokens" in heads:
-            out["tokens"] = self.token_head(tokens)
+            out["tokens"] = tokens
         if "clip" in heads:
-            out["clip"] = self.clip_head(tokens)
+            out["clip"] = self.clip_head(tokens if self.clip_head.kind == "fmri2clip" else frames[:, :, 0])
         return out
 
     def load_pte(self, source: str | Path | FmriPTE) -> None:

@@ -2,13 +2,12 @@
 
 GLFA is one module shared by every subject: a global parcel map that mixes the parcels of the
 flat cortical image, then a locally connected layer that gives every pixel its own
-non-negative, normalised k x k kernel; the result is masked to the visual cortex after each
-step. Both parts start as the identity, so an untrained GLFA passes masked images through.
+non-negative, normalised k x k kernel; after each step the result is multiplied by the
+step's input != 0 (the authors' ``LocallyConnected2d``). Both parts start as the identity.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -152,51 +151,29 @@ class LocallyConnected2d(nn.Module):
         return out[:, None] if had_channel else out
 
 
-def _mask_tensor(mask, height: int, width: int) -> torch.Tensor:
-    """Validate a [H, W] mask (bool or 0/1, numpy or torch) -> float32 tensor of 0/1."""
-    if mask is None:
-        return torch.ones(height, width)
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).detach().cpu()
-    if m.shape != (height, width):
-        raise DataError(f"expected a mask of shape [{height}, {width}], got {list(m.shape)}", field="mask")
-    m = m.float()
-    if not torch.all((m == 0) | (m == 1)):
-        raise DataError("expected a boolean (0/1) mask", field="mask")
-    if not m.any():
-        raise DataError("the mask selects no pixel", field="mask")
-    return m
-
-
 class GLFA(nn.Module):
-    """Global parcel map, mask, locally connected layer, mask: [N, 1, H, W] -> [N, 1, H, W].
+    """Global parcel map, then the locally connected layer, each masked by its input's non-zeros.
 
-    Images are expected to be zero outside the visual-cortex ``mask`` (a registered buffer,
-    saved with the weights; all ones when None). Starts as the identity on masked images.
+    As the authors compute it: ``g = global(x) * (x != 0)``, then ``local(g) * (g != 0)``. Frames
+    are zero outside the cortex the flat image shows, so these data masks are the visual-cortex
+    mask of the store; nothing is stored besides the weights. Starts as the identity.
     """
 
-    def __init__(self, *, height: int = 256, width: int = 256, parcel_size: int = 16, kernel_size: int = 13,
-                 mask=None):
+    def __init__(self, *, height: int = 256, width: int = 256, parcel_size: int = 16, kernel_size: int = 13):
         super().__init__()
         self.height, self.width = height, width
         self.parcel_size, self.kernel_size = parcel_size, kernel_size
         self.global_map = GlobalParcelMap(height=height, width=width, parcel_size=parcel_size)
         self.local = LocallyConnected2d(height=height, width=width, kernel_size=kernel_size)
-        self.register_buffer("mask", _mask_tensor(mask, height, width))
 
     @classmethod
-    def from_config(cls, config, *, height: int, width: int, mask=None) -> GLFA:
+    def from_config(cls, config, *, height: int, width: int) -> GLFA:
         """Build from a :class:`~glfa.config.GlfaLayerConfig`."""
-        return cls(height=height, width=width, parcel_size=config.parcel_size, kernel_size=config.kernel_size,
-                   mask=mask)
-
-    def set_mask(self, mask) -> None:
-        """Replace the visual-cortex mask ([H, W], bool or 0/1)."""
-        self.mask.copy_(_mask_tensor(mask, self.height, self.width).to(self.mask.device))
+        return cls(height=height, width=width, parcel_size=config.parcel_size, kernel_size=config.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 1, H, W] or [N, H, W] -> same shape, zero outside the mask."""
+        """[N, 1, H, W] or [N, H, W] -> same shape, zero wherever the input is zero."""
         frames, had_channel = _as_frames(x, self.height, self.width, "x")
-        mask = self.mask.to(frames.dtype)
-        out = self.global_map(frames) * mask  # [n, h, w]
-        out = self.local(out) * mask
+        out = self.global_map(frames) * (frames != 0)  # [n, h, w]
+        out = self.local(out) * (out != 0)
         return out[:, None] if had_channel else out

@@ -51,13 +51,13 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN ViT block: x + attn(LN(x)), then x + mlp(LN(x))."""
+    """Pre-LN ViT block (timm's ``Block``, LayerNorm eps 1e-5): x + attn(LN(x)), then x + mlp(LN(x))."""
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """fMRI-PTE: the ViT autoencoder that compresses a flat cortical image into a [CLS] token.
 
-Encoder: Conv2d(1 -> D, kernel = stride = patch) patch tokens + a [CLS] token, fixed 2-D
-sin-cos position embedding, ``depth`` pre-LN transformer blocks (qkv bias, MLP ratio 4), final
-LayerNorm -> [N, p + 1, D]. Decoder (pretraining only): [CLS] -> Linear(D -> bottleneck) ->
-Linear(bottleneck -> D), followed by p mask tokens, plus position embedding -> decoder blocks ->
-LayerNorm -> Linear(D -> patch * patch pixels) -> unpatchify. Loss: MSE on the mask's pixels.
+The authors' ``fMRI_Autoencoder`` (NeuroPictor / GLFA code). Encoder: Conv2d(1 -> D, kernel =
+stride = patch) patch tokens + a [CLS] token, a fixed 2-D sin-cos position embedding (stored),
+``depth`` pre-LN transformer blocks (qkv bias, MLP ratio 4), final LayerNorm -> [N, p + 1, D].
+Decoder (pretraining only): [CLS] -> Linear(D -> bottleneck) -> Linear(bottleneck -> D), followed
+by p mask tokens, plus the stored decoder position embedding -> decoder blocks -> LayerNorm ->
+Linear(D -> patch * patch pixels) -> unpatchify. Loss: MSE on the mask's pixels.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ class PteEncoder(nn.Module):
         self.gradient_checkpointing = False
         self.patch_embed = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = normal_parameter(1, 1, embed_dim, std=0.02)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid)[None], persistent=False)
+        # Stored with the weights (the authors' checkpoints carry it); fixed, never trained.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid)[None])
         self.blocks = nn.ModuleList(TransformerBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio)
                                     for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim)
         self.apply(init_vit_weights)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(embed_dim, -1))
 
@@ -73,10 +75,12 @@ class PteDecoder(nn.Module):
         self.to_bottleneck = nn.Linear(embed_dim, bottleneck_dim)
         self.from_bottleneck = nn.Linear(bottleneck_dim, embed_dim)
         self.mask_token = normal_parameter(1, 1, embed_dim, std=0.02)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid)[None], persistent=False)
+        # Stored with the weights: sin-cos at initialisation, but imported checkpoints carry their own
+        # (the GLFA code never initialises its decoder's), and those values are the ones used.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid)[None])
         self.blocks = nn.ModuleList(TransformerBlock(dim=embed_dim, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio)
                                     for _ in range(decoder_depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, patch_size * patch_size)
         self.apply(init_vit_weights)
 

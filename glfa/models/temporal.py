@@ -2,8 +2,9 @@
 
 Each layer attends over the p + 1 tokens of every frame (spatial), then over the n frames of
 every token (temporal, the inflation trick: swap the first two axes), then applies an MLP;
-pre-LN with residuals. A learned frame embedding, zero at initialisation, tells the temporal
-attention which frame is which (attention alone is blind to order).
+pre-LN with residuals. This is the authors' ``BlockTemp`` exactly: no frame position embedding
+(their temporal attention sees the frames as a set; an added frame embedding is not kept because
+nothing measured that it helps).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ class SpatioTemporalLayer(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        self.norm_spatial = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_spatial = nn.LayerNorm(dim)
         self.spatial = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
-        self.norm_temporal = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_temporal = nn.LayerNorm(dim)
         self.temporal = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
-        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = Mlp(dim=dim, mlp_ratio=mlp_ratio, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,6 @@ class SpatioTemporalBlock(nn.Module):
         super().__init__()
         self.num_frames = num_frames
         self.gradient_checkpointing = False
-        self.frame_embed = nn.Parameter(torch.zeros(num_frames, dim))
         self.layers = nn.ModuleList(SpatioTemporalLayer(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                                         dropout=dropout) for _ in range(depth))
         self.apply(init_vit_weights)
@@ -61,7 +61,4 @@ class SpatioTemporalBlock(nn.Module):
         """[B, n, t, D] -> [B, n, t, D]."""
         if x.dim() != 4 or x.shape[1] != self.num_frames:
             raise DataError(f"expected [B, {self.num_frames}, tokens, D], got {list(x.shape)}", field="x")
-        if not self.layers:
-            return x
-        x = x + self.frame_embed[:, None].to(x.dtype)  # [n, 1, d] broadcast over tokens
         return run_blocks(self.layers, x, checkpointing=self.gradient_checkpointing)

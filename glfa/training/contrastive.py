@@ -133,14 +133,18 @@ class ContrastiveStage(Stage):
                                  progress=progress and is_main)
 
     def build_models(self) -> dict[str, nn.Module]:
-        """The encoder (GLFA off, heads' dropout from the config, PTE from ``init_from``, token head frozen)
-        and the logit scale."""
+        """The encoder (GLFA off, heads' dropout from the config, PTE from ``init_from``) and the logit scale.
+
+        With the linear CLIP head the spatiotemporal block and the token head are frozen.
+        """
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames)
         if self.init_from is not None:
             encoder.load_pte(self.init_from)
-        encoder.token_head.requires_grad_(False)  # not in the stage-1 loss (stage 2 trains it); DDP needs it frozen
+        if encoder.clip_head.kind == "linear":  # it reads the PTE's [CLS] tokens: what follows the PTE gets no
+            encoder.temporal.requires_grad_(False)  # gradient in stage 1 (stage 2 trains it); DDP needs it frozen
+            encoder.token_head.requires_grad_(False)
         return {"encoder": encoder, "logit_scale": LogitScale()}
 
     def dataset(self) -> StimulusWindowDataset:

@@ -232,6 +232,58 @@ def _saved_class(folder: Path) -> str | None:
     return read_json_object(path).get("class") if path.is_file() else None
 
 
+def mean_training_fmri(store, subjects: list[str]) -> np.ndarray:
+    """float32 [n, H, W]: the mean fMRI window over ``subjects`` x the training windows all of them saw.
+
+    The negative condition of generation is the encoder's tokens for it. Windows are read one at a time.
+    """
+    from glfa.data.datasets import StimulusWindowDataset
+
+    windows = StimulusWindowDataset(store, subjects, split="train", with_video=False).windows
+    if not windows:
+        raise DataError(f"no training window that all of {subjects} saw", path=store.path, field="subjects")
+    size, n = store.image_size, store.fmri_frames
+    total = np.zeros((n, size, size), np.float64)
+    buffer = np.empty((n, size, size), store.fmri_dtype)
+    for window in windows:
+        for subject in subjects:
+            total += store.fmri(subject, window, out=buffer)
+    return (total / (len(windows) * len(subjects))).astype(np.float32)
+
+
+def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: dict[str, torch.Tensor],
+                       mean_fmri: np.ndarray, info: dict[str, Any]) -> Path:
+    """Write a stage-2 decoder model folder atomically (see the module docstring for its files).
+
+    ``info`` holds ``model.json``'s keys besides kind, num_frames and image_size (taken from the
+    encoder); the negative condition is the encoder's tokens for ``mean_fmri`` [n, H, W].
+    """
+    from glfa.training.checkpoint import replace_dir
+
+    target = Path(target)
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        tokens = encoder(torch.from_numpy(mean_fmri)[None].to(device), heads=("tokens",))["tokens"][0]  # [K, C]
+    encoder.train(was_training)
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        encoder.save_pretrained(tmp / "encoder")
+        save_file({"mean_fmri": torch.from_numpy(mean_fmri), "tokens": tokens.float().cpu().contiguous()},
+                  str(tmp / "negative.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in unet_state.items()},
+                  str(tmp / "unet_trainable.safetensors"))
+        write_json_atomic(tmp / "model.json", {"kind": "cotrain", **info, "num_frames": encoder.num_frames,
+                                               "image_size": encoder.image_size})
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 class CotrainStage(Stage):
     """Stage 2 plugged into :func:`~glfa.training.loop.train` (see the module docstring).
 
@@ -333,10 +385,9 @@ class CotrainStage(Stage):
         """The encoder (stage-1 or PTE weights; GLFA at identity) and the UNet with its trained parameters."""
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames)
         if self.init_kind == "encoder":
             encoder.load_encoder_weights(self.init_from)
-            encoder.set_mask(self.store.mask)
         else:
             encoder.load_pte(self.init_from)
         encoder.clip_head.requires_grad_(False)  # no CLIP loss in stage 2
@@ -362,18 +413,6 @@ class CotrainStage(Stage):
                             mask=self.mask.to(fmri.device),
                             consistency_weight=self.config.model.glfa.consistency_weight, align=self.glfa)
 
-    def mean_fmri(self) -> np.ndarray:
-        """float32 [n, H, W]: the mean over training subjects and training windows (read one at a time)."""
-        size, n = self.store.image_size, self.store.fmri_frames
-        total = np.zeros((n, size, size), np.float64)
-        buffer = np.empty((n, size, size), self.store.fmri_dtype)
-        count = 0
-        for window in self.dataset().windows:
-            for subject in self.train_subjects:
-                total += self.store.fmri(subject, window, out=buffer)
-                count += 1
-        return (total / count).astype(np.float32)
-
     def resolved(self) -> dict[str, Any]:
         """The config as this run resolved it (GLFA flag, generator folder)."""
         data = self.config.to_dict()
@@ -383,32 +422,14 @@ class CotrainStage(Stage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Write ``RUN/cotrain-<method>/model/`` (negative condition, encoder, trained UNet parameters)."""
-        from glfa.training.checkpoint import replace_dir
-
-        encoder, unet = models["encoder"], models["unet"]
-        mean = self.mean_fmri()  # [n, H, W]
-        device = next(encoder.parameters()).device
-        with torch.no_grad():
-            tokens = encoder(torch.from_numpy(mean)[None].to(device), heads=("tokens",))["tokens"][0]  # [K, C]
         target = Path(run_dir) / self.name / MODEL_DIR
-        tmp = target.with_name(f".{MODEL_DIR}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            encoder.save_pretrained(tmp / "encoder")
-            save_file({"mean_fmri": torch.from_numpy(mean), "tokens": tokens.float().cpu().contiguous()},
-                      str(tmp / "negative.safetensors"))
-            save_file({k: v.cpu().contiguous() for k, v in unet.state_dict().items()},
-                      str(tmp / "unet_trainable.safetensors"))
-            write_json_atomic(tmp / "model.json", {
-                "kind": "cotrain", "method": self.method, "generator": str(Path(self.generator.path).resolve()),
-                "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
-                "held_out": self.held_out, "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
-                "config": self.resolved(), "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
-            })
-            replace_dir(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_decoder_model(target, encoder=models["encoder"], unet_state=models["unet"].state_dict(),
+                           mean_fmri=mean_training_fmri(self.store, self.train_subjects), info={
+                               "method": self.method, "generator": str(Path(self.generator.path).resolve()),
+                               "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
+                               "held_out": self.held_out,
+                               "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
+                               "config": self.resolved()})
         return {"model": str(target)}
 
     def fingerprint(self) -> dict[str, Any]:
