@@ -750,6 +750,7 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     opened = _open_store(store, str(model.get("store", "")))
     if opened is None:
         return [], f"{method}: the training store {model.get('store')} is not found (pass the store to evaluate_run)"
+    opened.check_geometry(model.get("geometry"), model_dir)
     tables = []
     for held in held_out:
         subjects = train + [held]

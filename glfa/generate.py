@@ -140,6 +140,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     gen = generation_config(info, config, model_dir)
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store if store is not None else info["store"])
+    store.check_geometry(info.get("geometry"), model_dir)
     windows = _subject_windows(store, subject, split)
     out = run_dir / "generations" / method / f"{subject}-{split}"
     out.parent.mkdir(parents=True, exist_ok=True)

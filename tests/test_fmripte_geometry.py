@@ -211,3 +211,97 @@ def test_resize_weights_equal_opencv(n_in, n_out):
     np.testing.assert_allclose(ours, cv2.resize(x, (n_out, n_out)), rtol=1e-5, atol=1e-6)
     near = resize_weights(n_in, n_out, "nearest") @ x @ resize_weights(n_in + 5, n_out, "nearest").T
     np.testing.assert_array_equal(near.astype(np.float32), cv2.resize(x, (n_out, n_out), interpolation=cv2.INTER_NEAREST))
+
+
+# ----------------------------------------------------------------------------- the geometry in stores and models
+
+
+def _prepare(root, tmp_path, name, **data):
+    import warnings
+
+    from glfa.config import validate_config
+    from glfa.data.prepare import prepare_study
+    from glfa.data.store import StudyStore
+
+    config = validate_config({"data": {"layout": "generic", "tr": 0.8, "image_size": 32, **data}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return StudyStore.open(prepare_study(root, tmp_path / name, config, progress=False))
+
+
+@pytest.fixture(scope="module")
+def cortex_study(tmp_path_factory):
+    """A generic study whose runs hold every cortex vertex (the fmri-pte projector reads beyond the ROI)."""
+    from glfa.surface.cifti import read_dtseries, write_dtseries
+    from tests.fixtures import write_generic_study
+
+    root = tmp_path_factory.mktemp("cortex") / "study"
+    study = write_generic_study(root, subjects=("01",), rois="reference")
+    with np.load(hcp_data_dir() / "fMRI_vertex_info_32k.npz") as npz:
+        grayl, grayr = npz["grayl"], npz["grayr"]
+    for rel in study.data:
+        n_trs = read_dtseries(root / rel).data.shape[0]
+        data = np.random.default_rng(3).standard_normal((n_trs, grayl.size + grayr.size)).astype(np.float32)
+        write_dtseries(root / rel, data, grayl, grayr, study.info["tr"])
+    return root
+
+
+def test_prepare_records_the_geometry(cortex_study, tmp_path):
+    pte = _prepare(cortex_study, tmp_path, "pte", geometry="fmri-pte", rois="reference")
+    assert pte.geometry == "fmri-pte" and pte.manifest["geometry"] == "fmri-pte"
+    assert pte.projector.geometry == "fmri-pte"
+    expected = FlatMapProjector(rois="reference", height=32, width=32, geometry="fmri-pte")
+    np.testing.assert_array_equal(pte.mask, expected.mask)
+    np.testing.assert_array_equal(pte.projector.left, expected.left)
+    image = pte.response("01", pte.stimuli[0])
+    assert np.abs(image[:, expected.mask]).max() > 0 and (image[:, ~expected.mask] == 0).all()
+    bary = _prepare(cortex_study, tmp_path, "bary")
+    assert bary.geometry == "barycentric" and bary.projector.geometry == "barycentric"
+    with pytest.raises(DataError, match="trained on 'barycentric' flat images but the store .* holds 'fmri-pte'"):
+        pte.check_geometry("barycentric", tmp_path / "model")
+    pte.check_geometry("fmri-pte", tmp_path / "model")
+    pte.check_geometry(None, tmp_path / "model")  # a model from before the geometry was recorded
+
+
+def test_models_carry_the_geometry_and_refuse_another(tmp_path):
+    from glfa.config import validate_config
+    from glfa.errors import CheckpointError
+    from glfa.models.encoder import FmriEncoder
+    from glfa.models.pte import FmriPTE
+
+    config = validate_config({"model": {"preset": "tiny"}})
+    pte = FmriPTE.from_config(config.model, 32)
+    pte.geometry = "fmri-pte"
+    pte.save_pretrained(tmp_path / "pte")
+    assert FmriPTE.from_pretrained(tmp_path / "pte").geometry == "fmri-pte"
+    encoder = FmriEncoder(config.model, 32, 2, geometry="fmri-pte")
+    encoder.load_pte(tmp_path / "pte")
+    encoder.save_pretrained(tmp_path / "encoder")
+    assert FmriEncoder.from_pretrained(tmp_path / "encoder").geometry == "fmri-pte"
+    other = FmriEncoder(config.model, 32, 2, geometry="barycentric")
+    with pytest.raises(CheckpointError, match="trained on 'fmri-pte' flat images, this encoder reads 'barycentric'"):
+        other.load_pte(tmp_path / "pte")
+    with pytest.raises(CheckpointError, match="trained on 'fmri-pte' flat images"):
+        other.load_encoder_weights(tmp_path / "encoder")
+    FmriEncoder(config.model, 32, 2).load_encoder_weights(tmp_path / "encoder")  # unknown geometry passes
+
+
+def test_generate_refuses_a_store_of_another_geometry(tmp_path):
+    import json
+
+    from glfa.generate import generate
+    from tests.fixtures import write_decoding_store
+
+    store_dir = write_decoding_store(tmp_path / "store")
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    (store_dir / "manifest.json").write_text(json.dumps({**manifest, "geometry": "fmri-pte"}))
+    model_dir = tmp_path / "run" / "cotrain-glfa" / "model"
+    model_dir.mkdir(parents=True)
+    info = {"kind": "cotrain", "method": "glfa", "generator": str(tmp_path / "generator"), "store": str(store_dir),
+            "train_subjects": ["s1", "s2"], "held_out": ["s3"], "config": {}, "num_frames": 2, "image_size": 16,
+            "geometry": "barycentric"}  # checked before anything is loaded
+    (model_dir / "model.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"trained on 'barycentric' flat images but the store .* holds 'fmri-pte' "
+                                        r"images; prepare a store with data.geometry: barycentric"):
+        generate(tmp_path / "run", method="glfa", subject="s3", device="cpu", progress=False)
+    assert not (tmp_path / "run" / "generations" / "glfa" / "s3-test").exists()

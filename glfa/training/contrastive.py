@@ -137,7 +137,8 @@ class ContrastiveStage(Stage):
         and the logit scale."""
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask,
+                              geometry=self.store.geometry)
         if self.init_from is not None:
             encoder.load_pte(self.init_from)
         encoder.token_head.requires_grad_(False)  # not in the stage-1 loss (stage 2 trains it); DDP needs it frozen

@@ -333,7 +333,8 @@ class CotrainStage(Stage):
         """The encoder (stage-1 or PTE weights; GLFA at identity) and the UNet with its trained parameters."""
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames, mask=self.store.mask,
+                              geometry=self.store.geometry)
         if self.init_kind == "encoder":
             encoder.load_encoder_weights(self.init_from)
             encoder.set_mask(self.store.mask)
@@ -405,6 +406,7 @@ class CotrainStage(Stage):
                 "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
                 "held_out": self.held_out, "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
                 "config": self.resolved(), "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
+                "geometry": self.store.geometry,
             })
             replace_dir(tmp, target)
         finally:

@@ -131,6 +131,7 @@ class FudanSource(Reader):
     """Reader of the Fudan fMRI-Video release (module docstring)."""
 
     layout = "fudan"
+    image_geometry = "fmri-pte"  # the release's images are the published models' (cortex-cropped pycortex rasters)
 
     #: Frames resized at once by ``to_image_grid`` (bounds memory on long runs).
     chunk_frames = 256
