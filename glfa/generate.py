@@ -26,7 +26,6 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -39,6 +38,7 @@ from glfa.data.video import resample_video, write_gif, write_video
 from glfa.errors import CheckpointError, DataError
 from glfa.pipeline import MODEL_INFO, FmriToVideoPipeline, read_model_info
 from glfa.training.checkpoint import write_json_atomic
+from glfa.training.loop import Processes
 
 INDEX = "index.json"
 VIDEOS = "videos.npz"
@@ -110,49 +110,6 @@ def _write_npz(path: Path, arrays: dict[str, Path]) -> None:
             zf.write(npy, arcname=f"{name}.npy")
 
 
-class _Processes:
-    """This process's place under ``accelerate launch`` (``WORLD_SIZE`` > 1): its rank among ``count``.
-
-    Outside it, one process of rank 0. ``device`` is the device asked for: processes on the CPU
-    meet through gloo, as the training stages' do.
-    """
-
-    def __init__(self, device: str | None):
-        self.state, self.rank, self.count = None, 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            from glfa.training.loop import process_device
-
-            self.state = PartialState(cpu=process_device(device).type == "cpu")
-            self.rank, self.count = self.state.process_index, self.state.num_processes
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def device(self, device: str | None) -> str | None:
-        """The device this process decodes on: its own GPU (``LOCAL_RANK``) when several share a machine."""
-        if self.count == 1 or device not in (None, "cuda"):
-            return device
-        from glfa.training.loop import process_device
-
-        return str(process_device(device))
-
-    def wait(self) -> None:
-        """Every process waits here until all have arrived."""
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-    def main_value(self, value: Any) -> Any:
-        """The main process's ``value``, in every process."""
-        if self.state is None:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value], from_process=0)[0]
-
-
 def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "test",
              store: StudyStore | str | Path | None = None, config: GlfaConfig | GenerationConfig | None = None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 8,
@@ -197,7 +154,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     store.check_geometry(info.get("geometry"), model_dir)
     windows = _subject_windows(store, subject, split)
     out = run_dir / "generations" / method / f"{subject}-{split}"
-    procs = _Processes(device)
+    procs = Processes(device)
     tmp = out.with_name(procs.main_value(f".{out.name}.tmp-{os.getpid()}"))
     if procs.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)

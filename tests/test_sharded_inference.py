@@ -1,4 +1,4 @@
-"""glfa generate under ``accelerate launch``: two CPU processes (gloo) give a single process's folder, byte for byte."""
+"""glfa generate and glfa evaluate under ``accelerate launch``: two CPU processes (gloo) give what one process gives."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from glfa import backbones as B
+from glfa.config import load_config
+from glfa.evaluation import evaluate_run
 from glfa.generate import generate
 from tests.fixtures import write_decoding_store
+from tests.test_evaluation_video import classifiers, planted_clips, write_generations, write_model  # noqa: F401
 from tests.test_pipeline import write_cotrain_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,3 +72,19 @@ def test_two_processes_equal_one(tmp_path):
     timing = json.loads((sharded / "generation.json").read_text())
     assert timing["processes"] == 2 and timing["clips"] == 6
     assert json.loads((single / "generation.json").read_text())["processes"] == 1
+
+
+def test_evaluate_shares_the_classifier_batches(tmp_path, classifiers):  # noqa: F811
+    run = tmp_path / "run"
+    truth = planted_clips(20)  # 80 frames: frame batches of 64 and 16, video batches of 8, 8 and 4
+    write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store="/data/study")
+    write_generations(run, "glfa", "s3", np.roll(truth, 1, axis=0), truth, store="/data/study")
+    config = tmp_path / "evaluation.yaml"
+    config.write_text(yaml.safe_dump({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 5], "seed": 3}}))
+    single = evaluate_run(run, config=load_config(config), progress=False).to_dict()["results"]
+
+    outs = _launch(["evaluate", "run", str(run), "-c", str(config), "--quiet"], 2)
+    assert "written to" in outs[0] and outs[1] == ""  # the main process writes the tables
+    sharded = json.loads((run / "evaluation" / "video.json").read_text())["results"]
+    assert [r["scores"] for r in sharded] == [r["scores"] for r in single]
+    assert set(single[0]["scores"]) == {"video-2way", "video-5way", "frame-2way", "frame-5way", "ssim"}
