@@ -263,6 +263,17 @@ def test_prepare_records_the_geometry(cortex_study, tmp_path):
     pte.check_geometry(None, tmp_path / "model")  # a model from before the geometry was recorded
 
 
+def test_a_file_of_the_roi_alone_is_a_clear_error(tmp_path, proj):
+    from glfa.surface.cifti import read_dtseries, series_on, write_dtseries
+
+    roi = visual_roi("reference")
+    data = np.zeros((2, roi.n_vertices), dtype=np.float32)
+    path = write_dtseries(tmp_path / "roi.dtseries.nii", data, roi.left, roi.right, tr=2.0)
+    with pytest.raises(DataError, match=r"roi\.dtseries\.nii.* of the 9\d{3} vertices the fmri-pte images read are "
+                                        r"missing .*needs the cortex around the ROI too"):
+        series_on(read_dtseries(path), proj, path)
+
+
 def test_models_carry_the_geometry_and_refuse_another(tmp_path):
     from glfa.config import validate_config
     from glfa.errors import CheckpointError
