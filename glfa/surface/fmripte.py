@@ -101,9 +101,11 @@ def _merged_flat_mesh() -> tuple[np.ndarray, np.ndarray]:
 
 def _outline_loops(faces: np.ndarray) -> list[np.ndarray]:
     """The mesh's outline: closed vertex loops of the edges that belong to one face only, longest first."""
-    s = np.sort(faces, axis=1)
-    edges, count = np.unique(np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]]), axis=0, return_counts=True)
-    boundary = edges[count == 1]
+    s = np.sort(faces, axis=1).astype(np.int64)
+    n = int(s.max()) + 1
+    keys, count = np.unique(np.concatenate([s[:, 0] * n + s[:, 1], s[:, 1] * n + s[:, 2], s[:, 0] * n + s[:, 2]]),
+                            return_counts=True)  # one key per undirected edge (1-D: far faster than rows)
+    boundary = np.stack(np.divmod(keys[count == 1], n), axis=1)
     neighbours: dict[int, list[int]] = {}
     for a, b in boundary.tolist():
         neighbours.setdefault(a, []).append(b)
