@@ -145,7 +145,7 @@ def raster_vertices(height: int = RASTER_HEIGHT) -> np.ndarray:
     grid = np.mgrid[lo[0]:hi[0]:width * 1j, lo[1]:hi[1]:height * 1j].reshape(2, -1)  # [2, width * height]
     valid = np.unique(faces)
     nearest = cKDTree(xy[valid]).query(grid.T[inside.ravel()])[1]
-    vertex = np.full((width, height), -1, dtype=np.int64)
+    vertex = np.full((width, height), -1, dtype=np.int32)  # mesh vertices < 2 * 32492
     vertex[inside] = valid[nearest]
     return np.ascontiguousarray(vertex.T[::-1])  # [height, width], row 0 at the top
 
