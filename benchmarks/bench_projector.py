@@ -16,8 +16,12 @@ in one process, and is checked against ``forward @ x.T`` before it is timed:
 Wall-clock frames/s is the best of ``--repeats`` runs; CPU s/frame (process time) is shown too,
 since on a shared machine wall time also measures the other jobs. Prints a Markdown table.
 
+A second table compares the geometries in the same process, the barycentric one as the
+reference: the first (cold) build of each projector (the fmri-pte one rasterises both flat
+hemispheres at height 1024), ``to_image`` and ``to_surface`` frames/s.
+
     python benchmarks/bench_projector.py [--frames 2048] [--reference-frames 10] [--size 256]
-        [--rois paper] [--threads 2] [--repeats 3]
+        [--rois paper] [--geometry barycentric] [--threads 2] [--repeats 3]
 
 Target (issue 2): >= 5,000 frames/s on 2 CPU cores, >= 20 x the per-frame Python loop.
 """
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-frames", type=int, default=10)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rois", default="paper", choices=["paper", "reference"])
+    parser.add_argument("--geometry", default="barycentric", choices=["barycentric", "fmri-pte"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -108,9 +113,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proj = FlatMapProjector(rois=args.rois, height=args.size, width=args.size)
-    build_s = time.perf_counter() - t0
+    builds = {}
+    for geometry in ("barycentric", "fmri-pte"):  # cold builds, timed once each (they are cached in-process)
+        t0 = time.perf_counter()
+        built = FlatMapProjector(rois=args.rois, height=args.size, width=args.size, geometry=geometry)
+        builds[geometry] = (built, time.perf_counter() - t0)
+    proj, build_s = builds[args.geometry]
     h, w, fwd = proj.height, proj.width, proj.forward.astype(np.float32).tocsr()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.frames, proj.n_vertices)).astype(np.float32)  # [T, V]
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     ref_fps = results["reference: per-frame Python loop"][0] / results["reference: per-frame Python loop"][1]
 
     print(
-        f"FlatMapProjector rois={args.rois} V={proj.n_vertices} image {h}x{w} "
+        f"FlatMapProjector geometry={args.geometry} rois={args.rois} V={proj.n_vertices} image {h}x{w} "
         f"mask {int(proj.mask.sum())} px (built in {build_s:.2f} s); torch threads {args.threads}, "
         f"{os.cpu_count()} CPUs, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}\n"
     )
@@ -161,6 +169,26 @@ def main(argv: list[str] | None = None) -> None:
     for name, (n, wall, cpu) in results.items():
         fps = n / wall
         print(f"| {name} | {n} | {wall:.3f} | {fps:,.0f} | {1000 * cpu / n:.3f} | {fps / ref_fps:,.1f} |")
+    compare_geometries(builds, args.frames, args.repeats)
+
+
+def compare_geometries(builds: dict, frames: int, repeats: int) -> None:
+    """Print build time and apply speed of each geometry, as ratios to the barycentric one."""
+    rows = {}
+    for geometry, (proj, build_s) in builds.items():
+        x = np.random.default_rng(1).standard_normal((frames, proj.n_vertices)).astype(np.float32)
+        images = proj.to_image(x)
+        forward_s = timed(lambda: proj.to_image(x), repeats)[0]
+        inverse_s = timed(lambda: proj.to_surface(images), repeats)[0]
+        rows[geometry] = (proj, build_s, frames / forward_s, frames / inverse_s)
+    _, ref_build, ref_fwd, ref_inv = rows["barycentric"]
+    print("\n| geometry | V | mask px | max vertices/pixel | build s (cold) | to_image frames/s | to_surface frames/s "
+          "| build / barycentric | to_image / barycentric | to_surface / barycentric |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for geometry, (proj, build_s, fwd, inv) in rows.items():
+        k = int(np.diff(proj.forward.indptr).max())
+        print(f"| {geometry} | {proj.n_vertices:,} | {int(proj.mask.sum()):,} | {k} | {build_s:.2f} | {fwd:,.0f} | "
+              f"{inv:,.0f} | {build_s / ref_build:.1f} x | {fwd / ref_fwd:.2f} x | {inv / ref_inv:.2f} x |")
 
 
 if __name__ == "__main__":

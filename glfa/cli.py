@@ -388,10 +388,13 @@ def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate_run(args: argparse.Namespace) -> int:
     from glfa.evaluation import evaluate_run, write_video_tables
+    from glfa.training.loop import Processes
 
     config = _config(args) if args.config else None
     methods = _subject_list(args.methods) if args.methods else None
     evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
+    if not Processes(evaluation.config.get("device")).is_main:
+        return 0  # under accelerate launch every process holds the result; the main one writes it
     paths = write_video_tables(evaluation, Path(args.run) / "evaluation")
     print(Path(paths["markdown"]).read_text())
     print(f"written to {paths['json']} and {paths['markdown']}")

@@ -75,6 +75,11 @@ class DataConfig(_Strict):
         "paper", description="paper: 29 HCP-MMP1.0 visual areas (8,405 grayordinates); reference: 31 areas"
     )
     image_size: int = Field(256, ge=16, description="side of the square flat cortical image")
+    geometry: Literal["barycentric", "fmri-pte"] = Field(
+        "barycentric", description="surface data -> image: fmri-pte = the published models' images (pycortex "
+        "raster, the authors' crops, OpenCV resize); barycentric = each hemisphere's ROI interpolated into half "
+        "the image. Image sources (fudan) record the geometry of their own images"
+    )
     fmri_dtype: Literal["float16", "float32"] = "float16"
     store_compression: Literal["none", "lzf", "gzip"] = Field(
         "none", description="HDF5 chunk filter of the stored fMRI frames: lzf/gzip halve them, reads get slower"

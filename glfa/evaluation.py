@@ -620,11 +620,15 @@ class CachedClassifier:
     """A classifier whose ``probabilities`` are remembered by the content of their input.
 
     Every N-way metric of a generations folder classifies the same frames, and every method
-    decoding the same windows has the same ground truth: each array is classified once.
+    decoding the same windows has the same ground truth: each array is classified once. Under
+    ``accelerate launch`` (``processes``, a :class:`~glfa.training.loop.Processes`) the batches
+    of ``batch_size`` inputs are dealt out to the processes and their probabilities gathered in
+    every process: each batch is the one a single process classifies, so the numbers are the same.
     """
 
-    def __init__(self, classifier):
+    def __init__(self, classifier, processes=None):
         self.classifier = classifier
+        self.processes = processes
         self._cache: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def probabilities(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
@@ -634,14 +638,25 @@ class CachedClassifier:
         inputs = np.ascontiguousarray(inputs)
         key = (hashlib.sha1(inputs.view(np.uint8).data).hexdigest(), inputs.shape)
         if key not in self._cache:
-            self._cache[key] = self.classifier.probabilities(inputs, **kwargs)
+            self._cache[key] = self._shared(inputs, **kwargs)
         return self._cache[key]
 
+    def _shared(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
+        """The probabilities of ``inputs``, this process classifying its share of the batches."""
+        size = kwargs.get("batch_size")
+        if self.processes is None or self.processes.count == 1 or not size:
+            return self.classifier.probabilities(inputs, **kwargs)
+        starts = range(0, len(inputs), size)
+        mine = {s: self.classifier.probabilities(inputs[s:s + size], **kwargs)
+                for s in starts[self.processes.rank::self.processes.count]}
+        parts = {s: p for share in self.processes.gather(mine) for s, p in share.items()}
+        return np.concatenate([parts[s] for s in starts])
 
-def _load_classifier(loader, value, field: str, device) -> CachedClassifier:
+
+def _load_classifier(loader, value, field: str, device, processes=None) -> CachedClassifier:
     """``loader(value, device)``, cached; a missing or wrong folder is a BackboneError naming the config field."""
     try:
-        return CachedClassifier(loader(value, device))
+        return CachedClassifier(loader(value, device), processes)
     except BackboneError as exc:
         raise BackboneError(exc.detail, path=exc.path, field=field) from None
 
@@ -750,6 +765,7 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     opened = _open_store(store, str(model.get("store", "")))
     if opened is None:
         return [], f"{method}: the training store {model.get('store')} is not found (pass the store to evaluate_run)"
+    opened.check_geometry(model.get("geometry"), model_dir)
     tables = []
     for held in held_out:
         subjects = train + [held]
@@ -782,6 +798,9 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     progress : bool
         A progress bar over the generations folders.
 
+    Under ``accelerate launch`` the processes share out the classifiers' batches (each on its
+    own GPU, or the CPU) and every process returns the whole, same result.
+
     Raises
     ------
     DataError
@@ -795,19 +814,21 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     from glfa.backbones import load_frame_classifier, load_video_classifier
     from glfa.devices import resolve_device
     from glfa.metrics.video import summarize
+    from glfa.training.loop import Processes
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
     folders = find_generations(run_dir, methods)
     config, source = _resolve_config(config, folders)
     evaluation = config.evaluation
-    device = resolve_device(config.device)
+    processes = Processes(config.device)
+    device = resolve_device(processes.device(config.device))
     frame_classifier = _load_classifier(load_frame_classifier, evaluation.frame_classifier,
-                                        "evaluation.frame_classifier", device)
+                                        "evaluation.frame_classifier", device, processes)
     video_classifier = None if evaluation.video_classifier is None else _load_classifier(
-        load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device)
+        load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device, processes)
     results = []
-    for folder in tqdm(folders, desc="evaluate", unit="folder", disable=not progress):
+    for folder in tqdm(folders, desc="evaluate", unit="folder", disable=not (progress and processes.is_main)):
         began = time.perf_counter()
         decoded, truth = folder.videos()
         scores, not_computed = score_clips(decoded, truth, evaluation, frame_classifier, video_classifier)

@@ -6,18 +6,21 @@ Output (``RUN/generations/<method>/<subject>-<split>/``)::
     truth/0000.mp4, truth/0000.gif, ...       the stimulus frames of each window, resampled to the
                                               decoded frame count and size
     videos.npz                                {"decoded", "truth"}: uint8 [N, f, h, w, 3], index order
-    generation.json                           timing (seconds, clips/s), device, batch size
+    generation.json                           timing (seconds, clips/s), device, batch size, processes
     index.json                                what was decoded, with which settings; written last
 
 Everything is written into a hidden temporary folder beside the target and renamed into place
 at the end, so a killed run never leaves a half folder and an existing result is replaced only
 by a complete one. Clip ``i`` of window ``w`` starts from noise seeded with
 ``generation.seed + w.index`` (the window's position in the store), so its decoding does not
-depend on the batch size, on the other windows or on the device.
+depend on the batch size, on the other windows or on the device (beyond float rounding).
+Under ``accelerate launch`` the processes share the batches out and the main process writes
+the folder (:func:`generate`); the result equals a single-process run's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -35,10 +38,12 @@ from glfa.data.video import resample_video, write_gif, write_video
 from glfa.errors import CheckpointError, DataError
 from glfa.pipeline import MODEL_INFO, FmriToVideoPipeline, read_model_info
 from glfa.training.checkpoint import write_json_atomic
+from glfa.training.loop import Processes
 
 INDEX = "index.json"
 VIDEOS = "videos.npz"
 TIMING = "generation.json"
+SHARES = ".shares"  # each process's items and timing, merged by the main process and removed
 
 
 def available_methods(run_dir: str | Path) -> list[str]:
@@ -115,6 +120,12 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
              progress: bool = True) -> Path:
     """Decode every ``split`` window of ``subject`` with ``method``'s model; returns the generations folder.
 
+    Under ``accelerate launch`` the batches of windows (``batch_size`` windows each, in the
+    order a single process takes them) are dealt out to the processes in turn, each process on
+    its own GPU (or the CPU); the main process then writes the one generations folder. Every
+    clip is decoded in the same batch and from the same seed as in a single-process run, so
+    the folder's clips and arrays are the same, byte for byte.
+
     Parameters
     ----------
     run_dir
@@ -134,7 +145,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     batch_size
         Windows per UNet batch (the UNet sees twice as many under guidance).
     progress
-        Show a progress bar over the clips.
+        Show a progress bar over the clips (the main process's).
     """
     run_dir = Path(run_dir)
     if batch_size <= 0:
@@ -144,40 +155,59 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     gen = generation_config(info, config, model_dir)
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store if store is not None else info["store"])
+    store.check_geometry(info.get("geometry"), model_dir)
     windows = _subject_windows(store, subject, split)
     out = run_dir / "generations" / method / f"{subject}-{split}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        shutil.rmtree(stale)  # left by a killed run
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    procs = Processes(device)
+    tmp = out.with_name(procs.main_value(f".{out.name}.tmp-{os.getpid()}"))
+    if procs.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+            shutil.rmtree(stale)  # left by a killed run
+        _start_folder(tmp, len(windows), gen)
+    procs.wait()
     try:
-        _generate_into(tmp, run_dir, method, subject, split, store, windows, model_dir, info, gen,
-                       device, dtype, batch_size, progress)
-        replace_dir(tmp, out)
+        batches = [(start, windows[start:start + batch_size]) for start in range(0, len(windows), batch_size)]
+        started = time.perf_counter()
+        _decode_share(tmp, procs.rank, batches[procs.rank::procs.count], subject, store, model_dir, method, gen,
+                      procs.device(device), dtype, progress and procs.is_main)
+        procs.wait()
+        if procs.is_main:
+            _finish_folder(tmp, run_dir, method, subject, split, store, len(windows), model_dir, info, gen,
+                           batch_size, procs.count, started)
+            replace_dir(tmp, out)
     finally:
-        if tmp.exists():
+        if procs.is_main and tmp.exists():
             shutil.rmtree(tmp)
+    procs.wait()  # the others return once the folder is in place
     return out
 
 
-def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: str, store: StudyStore,
-                   windows: list, model_dir: Path, info: dict, gen: GenerationConfig, device, dtype,
-                   batch_size: int, progress: bool) -> None:
-    """Write the whole generations folder into ``tmp`` (index.json last)."""
+def _arrays(tmp: Path, mode: str, shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """The ``decoded`` and ``truth`` arrays ``[N, f, h, w, 3]`` uint8, on disk in ``tmp`` (not in memory)."""
+    return {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode=mode, dtype=np.uint8, shape=shape)
+            for name in ("decoded", "truth")}
+
+
+def _start_folder(tmp: Path, n: int, gen: GenerationConfig) -> None:
+    """The main process's empty folder: clip folders, the arrays every process writes its rows of, the shares."""
+    for part in ("decoded", "truth", SHARES):
+        (tmp / part).mkdir(parents=True)
+    for array in _arrays(tmp, "w+", (n, gen.num_frames, gen.height, gen.width, 3)).values():
+        array.flush()  # the zero-filled files, opened "r+" by every process
+
+
+def _decode_share(tmp: Path, rank: int, batches: list, subject: str, store: StudyStore, model_dir: Path,
+                  method: str, gen: GenerationConfig, device, dtype, progress: bool) -> None:
+    """Decode ``batches`` ((first index, windows) each) into ``tmp``: clip files, array rows, a share record."""
     started = time.perf_counter()
     pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
     loaded = time.perf_counter()
-    for part in ("decoded", "truth"):
-        (tmp / part).mkdir(parents=True)
-    shape = (len(windows), gen.num_frames, gen.height, gen.width, 3)
-    npy = {name: tmp / f"{name}.npy" for name in ("decoded", "truth")}
-    arrays = {name: np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-              for name, path in npy.items()}  # [N, f, h, w, 3] on disk, not in memory
+    arrays = _arrays(tmp, "r+")
     items, decoding = [], 0.0
-    with tqdm(total=len(windows), desc=f"generate {method} {subject}-{split}", unit="clip",
+    with tqdm(total=sum(len(batch) for _, batch in batches), desc=f"generate {method} {subject}", unit="clip",
               disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(windows), batch_size):
-            batch = windows[start:start + batch_size]
+        for start, batch in batches:
             fmri = np.stack([store.fmri(subject, w) for w in batch])  # [b, n, H, W]
             tick = time.perf_counter()
             videos = pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
@@ -198,15 +228,31 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
             bar.update(len(batch))
     for array in arrays.values():
         array.flush()
-    del arrays
+    write_json_atomic(tmp / SHARES / f"{rank}.json", {
+        "items": items, "load_seconds": loaded - started, "decode_seconds": decoding,
+        "device": str(pipe.device), "dtype": str(pipe.generator.dtype).removeprefix("torch."),
+    })
+
+
+def _finish_folder(tmp: Path, run_dir: Path, method: str, subject: str, split: str, store: StudyStore, n: int,
+                   model_dir: Path, info: dict, gen: GenerationConfig, batch_size: int, processes: int,
+                   started: float) -> None:
+    """The main process: the processes' shares -> videos.npz, generation.json and index.json (last)."""
+    shares = [json.loads((tmp / SHARES / f"{rank}.json").read_text()) for rank in range(processes)]
+    items = sorted((item for share in shares for item in share["items"]), key=lambda item: item["index"])
+    if [item["index"] for item in items] != list(range(n)):
+        raise CheckpointError(f"the {processes} processes decoded {len(items)} of {n} clips", path=tmp)
+    shutil.rmtree(tmp / SHARES)
+    npy = {name: tmp / f"{name}.npy" for name in ("decoded", "truth")}
     _write_npz(tmp / VIDEOS, npy)
     for path in npy.values():
         path.unlink()
-    seconds = time.perf_counter() - started
+    decoding = max(share["decode_seconds"] for share in shares)  # the processes decode side by side
+    main = shares[0]
     write_json_atomic(tmp / TIMING, {
-        "clips": len(windows), "seconds": seconds, "load_seconds": loaded - started,
-        "decode_seconds": decoding, "clips_per_second": len(windows) / decoding if decoding else None,
-        "batch_size": batch_size, "device": str(pipe.device), "dtype": str(pipe.generator.dtype).removeprefix("torch."),
+        "clips": n, "seconds": time.perf_counter() - started, "load_seconds": main["load_seconds"],
+        "decode_seconds": decoding, "clips_per_second": n / decoding if decoding else None,
+        "batch_size": batch_size, "device": main["device"], "dtype": main["dtype"], "processes": processes,
     })
     write_json_atomic(tmp / INDEX, {
         "method": method, "kind": info["kind"], "subject": subject, "split": split,
@@ -215,5 +261,5 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
         "seen_in_training": split == "train" and subject in info["train_subjects"],
         "model_dir": str(model_dir.resolve()), "run_dir": str(run_dir.resolve()), "store": str(store.path.resolve()),
         "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
-        "generation": gen.model_dump(mode="json"), "count": len(items), "items": items,
+        "generation": gen.model_dump(mode="json"), "count": n, "items": items,
     })

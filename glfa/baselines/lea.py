@@ -247,6 +247,7 @@ def _load_encoder(encoder_dir: Path, store, device: torch.device):
         raise CheckpointError(f"the encoder reads [{encoder.num_frames}, {encoder.image_size}, {encoder.image_size}] "
                               f"windows, the store holds [{store.fmri_frames}, {store.image_size}, "
                               f"{store.image_size}]", path=encoder_dir)
+    store.check_geometry(encoder.geometry, encoder_dir)
     return encoder
 
 
@@ -312,7 +313,7 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
         "kind": "lea", "method": "lea", "generator": str(Path(gen.path).resolve()),
         "store": str(Path(store.path).resolve()), "train_subjects": train_subjects, "held_out": held_out,
         "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
-        "encoder_source": str(encoder_dir.resolve()),
+        "geometry": store.geometry, "encoder_source": str(encoder_dir.resolve()),
         "latent": "the fMRI-PTE [CLS] tokens of the window's frames, concatenated",
         "target": "generator text tokens of the middle frame's caption", "samples": len(samples),
         "stimuli": len(set(groups)), "alpha": ridge.alpha_,

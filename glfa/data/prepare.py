@@ -147,10 +147,13 @@ class _Geometry:
         if kind == "surface":
             from glfa.surface.flatmap import FlatMapProjector
 
-            self.projector = FlatMapProjector(rois=config.data.rois, height=size, width=size)
+            self.projector = FlatMapProjector(rois=config.data.rois, height=size, width=size,
+                                              geometry=config.data.geometry)
             self.mask = np.asarray(self.projector.mask, dtype=bool)
             self.native = None
+            self.name = self.projector.geometry
         else:
+            self.name = source.image_geometry
             self.native = np.asarray(source.native_mask(), dtype=bool)
             self.mask = np.asarray(source.image_mask(size), dtype=bool)
             if self.mask.shape != (size, size):
@@ -313,6 +316,7 @@ def build_store(source: StudySource, store_dir: str | Path, config: GlfaConfig, 
             "source_checksums": dict(sorted(checksums.items())),
             "config": config.to_dict(),
             "kind": plan.kind,
+            "geometry": geometry.name,
             "tr": tr,
             "fps": float(win.fps),
             "fmri_frames": win.fmri_frames(tr),

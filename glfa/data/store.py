@@ -3,7 +3,7 @@
 Layout of ``STORE/``::
 
     manifest.json   glfa version, format version, resolved config, source checksums,
-                    subjects, counts, "complete": true  (written last)
+                    subjects, counts, image geometry, "complete": true  (written last)
     study.h5        every array (HDF5, one chunk per frame):
         subjects                      [S] subject ids (group s{i} holds subject i)
         stimuli/{id,split,duration,video_start,video_length}
@@ -39,7 +39,7 @@ import numpy as np
 from glfa import __version__
 from glfa.data.captions import caption_path, read_captions
 from glfa.data.windows import Window
-from glfa.errors import StoreError
+from glfa.errors import DataError, StoreError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "H5_FILE", "StudyStore", "StoreWriter"]
 
@@ -293,6 +293,25 @@ class StudyStore:
     def image_size(self) -> int:
         """Side of the square flat cortical images."""
         return int(self._manifest["image_size"])
+
+    @property
+    def geometry(self) -> str | None:
+        """The flat-image geometry (``"fmri-pte"``, ``"barycentric"``); None when unknown.
+
+        Surface stores written before the geometry was recorded are barycentric (the only one then);
+        image stores are what their reader declares (``fmri-pte`` for the Fudan release).
+        """
+        if "geometry" in self._manifest:
+            return self._manifest["geometry"]
+        return "barycentric" if self._manifest.get("kind") == "surface" else None
+
+    def check_geometry(self, geometry: str | None, model: str | Path) -> None:
+        """Refuse a model made on images of another geometry (DataError naming both); unknown on either side passes."""
+        if geometry is None or self.geometry is None or geometry == self.geometry:
+            return
+        raise DataError(f"the model was trained on '{geometry}' flat images but the store {self._path} holds "
+                        f"'{self.geometry}' images; prepare a store with data.geometry: {geometry} for it",
+                        path=model, field="geometry")
 
     @property
     def fmri_frames(self) -> int:

@@ -35,10 +35,13 @@ class FmriEncoder(nn.Module):
     config : ModelConfig (or a dict of one).
     image_size : side of the square flat cortical images.
     num_frames : n, fMRI frames per window.
+    geometry : the flat images' geometry (``data.geometry`` of the store); saved, None = unknown.
+        Weights of another geometry are refused by :meth:`load_pte` and :meth:`load_encoder_weights`.
     """
 
-    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int):
+    def __init__(self, config: ModelConfig | dict, image_size: int, num_frames: int, geometry: str | None = None):
         super().__init__()
+        self.geometry = geometry
         if isinstance(config, dict):
             config = ModelConfig.model_validate(config)
         if num_frames <= 0:
@@ -108,12 +111,13 @@ class FmriEncoder(nn.Module):
     def load_pte(self, source: str | Path | FmriPTE) -> None:
         """Copy the encoder weights of a pretrained FmriPTE (a saved folder or a model) into ``self.pte``."""
         if isinstance(source, FmriPTE):
-            saved, state, where = source.config, source.encoder.state_dict(), "<FmriPTE>"
+            saved, state, where = {**source.config, "geometry": source.geometry}, source.encoder.state_dict(), "<FmriPTE>"
         else:
             meta = read_config(source, "FmriPTE")
             saved, where = meta["config"], str(source)
             weights = load_weights(source, meta)
             state = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+        self._check_geometry(saved.get("geometry"), where)
         mine = {"image_size": self.image_size, **{k: getattr(self.config.pte, k) for k in _PTE_ENCODER_KEYS[1:]}}
         for key in _PTE_ENCODER_KEYS:
             if float(saved.get(key, -1)) != float(mine[key]):
@@ -132,6 +136,7 @@ class FmriEncoder(nn.Module):
         """
         meta = read_config(directory, type(self).__name__)
         saved, mine = meta["config"], self.config.model_dump(mode="json")
+        self._check_geometry(saved.get("geometry"), Path(directory) / "config.json")
         pairs = {"image_size": (saved.get("image_size"), self.image_size),
                  "num_frames": (saved.get("num_frames"), self.num_frames)}
         for part in ("pte", "temporal", "heads"):
@@ -153,19 +158,26 @@ class FmriEncoder(nn.Module):
         load_state(self, {**{k: own[k] for k in fresh}, **state}, directory)
         return fresh
 
+    def _check_geometry(self, saved: str | None, where: str | Path) -> None:
+        """CheckpointError when saved weights were trained on images of another geometry (unknown passes)."""
+        if saved is not None and self.geometry is not None and saved != self.geometry:
+            raise CheckpointError(f"the weights were trained on '{saved}' flat images, this encoder reads "
+                                  f"'{self.geometry}' images (its store's data.geometry)", path=where, field="geometry")
+
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (model config, image size, frames) atomically."""
+        """Write ``model.safetensors`` + ``config.json`` (model config, image size, frames, geometry) atomically."""
         config = {"model": self.config.model_dump(mode="json"), "image_size": self.image_size,
-                  "num_frames": self.num_frames}
+                  "num_frames": self.num_frames, "geometry": self.geometry}
         return save_model(directory, type(self).__name__, config, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> FmriEncoder:
-        """Load a model written by :meth:`save_pretrained` (the GLFA mask included)."""
+        """Load a model written by :meth:`save_pretrained`."""
         meta = read_config(directory, cls.__name__)
         cfg = meta["config"]
         try:
-            model = cls(ModelConfig.model_validate(cfg["model"]), cfg["image_size"], cfg["num_frames"])
+            model = cls(ModelConfig.model_validate(cfg["model"]), cfg["image_size"], cfg["num_frames"],
+                        geometry=cfg.get("geometry"))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid model config ({exc.__class__.__name__}: {exc})".splitlines()[0],
                                   path=Path(directory) / "config.json") from None

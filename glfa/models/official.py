@@ -58,6 +58,11 @@ _ENCODER_NAMES = [
 _DROPPED = ("logit_scale",)
 
 
+#: Every published fMRI-PTE and GLFA model saw the authors' flat images (``data.geometry: fmri-pte``):
+#: an imported model records it, so a store of other images is refused before decoding.
+PUBLISHED_GEOMETRY = "fmri-pte"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an authors' ``.pth``: unwrapped, ``module.`` stripped, float32.
 
@@ -297,10 +302,10 @@ def import_checkpoint(path: str | Path, *, kind: str = "auto",
     torch.manual_seed(0)  # weights the file lacks start from a reproducible initialisation
     try:
         if found == "pte":
-            model: FmriPTE | FmriEncoder = FmriPTE(**config["pte"])
+            model: FmriPTE | FmriEncoder = FmriPTE(**config["pte"], geometry=PUBLISHED_GEOMETRY)
         else:
             model = FmriEncoder(ModelConfig.model_validate(config["model"]), config["image_size"],
-                                config["num_frames"])
+                                config["num_frames"], geometry=PUBLISHED_GEOMETRY)
     except (ValueError, GlfaError) as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"the shapes describe no valid glfa model ({' '.join(first[:3])})", path=path,

@@ -99,8 +99,10 @@ class FmriPTE(nn.Module):
     """fMRI Pretrained Transformer Encoder: encoder + [CLS]-bottleneck decoder (reconstruction pretraining)."""
 
     def __init__(self, *, image_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0, decoder_depth: int, decoder_num_heads: int, bottleneck_dim: int):
+                 mlp_ratio: float = 4.0, decoder_depth: int, decoder_num_heads: int, bottleneck_dim: int,
+                 geometry: str | None = None):
         super().__init__()
+        self.geometry = geometry  # the flat images' geometry (data.geometry); saved with the weights, None = unknown
         self.config = {"image_size": image_size, "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth,
                        "num_heads": num_heads, "mlp_ratio": float(mlp_ratio), "decoder_depth": decoder_depth,
                        "decoder_num_heads": decoder_num_heads, "bottleneck_dim": bottleneck_dim}
@@ -144,7 +146,8 @@ class FmriPTE(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomic)."""
-        return save_model(directory, type(self).__name__, self.config, self.state_dict())
+        return save_model(directory, type(self).__name__, {**self.config, "geometry": self.geometry},
+                          self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> FmriPTE:

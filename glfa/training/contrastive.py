@@ -139,7 +139,8 @@ class ContrastiveStage(Stage):
         """
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames,
+                              geometry=self.store.geometry)
         if self.init_from is not None:
             encoder.load_pte(self.init_from)
         if encoder.clip_head.kind == "linear":  # it reads the PTE's [CLS] tokens: what follows the PTE gets no

@@ -255,8 +255,8 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
                        mean_fmri: np.ndarray, info: dict[str, Any]) -> Path:
     """Write a stage-2 decoder model folder atomically (see the module docstring for its files).
 
-    ``info`` holds ``model.json``'s keys besides kind, num_frames and image_size (taken from the
-    encoder); the negative condition is the encoder's tokens for ``mean_fmri`` [n, H, W].
+    ``info`` holds ``model.json``'s keys besides kind, num_frames, image_size and geometry (taken from
+    the encoder); the negative condition is the encoder's tokens for ``mean_fmri`` [n, H, W].
     """
     from glfa.training.checkpoint import replace_dir
 
@@ -277,7 +277,7 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
         save_file({k: v.detach().cpu().contiguous() for k, v in unet_state.items()},
                   str(tmp / "unet_trainable.safetensors"))
         write_json_atomic(tmp / "model.json", {"kind": "cotrain", **info, "num_frames": encoder.num_frames,
-                                               "image_size": encoder.image_size})
+                                               "image_size": encoder.image_size, "geometry": encoder.geometry})
         replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -385,7 +385,8 @@ class CotrainStage(Stage):
         """The encoder (stage-1 or PTE weights; GLFA at identity) and the UNet with its trained parameters."""
         from glfa.models.encoder import FmriEncoder
 
-        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames)
+        encoder = FmriEncoder(self.model_config, self.store.image_size, self.store.fmri_frames,
+                              geometry=self.store.geometry)
         if self.init_kind == "encoder":
             encoder.load_encoder_weights(self.init_from)
         else:

@@ -82,6 +82,54 @@ def main_process_first(device: str | None) -> Iterator[bool]:
         yield state.is_main_process
 
 
+class Processes:
+    """This process's place under ``accelerate launch`` (``WORLD_SIZE`` > 1): its rank among ``count``.
+
+    Outside it, one process of rank 0. ``device`` is the device asked for (a config's device or
+    None): processes on the CPU meet through gloo. Inference commands (``glfa generate``, the
+    classifier pass of ``glfa evaluate``) use it to share their batches out.
+    """
+
+    def __init__(self, device: str | None):
+        self.state, self.rank, self.count = None, 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=process_device(device).type == "cpu")
+            self.rank, self.count = self.state.process_index, self.state.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str | None) -> str | None:
+        """The device this process decodes on: its own GPU (``LOCAL_RANK``) when several share a machine."""
+        if self.count == 1 or device not in (None, "auto", "cuda"):
+            return device
+        return str(process_device(device))
+
+    def wait(self) -> None:
+        """Every process waits here until all have arrived."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def main_value(self, value: Any) -> Any:
+        """The main process's ``value``, in every process."""
+        if self.state is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order, in every process."""
+        if self.state is None:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+
 # ----------------------------------------------------------------------------- settings and the stage interface
 
 

@@ -109,14 +109,17 @@ class PretrainStage(Stage):
             raise ConfigError(f"patch_size {self.config.model.pte.patch_size} does not divide the store's "
                               f"image size {self.store.image_size}", path=self.source, field="model.pte.patch_size")
         if self.init_from is None:
-            return {"pte": FmriPTE(**expected)}
+            return {"pte": FmriPTE(**expected, geometry=self.store.geometry)}
         saved = FmriPTE.read_saved_config(self.init_from)
+        self.store.check_geometry(saved.get("geometry"), self.init_from)
         differ = sorted(k for k in expected if saved.get(k) != expected[k])
         if differ:
             detail = ", ".join(f"{k}: config {expected[k]!r}, saved {saved.get(k)!r}" for k in differ)
             raise ConfigError(f"the PTE in {self.init_from} does not match model.pte and the store ({detail})",
                               path=self.source, field="model.pte")
-        return {"pte": FmriPTE.from_pretrained(self.init_from)}
+        pte = FmriPTE.from_pretrained(self.init_from)
+        pte.geometry = self.store.geometry  # fine-tuned on the store's images from here on
+        return {"pte": pte}
 
     def dataset(self) -> TrainingFrames:
         """Single frames of the training split of the training subjects."""

@@ -89,6 +89,10 @@ class StudySource(ABC):
     def runs(self, subject: str) -> list[Run]:
         """The subject's runs, in acquisition order."""
 
+    #: Image sources: the flat-map geometry their images already have (``"fmri-pte"`` for images
+    #: made by the published models' pipeline), recorded in the store; None when unknown.
+    image_geometry: str | None = None
+
     # Image-kind sources (data already flat, e.g. Fudan) also implement the three methods below.
     # ``prepare`` preprocesses the pixels of ``native_mask`` as if they were vertices, then
     # calls ``to_image_grid`` to crop and resize them onto the study's square grid.

@@ -122,12 +122,14 @@ class SurfaceReader(Reader):
 
     @property
     def projector(self):
-        """The :class:`~glfa.surface.flatmap.FlatMapProjector` of ``data.rois`` and ``data.image_size`` (built once)."""
+        """The :class:`~glfa.surface.flatmap.FlatMapProjector` of ``data.rois``, ``data.image_size`` and
+        ``data.geometry`` (built once)."""
         if self._projector is None:
             from glfa.surface.flatmap import FlatMapProjector
 
-            size = self.config.data.image_size
-            self._projector = FlatMapProjector(rois=self.config.data.rois, height=size, width=size)
+            data = self.config.data
+            self._projector = FlatMapProjector(rois=data.rois, height=data.image_size, width=data.image_size,
+                                               geometry=data.geometry)
         return self._projector
 
     def _load_surface(self, path: Path, start: int = 0) -> np.ndarray:

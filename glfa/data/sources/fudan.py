@@ -46,8 +46,9 @@ Images. ``load()`` returns the run's native images ``[T, H0, W0]`` (float32).
 ``native_mask()`` is the cortex (label 1 or -1), whose pixels ``prepare`` z-scores.
 ``to_image_grid`` reproduces the reference code: crop to the visual cortex's bounding box
 (x from min-1 to max+1, y from min-10 to max+10, inclusive, clipped to the image), resize to
-``size x size`` (bilinear with half-pixel centres, like ``cv2.resize``; the mask nearest) and
-zero outside the resized visual-cortex mask (``image_mask``).
+``size x size`` (OpenCV's resize: bilinear with half-pixel centres, the mask nearest) and
+zero outside the resized visual-cortex mask (``image_mask``): the last steps of the fmri-pte
+geometry (:mod:`glfa.surface.fmripte`), which makes these images from surface data.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import numpy as np
 from glfa.data.sources.base import Presentation, Run, Stimulus
 from glfa.data.sources.common import Reader, check_fits, natural_key
 from glfa.errors import DataError
+from glfa.surface.fmripte import crop_box, resize_weights
 
 __all__ = ["FudanSource", "FudanPart", "PARTS", "read_condition", "crop_box"]
 
@@ -117,27 +119,19 @@ def read_condition(path: Path) -> list[str]:
     return ids
 
 
-def crop_box(vc: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, x1, y0, y1), inclusive: the visual cortex's bounding box widened by 1 px in x and 10 px in y, clipped."""
-    ys, xs = np.nonzero(vc)
-    h, w = vc.shape
-    return max(int(xs.min()) - 1, 0), min(int(xs.max()) + 1, w - 1), max(int(ys.min()) - 10, 0), min(int(ys.max()) + 10, h - 1)
-
-
 def _resize(x: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """``[T, h, w]`` -> ``[T, size, size]`` float32 (torch: bilinear without corner alignment, or nearest)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]  # [t, 1, h, w]
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[:, 0].numpy()
+    """``[T, h, w]`` -> ``[T, size, size]`` float32 by OpenCV's resize (``"linear"`` or ``"nearest"``)."""
+    _, h, w = x.shape
+    ry = resize_weights(h, size, mode).toarray().astype(np.float32)  # [size, h]
+    rx = resize_weights(w, size, mode).toarray().astype(np.float32)  # [size, w]
+    return ry @ np.asarray(x, dtype=np.float32) @ rx.T
 
 
 class FudanSource(Reader):
     """Reader of the Fudan fMRI-Video release (module docstring)."""
 
     layout = "fudan"
+    image_geometry = "fmri-pte"  # the release's images are the published models' (cortex-cropped pycortex rasters)
 
     #: Frames resized at once by ``to_image_grid`` (bounds memory on long runs).
     chunk_frames = 256
@@ -407,6 +401,6 @@ class FudanSource(Reader):
         out = np.empty((len(frames), size, size), dtype=np.float32)
         for start in range(0, len(frames), self.chunk_frames):
             chunk = frames[start:start + self.chunk_frames, y0:y1 + 1, x0:x1 + 1]
-            out[start:start + len(chunk)] = _resize(chunk, size, "bilinear")
+            out[start:start + len(chunk)] = _resize(chunk, size, "linear")
         out[:, ~mask] = 0.0
         return out
