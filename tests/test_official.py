@@ -308,6 +308,13 @@ def test_cli_writes_folders_that_from_pretrained_loads(tmp_path, capsys):
     with torch.no_grad():
         tokens = FmriEncoder.from_pretrained(tmp_path / "enc")(fmri, heads=("tokens",))["tokens"]
     assert_rel(tokens, ref_fmri_encoder(fmri[:, :, None], state)["fmri_embedding"])
+    # the published models saw the authors' flat images: both folders say so, and a store of others is refused
+    assert FmriPTE.from_pretrained(tmp_path / "pte").geometry == "fmri-pte"
+    encoder = FmriEncoder.from_pretrained(tmp_path / "enc")
+    assert encoder.geometry == "fmri-pte"
+    other = FmriEncoder(encoder.config, encoder.image_size, encoder.num_frames, geometry="barycentric")
+    with pytest.raises(CheckpointError, match="'fmri-pte' flat images"):
+        other.load_encoder_weights(tmp_path / "enc")
 
 
 def test_stage2_with_pipeline_is_a_decoder_model_that_generate_decodes(tmp_path):
