@@ -18,8 +18,6 @@ depend on the batch size, on the other windows or on the device.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -28,11 +26,11 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from glfa.training.checkpoint import replace_dir
 from glfa.config import GenerationConfig, GlfaConfig
 from glfa.data.store import StudyStore
 from glfa.data.video import resample_video, write_gif, write_video
 from glfa.errors import CheckpointError, DataError
+from glfa.io import install_dir
 from glfa.pipeline import MODEL_INFO, FmriToVideoPipeline, read_model_info
 from glfa.training.checkpoint import write_json_atomic
 
@@ -142,17 +140,9 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
         store = StudyStore.open(store if store is not None else info["store"])
     windows = _subject_windows(store, subject, split)
     out = run_dir / "generations" / method / f"{subject}-{split}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        shutil.rmtree(stale)  # left by a killed run
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with install_dir(out) as tmp:  # removes only the temporaries of killed runs, never a living run's
         _generate_into(tmp, run_dir, method, subject, split, store, windows, model_dir, info, gen,
                        device, dtype, batch_size, progress)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
@@ -210,6 +200,6 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
                         "held_out" if subject in info["held_out"] else "other",
         "seen_in_training": split == "train" and subject in info["train_subjects"],
         "model_dir": str(model_dir.resolve()), "run_dir": str(run_dir.resolve()), "store": str(store.path.resolve()),
-        "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
+        "store_identity": store.identity, "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
         "generation": gen.model_dump(mode="json"), "count": len(items), "items": items,
     })
