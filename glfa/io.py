@@ -3,8 +3,8 @@
 A reader of any glfa output sees the old version, none, or the new one, never a half-written
 file or folder:
 
-- :func:`write_bytes_atomic` / :func:`write_json_atomic` write a temporary sibling, fsync it
-  and rename it onto the target;
+- :func:`open_atomic`, :func:`write_bytes_atomic` and :func:`write_json_atomic` write a
+  temporary sibling, fsync it and rename it onto the target;
 - :func:`install_dir` builds a folder in a temporary sibling and swaps it in whole
   (:func:`replace_dir` is the swap);
 - :func:`check_output` checks, before any long work starts, that an output location can be
@@ -27,11 +27,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from glfa.errors import OutputError
 
-__all__ = ["write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir", "check_output",
+__all__ = ["open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir", "check_output",
            "remove_stale_temporaries", "temporary_name", "fsync_dir"]
 
 # .<name>.<kind>-<pid>-<token>: what temporary_name makes; kind "tmp" (being built) or "old" (being replaced)
@@ -133,20 +133,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling, fsync and :func:`os.replace`.
+@contextmanager
+def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` (fsynced, renamed) when the block ends.
 
-    On failure the temporary is removed and :class:`OutputError` names ``path``.
+    On failure the temporary is removed and :class:`OutputError` names ``path``; an exception
+    inside the block leaves ``path`` as it was.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create its folder ({exc.strerror})", path=path) from None
     tmp = temporary_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -155,7 +154,13 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`open_atomic`)."""
+    with open_atomic(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
