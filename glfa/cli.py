@@ -44,7 +44,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from glfa.data.prepare import prepare_study
 
     store = prepare_study(
-        Path(args.source), Path(args.store), config, layout=args.layout, overwrite=args.overwrite
+        Path(args.source), _output(args.store, "dir", "store"), config, layout=args.layout, overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(f"study store written to {store}")
     return 0
@@ -58,6 +59,7 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
                    help="the study's file layout (default: data.layout of the config)")
     p.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
 
