@@ -3,8 +3,8 @@
 A reader of any glfa output sees the old version, none, or the new one, never a half-written
 file or folder:
 
-- :func:`open_atomic`, :func:`write_bytes_atomic` and :func:`write_json_atomic` write a
-  temporary sibling, fsync it and rename it onto the target;
+- :func:`atomic_path`, :func:`open_atomic`, :func:`write_bytes_atomic` and
+  :func:`write_json_atomic` write a temporary sibling, fsync it and rename it onto the target;
 - :func:`install_dir` builds a folder in a temporary sibling and swaps it in whole
   (:func:`replace_dir` is the swap);
 - :func:`check_output` checks, before any long work starts, that an output location can be
@@ -31,11 +31,12 @@ from typing import Any, BinaryIO, Literal
 
 from glfa.errors import OutputError
 
-__all__ = ["open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir", "check_output",
+__all__ = ["atomic_path", "open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir", "check_output",
            "remove_stale_temporaries", "temporary_name", "fsync_dir"]
 
-# .<name>.<kind>-<pid>-<token>: what temporary_name makes; kind "tmp" (being built) or "old" (being replaced)
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-\w+)?$")
+# .<name>.<kind>-<pid>-<token>: what temporary_name makes; kind "tmp" (being built) or "old" (being replaced);
+# "partial" and a missing token: the names of glfa versions before this module
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|partial)-(?P<pid>\d+)(?:-\w+)?$")
 
 
 def temporary_name(target: Path, kind: Literal["tmp", "old"] = "tmp") -> Path:
@@ -134,19 +135,20 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces ``path`` (fsynced, renamed) when the block ends.
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary sibling file name to write by name; the file replaces ``path`` when the block ends.
 
+    ``suffix`` ends the temporary's name, for writers that choose the format by the extension.
     On failure the temporary is removed and :class:`OutputError` names ``path``; an exception
     inside the block leaves ``path`` as it was.
     """
     path = Path(path)
     tmp = temporary_name(path)
+    tmp = tmp.with_name(tmp.name + suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            yield fh
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -154,6 +156,13 @@ def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+@contextmanager
+def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` when the block ends (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        yield fh
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 from glfa import __version__
 from glfa.data.windows import Window
 from glfa.errors import StoreError
-from glfa.io import check_output
+from glfa.io import check_output, remove_stale_temporaries, replace_dir, temporary_name, write_json_atomic
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "H5_FILE", "StudyStore", "StoreWriter"]
 
@@ -53,7 +52,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 H5_FILE = "study.h5"
 CACHE_DIR = "cache"
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)-\w+$")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -579,26 +577,6 @@ def _is_replaceable_store(path: Path) -> bool:
     return not entries or MANIFEST in entries or H5_FILE in entries
 
 
-def _remove_stale_partials(target: Path) -> None:
-    """Delete hidden partial stores beside ``target`` left by prepare runs that no longer exist."""
-    if not target.parent.is_dir():
-        return
-    for p in target.parent.iterdir():
-        m = _PARTIAL.match(p.name)
-        if not m or m.group("name") != target.name:
-            continue
-        pid = int(m.group("pid"))
-        alive = True
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, OverflowError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive or pid == os.getpid():
-            shutil.rmtree(p, ignore_errors=True)
-
-
 class StoreWriter:
     """Writes a study store atomically: everything goes to a hidden folder beside the target,
     which :meth:`finish` renames into place after writing the manifest last.
@@ -643,8 +621,9 @@ class StoreWriter:
         self.overwrite = overwrite
         self._check_target()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(self.path)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent))
+        remove_stale_temporaries(self.path)
+        self.tmp = temporary_name(self.path)
+        self.tmp.mkdir()
         (self.tmp / CACHE_DIR).mkdir()
         self._h5 = h5py.File(self.tmp / H5_FILE, "w")
         self._subjects: list[str] = []
@@ -821,23 +800,11 @@ class StoreWriter:
                 self._subjects, self._stimuli, {s: {sid: (a, n) for sid, a, n in rows} for s, rows in self._responses.items()},
                 windows, digests, full.get("source_checksums", {}))
             full["complete"] = True
-            tmp_manifest = self.tmp / (MANIFEST + ".tmp")
-            tmp_manifest.write_text(json.dumps(full, indent=2, sort_keys=True))
-            os.replace(tmp_manifest, self.tmp / MANIFEST)
-            self._install()
+            write_json_atomic(self.tmp / MANIFEST, full)
+            self._check_target()
+            replace_dir(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
         self._done = True
         return self.path
-
-    def _install(self) -> None:
-        """Rename the finished folder onto the target (replacing an old store when overwriting)."""
-        self._check_target()
-        if not self.path.exists():
-            os.rename(self.tmp, self.path)
-            return
-        trash = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-        os.rename(self.path, trash / "store")
-        os.rename(self.tmp, self.path)
-        shutil.rmtree(trash, ignore_errors=True)
