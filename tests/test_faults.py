@@ -175,6 +175,8 @@ CASES = {
          "--quiet"], ["fmri/s0/frames", "missing"], tmp / "al"),
     "broken-object-header": lambda fx, tmp: (["verify", str(_broken_header(fx, tmp, "windows/onset"))],
                                              ["study.h5 is damaged", "windows/onset"], None),
+    "broken-fmri-header": lambda fx, tmp: (["verify", str(_broken_header(fx, tmp, "fmri/s1/frames")), "--quiet"],
+                                           ["study.h5 is damaged (Unable to open object", "fmri/s1/frames"], None),
     "nan-fmri-pretrain": lambda fx, tmp: (
         ["train", "pretrain", "-c", str(fx.config), "--store", str(_nan_fmri(fx, tmp)), "--out", str(tmp / "r"),
          "--quiet"], ["fmri/s0/frames", "non-finite"], None),

@@ -81,7 +81,8 @@ def _text(values: list[str]) -> np.ndarray:
 
 def _h5_reason(exc: BaseException) -> str:
     """HDF5's message on one line, without its API-call noise."""
-    text = " ".join(str(exc).replace("synchronously ", "").split()) or type(exc).__name__
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no KeyError quotes
+    text = " ".join(text.replace("synchronously ", "").split()) or type(exc).__name__
     if "filter returned failure" in text:
         return "a chunk fails its Fletcher-32 checksum"
     return text
@@ -134,7 +135,7 @@ class _CheckedDataset:
     def __getitem__(self, key) -> np.ndarray:
         try:
             return self._dataset[key]
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise _damaged(self._store_path, self.name, _h5_reason(exc)) from None
 
 
@@ -216,7 +217,8 @@ class StudyStore:
                 # straight into the output buffer (about 10 times faster than through the cache)
                 self._h5 = h5py.File(self._path / H5_FILE, "r", rdcc_nbytes=0)
             except OSError as exc:
-                raise StoreError(f"cannot read {H5_FILE} ({exc})", path=self._path) from None
+                raise StoreError(f"cannot read {H5_FILE} ({_h5_reason(exc)}); the store is damaged: rerun glfa "
+                                 "prepare with --overwrite", path=self._path) from None
             self._h5_pid = pid
             self._datasets = {}
         return self._h5
@@ -228,8 +230,8 @@ class StudyStore:
         if ds is None:
             try:
                 ds = self._datasets[name] = _CheckedDataset(f[name], name, self._path)
-            except KeyError as exc:
-                why = "it is missing" if name not in f else _h5_reason(exc)
+            except (KeyError, OSError, RuntimeError) as exc:
+                why = "it is missing" if isinstance(exc, KeyError) and name not in f else _h5_reason(exc)
                 raise _damaged(self._path, name, why) from None
         return ds
 
@@ -339,6 +341,24 @@ class StudyStore:
         """
         return self._manifest.get("identity")
 
+    def _dataset_names(self, group: str = "") -> list[str]:
+        """Every dataset of ``study.h5`` under ``group``, each object opened and its damage named."""
+        import h5py
+
+        names = []
+        try:
+            keys = list(self._file()[group or "/"])
+        except (KeyError, OSError, RuntimeError) as exc:
+            raise _damaged(self._path, group or "/", _h5_reason(exc)) from None
+        for key in keys:
+            name = f"{group}/{key}" if group else key
+            try:
+                obj = self._file()[name]
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise _damaged(self._path, name, _h5_reason(exc)) from None
+            names.extend(self._dataset_names(name) if isinstance(obj, h5py.Group) else [name])
+        return names
+
     def verify(self, progress: bool = False) -> dict[str, Any]:
         """Read every dataset of ``study.h5`` and check it; returns what was checked.
 
@@ -346,22 +366,20 @@ class StudyStore:
         the fMRI, video and mask bytes must match the digests of the manifest and the content
         its identity. The first problem raises a :class:`StoreError` naming the dataset.
         """
-        import h5py
         from tqdm.auto import tqdm
 
         f = self._file()
-        names: list[str] = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        names = self._dataset_names()
         recorded = self._manifest.get("digests", {})
         digests, checked_bytes = {}, 0
-        fmri_subject = {f"fmri/s{i}/frames": s for i, s in enumerate(self._subjects)}
-        for name in tqdm(sorted(names), desc="glfa verify", unit="dataset", disable=not progress):
+        fmri = {f"fmri/s{i}/frames" for i in range(len(self._subjects))}
+        for name in tqdm(names, desc="glfa verify", unit="dataset", disable=not progress):
             ds = self._dataset(name)
             digest = hashlib.sha256()
             rows = max(1, (64 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))))
             for a in range(0, max(1, len(ds)) if ds.shape else 1, rows):
                 block = ds[a:a + rows] if ds.shape else ds[()]
-                if name in fmri_subject and not np.isfinite(block).all():
+                if name in fmri and not np.isfinite(block).all():
                     frame = a + int(np.argwhere(~np.isfinite(block))[0][0])
                     raise _damaged(self._path, name, f"non-finite values in frame {frame}")
                 digest.update(np.ascontiguousarray(block).tobytes())
