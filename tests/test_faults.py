@@ -330,3 +330,12 @@ def test_a_failed_rename_leaves_no_temporary(tmp_path):
         write_bytes_atomic(target, b"<html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
     assert temporary_name(target).name.startswith(f".report.html.tmp-{os.getpid()}-")
+
+
+def test_the_half_float_check_finds_exactly_the_non_finite_values():
+    """The store's fast NaN/Inf test on float16 frames (exponent bits) agrees with np.isfinite on every value."""
+    from glfa.data.store import _non_finite
+
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    np.testing.assert_array_equal(_non_finite(every), ~np.isfinite(every))
+    np.testing.assert_array_equal(_non_finite(every.astype(np.float32)), ~np.isfinite(every))
