@@ -151,8 +151,9 @@ def _cmd_train_cotrain(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.generator:
         config.cotrain.generator = args.generator
-    result = run_cotrain(config, Path(args.store), _run_dir(args, config), method=args.method, glfa=False if args.no_glfa else None,
-                         init_from=args.init, resume=args.resume, progress=not args.quiet)
+    result = run_cotrain(config, Path(args.store), _run_dir(args, config), method=args.method,
+                         glfa=False if args.no_glfa else None, init_from=args.init, resume=args.resume,
+                         progress=not args.quiet)
     return _print_training(result, "stage 2 (co-training)", "model")
 
 
@@ -501,8 +502,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_verify, _register_simulate, _register_demo, _register_train, _register_generate,
-             _register_align, _register_evaluate, _register_report, _register_caption]
+_REGISTRY = [_register_prepare, _register_verify, _register_simulate, _register_demo, _register_train,
+             _register_generate, _register_align, _register_evaluate, _register_report, _register_caption]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -31,8 +31,8 @@ from typing import Any, BinaryIO, Literal
 
 from glfa.errors import OutputError
 
-__all__ = ["atomic_path", "open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir", "check_output",
-           "remove_stale_temporaries", "temporary_name", "fsync_dir"]
+__all__ = ["atomic_path", "open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir",
+           "check_output", "remove_stale_temporaries", "temporary_name", "fsync_dir"]
 
 # .<name>.<kind>-<pid>-<token>: what temporary_name makes; kind "tmp" (being built) or "old" (being replaced);
 # "partial" and a missing token: the names of glfa versions before this module

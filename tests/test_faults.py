@@ -200,8 +200,8 @@ CASES = {
                                              ["evaluation", "is a file"], None),
     "report-is-a-folder": lambda fx, tmp: (["report", str(tmp), "--out", str(_folder(tmp / "r.html"))],
                                            ["r.html: --out", "is a folder"], None),
-    "train-read-only": lambda fx, tmp: (_train(fx, tmp, "--out", str(READ_ONLY / "run")), ["--out", "cannot be written"],
-                                        None),
+    "train-read-only": lambda fx, tmp: (_train(fx, tmp, "--out", str(READ_ONLY / "run")),
+                                        ["--out", "cannot be written"], None),
     "prepare-read-only": lambda fx, tmp: (["prepare", str(tmp), str(READ_ONLY / "store"), "--quiet"],
                                           ["store", "cannot be written"], None),
     "align-fit-read-only": lambda fx, tmp: (

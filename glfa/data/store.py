@@ -97,8 +97,6 @@ def content_identity(subjects: list[str], stimuli: dict[str, dict[str, Any]],
     fMRI, video and mask bytes and the checksums of the source files; paths, dates and
     captions (which ``glfa caption`` may add later) do not count.
     """
-    import hashlib
-
     doc = {
         "subjects": list(subjects),
         "stimuli": {sid: [s["split"], float(s["duration"]), int(s["video_start"]), int(s["video_length"])]
@@ -823,9 +821,9 @@ class StoreWriter:
             full["counts"] = counts
             digests = {name: h.hexdigest() for name, h in self._digests.items()}
             full["digests"] = digests
-            full["identity"] = content_identity(
-                self._subjects, self._stimuli, {s: {sid: (a, n) for sid, a, n in rows} for s, rows in self._responses.items()},
-                windows, digests, full.get("source_checksums", {}))
+            responses = {s: {sid: (a, n) for sid, a, n in rows} for s, rows in self._responses.items()}
+            full["identity"] = content_identity(self._subjects, self._stimuli, responses, windows, digests,
+                                                full.get("source_checksums", {}))
             full["complete"] = True
             write_json_atomic(self.tmp / MANIFEST, full)
             self._check_target()

@@ -403,7 +403,8 @@ class CotrainStage(Stage):
             write_json_atomic(tmp / "model.json", {
                 "kind": "cotrain", "method": self.method, "generator": str(Path(self.generator.path).resolve()),
                 "store": str(Path(self.store.path).resolve()), "store_identity": self.store.identity,
-                "train_subjects": self.train_subjects, "held_out": self.held_out, "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
+                "train_subjects": self.train_subjects, "held_out": self.held_out,
+                "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
                 "config": self.resolved(), "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
             })
             replace_dir(tmp, target)
