@@ -13,10 +13,18 @@ filter (none, lzf, gzip level 1). For each it measures
 then extrapolates the size of a Wen 2017 and a Fudan WebVid store from the measured bytes per
 frame. Prints Markdown tables.
 
+It also measures what the per-chunk Fletcher-32 checksums cost on read: the unfiltered store is
+copied without them (same chunks), and both copies are read in the same process, alternately,
+``--repeats`` times: a whole sequential read of every fMRI and video frame (MB/s) and samples/s
+of the Dataset in one process (no loader, the reading cost alone) and through a DataLoader with
+``--workers`` workers (as training reads). ``--checksum-only`` runs just this part.
+
     python benchmarks/bench_store.py [--subjects 3] [--stimuli 12] [--trs 40] [--size 256]
         [--samples 600] [--workers 2] [--batch-size 8] [--video-frames 12] [--dir DIR]
+        [--checksum-only] [--repeats 5]
 
-Target (issue 2): >= 200 samples/s with 2 workers for windows of 5 frames x 3 subjects at 256 x 256.
+Targets: >= 200 samples/s with 2 workers for windows of 5 frames x 3 subjects at 256 x 256
+(issue 2); the checksums cost at most 10% of read throughput (issue 13).
 """
 
 from __future__ import annotations
@@ -155,6 +163,64 @@ def loader_ceiling(*, subjects: int, size: int, video_frames: int, samples: int,
     return count / (time.perf_counter() - t0)
 
 
+def without_checksums(src: Path, dst: Path) -> None:
+    """Copy the store ``src`` to ``dst`` with every dataset's Fletcher-32 filter removed (same chunks)."""
+    import h5py
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("study.h5"))
+    with h5py.File(src / "study.h5", "r") as fin, h5py.File(dst / "study.h5", "w") as fout:
+        def copy(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                fout.create_dataset(name, data=obj[()], chunks=obj.chunks, maxshape=obj.maxshape,
+                                    compression=obj.compression, compression_opts=obj.compression_opts,
+                                    fletcher32=False)
+        fin.visititems(copy)
+
+
+def sequential_read(path: Path) -> float:
+    """MB/s of reading every fMRI and video frame of a store in blocks of 64 rows (warm page cache)."""
+    from glfa.data.store import StudyStore
+
+    store = StudyStore.open(path)
+    names = [f"fmri/s{i}/frames" for i in range(len(store.subjects))] + ["video/frames"]
+    t0 = time.perf_counter()
+    total = 0
+    for name in names:
+        ds = store._dataset(name)  # noqa: SLF001 - the checked dataset every reader goes through
+        for a in range(0, len(ds), 64):
+            total += ds[a:a + 64].nbytes
+    elapsed = time.perf_counter() - t0
+    store.close()
+    return total / elapsed / 1e6
+
+
+def checksum_cost(path: Path, *, samples: int, repeats: int, workers: int, batch_size: int,
+                  item_dtype: str) -> dict[str, tuple[float, float]]:
+    """{measure: (median with checksums, median without)}: the store at ``path`` against its unchecked copy."""
+    plain = path.with_name(path.name + "-no-checksums")
+    without_checksums(path, plain)
+    measures = {
+        "sequential read, MB/s": sequential_read,
+        "samples/s fMRI only, 1 process": lambda p: throughput(p, samples=samples, workers=0, batch_size=1,
+                                                               with_video=False),
+        "samples/s fMRI + video, 1 process": lambda p: throughput(p, samples=samples, workers=0, batch_size=1,
+                                                                  with_video=True),
+        f"samples/s fMRI only, {workers} workers": lambda p: throughput(
+            p, samples=samples, workers=workers, batch_size=batch_size, with_video=False, item_dtype=item_dtype),
+    }
+    out = {}
+    try:
+        for name, measure in measures.items():
+            runs = {True: [], False: []}
+            for _ in range(repeats):  # alternate, so a change of machine load hits both alike
+                runs[True].append(measure(path))
+                runs[False].append(measure(plain))
+            out[name] = (float(np.median(runs[True])), float(np.median(runs[False])))
+    finally:
+        shutil.rmtree(plain, ignore_errors=True)
+    return out
+
+
 def extrapolate(fmri_bpf: float, size: int) -> list[tuple[str, int, int, int, float, float]]:
     """(dataset, fMRI frames, video frames, video bytes per frame, fMRI GB, video GB) for the real datasets."""
     # Wen 2017: 3 subjects; 18 training + 5 test segments of 240 TRs, repeats averaged -> one response each
@@ -189,7 +255,30 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to build the fixtures (default: a temp folder)")
     ap.add_argument("--item-dtype", choices=["float32", "float16"], default="float32",
                     help="dtype of the fMRI tensors the Dataset yields (float16: half the bytes between processes)")
+    ap.add_argument("--checksum-only", action="store_true", help="only measure the cost of the checksums")
+    ap.add_argument("--repeats", type=int, default=5, help="alternating runs per checksum measure (median)")
     args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="glfa-bench-store-", dir=args.dir))
+    try:
+        path = root / "store-checksums"
+        build_fixture(path, subjects=args.subjects, stimuli=args.stimuli, trs=args.trs, size=args.size,
+                      video_frames=args.video_frames, compression=None)
+        cost = checksum_cost(path, samples=args.samples, repeats=args.repeats, workers=args.workers,
+                             batch_size=args.batch_size, item_dtype=args.item_dtype)
+        shutil.rmtree(path)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"Fletcher-32 on every chunk: the store (no compression) against a copy without the filter, same "
+          f"chunks, read alternately {args.repeats} times in this process (median; warm page cache; "
+          f"{args.item_dtype} items through the DataLoader):\n")
+    print("| measure | with checksums | without | with / without |")
+    print("|---|---:|---:|---:|")
+    for name, (with_, without) in cost.items():
+        print(f"| {name} | {with_:.0f} | {without:.0f} | {with_ / without:.3f} |")
+    if args.checksum_only:
+        return
+    print()
 
     root = Path(tempfile.mkdtemp(prefix="glfa-bench-store-", dir=args.dir))
     rows = []

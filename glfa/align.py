@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,8 +31,8 @@ from tqdm.auto import tqdm
 
 from glfa.devices import flush_denormals, resolve_device
 from glfa.errors import CheckpointError, DataError, NotFittedError
+from glfa.io import install_dir
 from glfa.optim import adamw
-from glfa.training.checkpoint import replace_dir
 
 FORMAT_VERSION = 1
 _CONFIG_FILE = "aligner.json"
@@ -290,15 +288,9 @@ class GLFAAligner(BaseEstimator):
             "loss_history": self.loss_history_,
             "fit_seconds": self.fit_seconds_,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with install_dir(path) as tmp:
             save_file(tensors, str(tmp / _WEIGHTS_FILE))
             (tmp / _CONFIG_FILE).write_text(json.dumps(info, indent=2))
-            replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,10 @@ import numpy as np
 from glfa.data.captions import INDEX, caption_path, read_captions
 from glfa.data.store import StudyStore
 from glfa.errors import DataError
+from glfa.io import write_bytes_atomic
 
 __all__ = ["caption_frames", "caption_videos", "caption_store"]
+
 
 def _partial_path(out_dir: Path, stimulus_id: str) -> Path:
     """The work-in-progress file of a stimulus."""
@@ -40,17 +41,8 @@ def _partial_path(out_dir: Path, stimulus_id: str) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically: a temp file in the same folder, fsynced, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` atomically (:func:`glfa.io.write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _write_json(path: Path, data: Any) -> None:

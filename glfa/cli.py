@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from glfa import __version__
@@ -21,6 +22,20 @@ def _config(args: argparse.Namespace):
     return load_config(getattr(args, "config", None))
 
 
+def _output(path: str | Path, kind: str, field: str) -> Path:
+    """``path`` once checked writable as a ``kind`` (``file`` or ``dir``): every command checks before its work."""
+    from glfa.io import check_output
+
+    return check_output(Path(path), kind, field=field)
+
+
+def _run_dir(args: argparse.Namespace, config) -> Path:
+    """The run folder of ``glfa train``: ``--out``, else OUTPUT_DIR/NAME of the config; checked writable."""
+    from glfa.training.pretrain import default_run_dir
+
+    return _output(args.out if args.out else default_run_dir(config), "dir", "--out")
+
+
 # ----------------------------------------------------------------------------- prepare
 
 
@@ -29,7 +44,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from glfa.data.prepare import prepare_study
 
     store = prepare_study(
-        Path(args.source), Path(args.store), config, layout=args.layout, overwrite=args.overwrite
+        Path(args.source), _output(args.store, "dir", "store"), config, layout=args.layout, overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(f"study store written to {store}")
     return 0
@@ -43,7 +59,27 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
                    help="the study's file layout (default: data.layout of the config)")
     p.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from glfa.data.store import StudyStore
+
+    store = StudyStore.open(Path(args.store))
+    report = store.verify(progress=not args.quiet)
+    checks = ("every chunk's Fletcher-32 checksum, " if report["checksummed"] else
+              "(written before chunk checksums: only what HDF5 itself detects), ")
+    print(f"{store.path}: {report['datasets']} datasets, {report['bytes'] / 2**20:.1f} MiB read; {checks}"
+          f"finite fMRI, {report['digests']} content digest(s) and the identity check out")
+    return 0
+
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="read a whole study store and check every checksum, digest and value")
+    p.add_argument("store", help="the study store (a folder written by glfa prepare)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_verify)
 
 
 # ----------------------------------------------------------------------------- simulate / demo
@@ -53,7 +89,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     config = _config(args)
     from glfa.data.synthetic import simulate_study
 
-    out = simulate_study(Path(args.out), config, seed=args.seed)
+    out = simulate_study(_output(args.out, "dir", "OUT"), config, seed=args.seed)
     print(f"synthetic study written to {out}")
     return 0
 
@@ -69,7 +105,7 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from glfa.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick)
+    run_demo(_output(args.out, "dir", "--out"), quick=args.quick)
     return 0
 
 
@@ -94,7 +130,8 @@ def _print_training(result, what: str, output: str) -> int:
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from glfa.training.pretrain import run_pretrain
 
-    result = run_pretrain(_config(args), Path(args.store), args.out, resume=args.resume, init_from=args.init,
+    config = _config(args)
+    result = run_pretrain(config, Path(args.store), _run_dir(args, config), resume=args.resume, init_from=args.init,
                           progress=not args.quiet)
     return _print_training(result, "stage 0 (fMRI-PTE fine-tuning)", "pte")
 
@@ -102,8 +139,9 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
 def _cmd_train_contrastive(args: argparse.Namespace) -> int:
     from glfa.training.contrastive import run_contrastive
 
-    result = run_contrastive(_config(args), Path(args.store), args.out, resume=args.resume, init_from=args.init,
-                             progress=not args.quiet)
+    config = _config(args)
+    result = run_contrastive(config, Path(args.store), _run_dir(args, config), resume=args.resume,
+                             init_from=args.init, progress=not args.quiet)
     return _print_training(result, "stage 1 (contrastive)", "encoder")
 
 
@@ -113,8 +151,9 @@ def _cmd_train_cotrain(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.generator:
         config.cotrain.generator = args.generator
-    result = run_cotrain(config, Path(args.store), args.out, method=args.method, glfa=False if args.no_glfa else None,
-                         init_from=args.init, resume=args.resume, progress=not args.quiet)
+    result = run_cotrain(config, Path(args.store), _run_dir(args, config), method=args.method,
+                         glfa=False if args.no_glfa else None, init_from=args.init, resume=args.resume,
+                         progress=not args.quiet)
     return _print_training(result, "stage 2 (co-training)", "model")
 
 
@@ -124,7 +163,7 @@ def _cmd_train_lea(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.generator:
         config.cotrain.generator = args.generator
-    path = fit_lea(config, Path(args.store), args.out, progress=not args.quiet)
+    path = fit_lea(config, Path(args.store), _run_dir(args, config), progress=not args.quiet)
     print(f"LEA baseline (ridge from the encoder's latent to the text tokens) saved to {path}")
     return 0
 
@@ -242,12 +281,13 @@ def _cmd_align_fit(args: argparse.Namespace) -> int:
     from glfa.data.store import StudyStore
 
     config = _config(args)
+    output = _output(args.output, "dir", "--output")
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else store.subjects
     responses = responses_from_store(store, subjects, args.split)
     aligner = GLFAAligner.from_config(config, mask=store.mask, projector=store.projector, verbose=not args.quiet)
     aligner.fit(responses)
-    out = aligner.save(args.output)
+    out = aligner.save(output)
     print(f"GLFA fitted on subjects {','.join(subjects)} ({next(iter(responses.values())).shape[0]} time points "
           f"of the {args.split!r} split) in {aligner.fit_seconds_:.1f} s; L_GLFA {aligner.loss_history_[0]:.4f} -> "
           f"{aligner.loss_history_[-1]:.4f}; saved to {out}")
@@ -276,27 +316,19 @@ def _read_arrays(path: Path, key: str | None) -> dict[str, object]:
 
 
 def _write_arrays(path: Path, arrays: dict[str | None, object]) -> None:
-    """Write one array as .npy, or named arrays as .npz, atomically (temp file + rename)."""
-    import os
-
+    """Write one array as .npy, or named arrays as .npz, atomically."""
     import numpy as np
 
-    if path.suffix not in (".npy", ".npz"):
-        raise DataError("the output must end in .npy or .npz", path=path, field="--output")
+    from glfa.io import open_atomic
+
     if path.suffix == ".npy" and len(arrays) != 1:
         raise DataError(f"{len(arrays)} arrays cannot go into one .npy file; write a .npz", path=path,
                         field="--output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            if path.suffix == ".npy":
-                np.save(fh, next(iter(arrays.values())), allow_pickle=False)
-            else:
-                np.savez(fh, **{("aligned" if k is None else k): v for k, v in arrays.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with open_atomic(path) as fh:
+        if path.suffix == ".npy":
+            np.save(fh, next(iter(arrays.values())), allow_pickle=False)
+        else:
+            np.savez(fh, **{("aligned" if k is None else k): v for k, v in arrays.items()})
 
 
 def _cmd_align_transform(args: argparse.Namespace) -> int:
@@ -304,8 +336,10 @@ def _cmd_align_transform(args: argparse.Namespace) -> int:
 
     if (args.input is None) == (args.store is None):
         raise ConfigError("give either INPUT (a .npy/.npz file) or --store STORE --subject S", field="INPUT")
+    output = _output(args.output, "file", "--output")
+    if output.suffix not in (".npy", ".npz"):
+        raise DataError("the output must end in .npy or .npz", path=output, field="--output")
     aligner = GLFAAligner.load(args.aligner)
-    output = Path(args.output)
     if args.store is not None:
         from glfa.data.store import StudyStore
 
@@ -321,9 +355,16 @@ def _cmd_align_transform(args: argparse.Namespace) -> int:
             raise DataError(f"subject {args.subject!r} has no stored response"
                             + (f" in split {args.split!r}" if args.split else ""), path=store.path, field="--subject")
         arrays = {st: store.response(args.subject, st) for st in stimuli}
+        source = store.path
     else:
         arrays = _read_arrays(Path(args.input), args.key)
-    aligned = {None: aligner.transform(arrays[None])} if None in arrays else aligner.transform(arrays)
+        source = Path(args.input)
+    aligned = {}
+    for name, array in arrays.items():
+        try:
+            aligned[name] = aligner.transform(array)
+        except DataError as exc:  # the aligner names its argument; the user knows the file and the array
+            raise DataError(exc.detail, path=source, field=name) from None
     _write_arrays(output, aligned)
     print(f"aligned {len(aligned)} array(s) written to {output}")
     return 0
@@ -364,10 +405,11 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     from glfa.evaluation import evaluate_alignment, write_alignment_table
 
     config = _config(args)
+    out = _output(args.output if args.output else Path(config.output_dir) / config.name / "alignment", "dir",
+                  "--output")
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else None
     table = evaluate_alignment(store, config, subjects=subjects, verbose=not args.quiet)
-    out = Path(args.output) if args.output else Path(config.output_dir) / config.name / "alignment"
     paths = write_alignment_table(table, out, config, store_path=store.path)
     print(f"fSC and ISC on the {table.split!r} split ({table.n_timepoints} time points); bold: the subject "
           "held out of fitting")
@@ -392,10 +434,11 @@ def _cmd_evaluate_run(args: argparse.Namespace) -> int:
 
     config = _config(args) if args.config else None
     methods = _subject_list(args.methods) if args.methods else None
+    out = _output(Path(args.run) / "evaluation", "dir", "RUN/evaluation")
     evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
     if not Processes(evaluation.config.get("device")).is_main:
         return 0  # under accelerate launch every process holds the result; the main one writes it
-    paths = write_video_tables(evaluation, Path(args.run) / "evaluation")
+    paths = write_video_tables(evaluation, out)
     print(Path(paths["markdown"]).read_text())
     print(f"written to {paths['json']} and {paths['markdown']}")
     return 0
@@ -414,8 +457,9 @@ def _register_evaluate_run(esub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate_combine(args: argparse.Namespace) -> int:
     from glfa.evaluation import combine_evaluations, write_video_tables
 
-    evaluation = combine_evaluations(args.runs, args.output)
-    paths = write_video_tables(evaluation, Path(args.output))
+    out = _output(args.output, "dir", "--output")
+    evaluation = combine_evaluations(args.runs, out)
+    paths = write_video_tables(evaluation, out)
     print(Path(paths["markdown"]).read_text())
     print(f"written to {paths['json']} and {paths['markdown']}")
     return 0
@@ -449,7 +493,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from glfa.report import write_report
 
-    path = write_report(Path(args.run), out=args.out)
+    out = _output(args.out if args.out else Path(args.run) / "report.html", "file", "--out")
+    path = write_report(Path(args.run), out=out)
     print(f"report written to {path} (one self-contained HTML file; open it in a browser)")
     return 0
 
@@ -470,6 +515,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from glfa.data.store import StudyStore
 
     store = StudyStore.open(Path(args.store))
+    _output(args.out if args.out else store.path / "cache" / "captions", "dir", "--out")
     model = load_captioner(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     out = caption_store(store, model, out_dir=args.out, batch_size=args.batch_size)
     print(f"captions of {len(store.stimuli)} stimuli in {out} (one JSON list per stimulus, {store.fps:g} fps)")
@@ -495,8 +541,16 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_import_weights,
-             _register_generate, _register_align, _register_evaluate, _register_report, _register_caption]
+_REGISTRY = [_register_prepare, _register_verify, _register_simulate, _register_demo, _register_train,
+             _register_import_weights, _register_generate, _register_align, _register_evaluate, _register_report,
+             _register_caption]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One clean line per warning on stderr, above any progress bar (not Python's two-line format)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"glfa: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _protocol_names() -> set[str]:
@@ -531,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except GlfaError as exc:
         print(f"glfa: error: {exc}", file=sys.stderr)
         return 2

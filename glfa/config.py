@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -435,21 +436,48 @@ def validate_config(data: dict[str, Any] | None, source: str = "<config>") -> Gl
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GlfaConfig:
-    """Load a YAML config (defaults when ``path`` is None), apply nested ``overrides``, validate."""
+    """Load a YAML config (defaults when ``path`` is None), apply nested ``overrides``, validate.
+
+    A file that names no ``model.preset`` gets the default one, and a :class:`ConfigWarning` says so.
+    """
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("config file not found", path=source)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML ({exc.__class__.__name__}: {exc})", path=source) from None
+        data = _read_yaml(Path(path))
     if overrides:
-        data = _deep_merge(data if isinstance(data, dict) else {}, overrides)
-    return validate_config(data, source)
+        data = _deep_merge(data, overrides)
+    config = validate_config(data, source)
+    model = data.get("model")
+    if path is not None and not (isinstance(model, dict) and "preset" in model):
+        warnings.warn(f"{source}: no model.preset; using the {config.model.preset!r} preset (the paper's "
+                      "24-layer encoder); set model.preset: tiny for a small test run", ConfigWarning, stacklevel=2)
+    return config
+
+
+class ConfigWarning(UserWarning):
+    """A config was read, but something in it was filled in (the model preset)."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping of a YAML config file; ConfigError naming the file (and the line of a syntax error)."""
+    if path.is_dir():
+        raise ConfigError("is a folder; expected a YAML config file", path=path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {exc.problem or exc.context}", path=path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid YAML ({' '.join(str(exc).split())})", path=path) from None
+    if data is None:
+        raise ConfigError("is empty; expected a YAML mapping of settings (see the files in configs/)", path=path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", path=path)
+    return data
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 from glfa import __version__
 from glfa.config import GlfaConfig, load_config
 from glfa.errors import StoreError
+from glfa.io import write_json_atomic
 
 __all__ = ["QUICK", "STEPS", "DemoContext", "demo_config", "run_demo"]
 
@@ -392,8 +392,6 @@ def run_demo(out: str | Path, quick: bool = False, *, progress: bool = True) -> 
         "seconds": round(time.perf_counter() - start, 2),
         "summary_path": str(out / "summary.json"),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_json_atomic(out / "summary.json", summary)
     _print_summary(summary)
     return summary

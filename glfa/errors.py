@@ -46,3 +46,7 @@ class BackboneError(GlfaError):
 
 class NotFittedError(GlfaError):
     """An estimator was used before ``fit``."""
+
+
+class OutputError(GlfaError):
+    """An output location cannot be written (a file where a folder is expected, a read-only folder)."""

@@ -354,13 +354,25 @@ class GenerationsFolder:
         """(protocol, task label) from what the model was trained on."""
         train = [str(s) for s in self.model.get("train_subjects", [])]
         trained_store, store = self.model.get("store"), self.index["store"]
-        if trained_store and Path(trained_store).resolve() != Path(store).resolve():
+        if trained_store and not _same_store(self.model, self.index):
             protocol, task = "cross-dataset", f"{Path(trained_store).name} -> {Path(store).name}: {self.subject}"
         elif self.subject in train:
             protocol, task = "within-subject", f"subject {self.subject}"
         else:
             protocol, task = "cross-subject", f"{','.join(train)} -> {self.subject}"
         return protocol, task if self.split == "test" else f"{task} ({self.split} split)"
+
+
+def _same_store(model: dict[str, Any], index: dict[str, Any]) -> bool:
+    """Whether the model was trained on the store its clips were decoded from.
+
+    Stores are compared by the identity of their content, so a copied or moved store is the same
+    study; runs made before stores had an identity fall back to comparing paths.
+    """
+    trained, decoded = model.get("store_identity"), index.get("store_identity")
+    if trained and decoded:
+        return trained == decoded
+    return Path(model["store"]).resolve() == Path(index["store"]).resolve()
 
 
 def find_generations(run_dir: str | Path, methods: list[str] | None = None) -> list[GenerationsFolder]:

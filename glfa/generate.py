@@ -21,7 +21,6 @@ the folder (:func:`generate`); the result equals a single-process run's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import zipfile
@@ -31,13 +30,12 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from glfa.training.checkpoint import replace_dir
 from glfa.config import GenerationConfig, GlfaConfig
 from glfa.data.store import StudyStore
 from glfa.data.video import resample_video, write_gif, write_video
 from glfa.errors import CheckpointError, DataError
+from glfa.io import check_output, remove_stale_temporaries, replace_dir, temporary_name, write_json_atomic
 from glfa.pipeline import MODEL_INFO, FmriToVideoPipeline, read_model_info
-from glfa.training.checkpoint import write_json_atomic
 from glfa.training.loop import Processes
 
 INDEX = "index.json"
@@ -159,12 +157,14 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     windows = _subject_windows(store, subject, split)
     out = run_dir / "generations" / method / f"{subject}-{split}"
     procs = Processes(device)
-    tmp = out.with_name(procs.main_value(f".{out.name}.tmp-{os.getpid()}"))
+    name = None
     if procs.is_main:
+        check_output(out, "dir")
         out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-            shutil.rmtree(stale)  # left by a killed run
-        _start_folder(tmp, len(windows), gen)
+        remove_stale_temporaries(out)  # only those of killed runs: never a living run's folder
+        name = temporary_name(out).name
+        _start_folder(out.with_name(name), len(windows), gen)
+    tmp = out.with_name(procs.main_value(name))  # the main process's folder, shared by every process
     procs.wait()
     try:
         batches = [(start, windows[start:start + batch_size]) for start in range(0, len(windows), batch_size)]
@@ -178,7 +178,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
             replace_dir(tmp, out)
     finally:
         if procs.is_main and tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     procs.wait()  # the others return once the folder is in place
     return out
 
@@ -260,6 +260,6 @@ def _finish_folder(tmp: Path, run_dir: Path, method: str, subject: str, split: s
                         "held_out" if subject in info["held_out"] else "other",
         "seen_in_training": split == "train" and subject in info["train_subjects"],
         "model_dir": str(model_dir.resolve()), "run_dir": str(run_dir.resolve()), "store": str(store.path.resolve()),
-        "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
+        "store_identity": store.identity, "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
         "generation": gen.model_dump(mode="json"), "count": n, "items": items,
     })

@@ -5,6 +5,7 @@ train pretrain -> contrastive -> cotrain (GLFA and --no-glfa) -> lea -> generate
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -74,6 +75,13 @@ def test_train_generate_evaluate_report(setup, capsys):
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert html.count("data:image/gif;base64,") >= 6 and "https://" not in html
+
+    # a copied store is the same study (issue 13): clips decoded from the copy stay cross-subject, not cross-dataset
+    copy = shutil.copytree(setup["store"], setup["root"] / "store-copy")
+    assert main(["generate", str(run), "--method", "glfa", "--subject", "s3", "--store", str(copy), "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--methods", "glfa", "--quiet"]) == 0
+    evaluation = json.loads((run / "evaluation" / "video.json").read_text())
+    assert [r["protocol"] for r in evaluation["results"]] == ["cross-subject"]
 
 
 def test_bad_input_is_one_clear_line(setup, tmp_path, capsys):

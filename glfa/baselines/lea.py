@@ -311,8 +311,8 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     resolved["cotrain"]["generator"] = str(Path(gen.path).resolve())
     info: dict[str, Any] = {
         "kind": "lea", "method": "lea", "generator": str(Path(gen.path).resolve()),
-        "store": str(Path(store.path).resolve()), "train_subjects": train_subjects, "held_out": held_out,
-        "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
+        "store": str(Path(store.path).resolve()), "store_identity": store.identity, "train_subjects": train_subjects,
+        "held_out": held_out, "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
         "geometry": store.geometry, "encoder_source": str(encoder_dir.resolve()),
         "latent": "the fMRI-PTE [CLS] tokens of the window's frames, concatenated",
         "target": "generator text tokens of the middle frame's caption", "samples": len(samples),

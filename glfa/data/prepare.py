@@ -173,7 +173,15 @@ class _Geometry:
         if data.ndim != 3 or data.shape[1:] != self.native.shape:
             raise DataError(f"image data of shape {data.shape}, expected [T, {self.native.shape[0]}, "
                             f"{self.native.shape[1]}] like the source's native mask", path=path)
-        return data[:, self.native]  # [T, P]
+        cortex = data[:, self.native]  # [T, P]
+        bad = ~np.isfinite(cortex)
+        if bad.any():  # named by the file's own coordinates: the TR and the (row, column) of the image
+            tr, p = (int(i) for i in np.argwhere(bad)[0])
+            row, col = (int(i) for i in np.argwhere(self.native)[p])
+            raise DataError(f"non-finite value {cortex[tr, p]} at TR {tr} (counting from 0), cortex pixel "
+                            f"(row {row}, column {col}) ({int(bad.any(axis=1).sum())} of {len(cortex)} TRs hold NaN "
+                            "or Inf); expected finite fMRI values", path=path)
+        return cortex
 
     @property
     def projector_rois(self) -> str:
@@ -208,6 +216,19 @@ def _preprocess_run(x: np.ndarray, config: GlfaConfig, path: str) -> tuple[np.nd
     if p.zscore:
         x, n_constant = pp.zscore(x)
     return x.astype(np.float32), n_constant
+
+
+def _check_fmri(plan: _Plan, geometry: _Geometry, bar) -> None:
+    """Load every run once and refuse non-finite or misshapen fMRI, before the long video decoding.
+
+    Decoding the movies of a study takes many minutes (about 15 for the Wen release); a damaged
+    run is found first. The runs are loaded again later, one at a time, to be preprocessed.
+    """
+    for subject in plan.subjects:
+        for run in plan.runs[subject]:
+            bar.set_postfix_str(f"check {subject} {run.run_id}")
+            path = _run_path(run)
+            pp.check_finite(geometry.series(run.load(), path), path)
 
 
 def _read_videos(plan: _Plan, config: GlfaConfig, writer: StoreWriter, checksums: dict[str, str],
@@ -294,6 +315,8 @@ def build_store(source: StudySource, store_dir: str | Path, config: GlfaConfig, 
         writer.set_mask(geometry.mask)
         if geometry.projector is not None:
             writer.set_projector(geometry.projector.to_arrays())
+        if not config.data.skip_bad_runs:  # (a bad run is skipped later instead)
+            _check_fmri(plan, geometry, bar)
         videos = _read_videos(plan, config, writer, checksums, source.root, bar, counts)
         if counts["uncaptioned_stimuli"]:
             warnings.warn(f"{len(counts['uncaptioned_stimuli'])} stimulus clip(s) have no captions (the "

@@ -3,8 +3,9 @@
 Layout of ``STORE/``::
 
     manifest.json   glfa version, format version, resolved config, source checksums,
-                    subjects, counts, image geometry, "complete": true  (written last)
-    study.h5        every array (HDF5, one chunk per frame):
+                    subjects, counts, image geometry, content digests and identity,
+                    "complete": true  (written last)
+    study.h5        every array (HDF5, one chunk per frame, each chunk Fletcher-32 checksummed):
         subjects                      [S] subject ids (group s{i} holds subject i)
         stimuli/{id,split,duration,video_start,video_length}
         video/frames                  [F, h, w, 3] uint8, all stimuli one after the other
@@ -18,6 +19,11 @@ Layout of ``STORE/``::
 
 :class:`StoreWriter` builds the store in a hidden folder beside the target and renames it into
 place at the very end, so an interrupted ``prepare`` never leaves a store at the target.
+Every dataset carries HDF5's per-chunk Fletcher-32 checksum, so a flipped byte is caught on
+read and reported as one :class:`~glfa.errors.StoreError` naming the dataset; :meth:`StudyStore.verify`
+(``glfa verify STORE``) reads everything and also compares the content digests of the manifest.
+The manifest's ``identity`` hashes the store's content (subjects, stimuli, windows, the fMRI and
+video bytes, the source checksums), so a copied or moved store is recognised as the same study.
 :meth:`StudyStore.open` refuses a folder without a complete manifest or one written by a newer
 format or glfa version. Readers open the HDF5 file lazily, once per process, so a
 :class:`StudyStore` can be pickled into DataLoader workers.
@@ -25,11 +31,11 @@ format or glfa version. Readers open the HDF5 file lazily, once per process, so 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from glfa import __version__
 from glfa.data.captions import caption_path, read_captions
 from glfa.data.windows import Window
 from glfa.errors import DataError, StoreError
+from glfa.io import check_output, remove_stale_temporaries, replace_dir, temporary_name, write_json_atomic
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "H5_FILE", "StudyStore", "StoreWriter"]
 
@@ -47,7 +54,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 H5_FILE = "study.h5"
 CACHE_DIR = "cache"
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)-\w+$")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -62,8 +68,87 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def _strings(ds) -> list[str]:
-    """An HDF5 string dataset as a list of str."""
+    """An HDF5 string dataset (variable or fixed length) as a list of str."""
     return [str(s) for s in ds.asstr()[()]]
+
+
+def _text(values: list[str]) -> np.ndarray:
+    """UTF-8 strings as a fixed-length array (HDF5 cannot checksum variable-length data)."""
+    import h5py
+
+    encoded = [str(v).encode() for v in values]
+    dtype = h5py.string_dtype("utf-8", max([1, *map(len, encoded)]))  # bytes tagged as UTF-8
+    return np.array(encoded, dtype=dtype)
+
+
+def _h5_reason(exc: BaseException) -> str:
+    """HDF5's message on one line, without its API-call noise."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no KeyError quotes
+    text = " ".join(text.replace("synchronously ", "").split()) or type(exc).__name__
+    if "filter returned failure" in text:
+        return "a chunk fails its Fletcher-32 checksum"
+    return text
+
+
+def content_identity(subjects: list[str], stimuli: dict[str, dict[str, Any]],
+                     responses: dict[str, dict[str, tuple[int, int]]], windows: list[Window],
+                     digests: dict[str, str], source_checksums: dict[str, str]) -> str:
+    """The sha256 that identifies a store by what it holds, wherever it lies.
+
+    It covers the subjects, the stimulus and response tables, the windows, the digests of the
+    fMRI, video and mask bytes and the checksums of the source files; paths, dates and
+    captions (which ``glfa caption`` may add later) do not count.
+    """
+    doc = {
+        "subjects": list(subjects),
+        "stimuli": {sid: [s["split"], float(s["duration"]), int(s["video_start"]), int(s["video_length"])]
+                    for sid, s in stimuli.items()},
+        "responses": {subject: {sid: [int(a), int(n)] for sid, (a, n) in rows.items()}
+                      for subject, rows in responses.items()},
+        "windows": [[w.stimulus_id, w.split, float(w.onset), int(w.fmri_start), int(w.video_start)] for w in windows],
+        "digests": dict(sorted(digests.items())),
+        "source_checksums": dict(sorted(source_checksums.items())),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _non_finite(a: np.ndarray) -> np.ndarray:
+    """Where ``a`` holds NaN or Inf (float16 by its exponent bits: 10 x faster than np.isfinite on half floats)."""
+    if a.dtype == np.float16:
+        return (a.view(np.uint16) & 0x7C00) == 0x7C00
+    return ~np.isfinite(a)
+
+
+class _CheckedDataset:
+    """An HDF5 dataset whose failed reads (a Fletcher-32 mismatch, a damaged chunk) become one
+    :class:`StoreError` naming the store and the dataset."""
+
+    def __init__(self, dataset, name: str, store_path: Path):
+        self._dataset = dataset
+        self.name = name
+        self._store_path = store_path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._dataset.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dataset.dtype
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return self._dataset[key]
+        except (OSError, RuntimeError) as exc:
+            raise _damaged(self._store_path, self.name, _h5_reason(exc)) from None
+
+
+def _damaged(path: Path, name: str, why: str) -> StoreError:
+    return StoreError(f"{H5_FILE} is damaged ({why}); check the store with `glfa verify STORE`, then rerun "
+                      "glfa prepare with --overwrite", path=path, field=name)
 
 
 def _incomplete(path: Path, why: str) -> StoreError:
@@ -139,18 +224,31 @@ class StudyStore:
                 # straight into the output buffer (about 10 times faster than through the cache)
                 self._h5 = h5py.File(self._path / H5_FILE, "r", rdcc_nbytes=0)
             except OSError as exc:
-                raise StoreError(f"cannot read {H5_FILE} ({exc})", path=self._path) from None
+                raise StoreError(f"cannot read {H5_FILE} ({_h5_reason(exc)}); the store is damaged: rerun glfa "
+                                 "prepare with --overwrite", path=self._path) from None
             self._h5_pid = pid
             self._datasets = {}
         return self._h5
 
-    def _dataset(self, name: str):
+    def _dataset(self, name: str) -> _CheckedDataset:
         """An HDF5 dataset of the open file, looked up once per process."""
         f = self._file()
         ds = self._datasets.get(name)
         if ds is None:
-            ds = self._datasets[name] = f[name]
+            try:
+                ds = self._datasets[name] = _CheckedDataset(f[name], name, self._path)
+            except (KeyError, OSError, RuntimeError) as exc:
+                why = "it is missing" if isinstance(exc, KeyError) and name not in f else _h5_reason(exc)
+                raise _damaged(self._path, name, why) from None
         return ds
+
+    def _table(self, name: str, strings: bool = False):
+        """A whole small dataset (a list of str when ``strings``), read with its errors named."""
+        try:
+            ds = self._dataset(name)._dataset
+            return _strings(ds) if strings else ds[()]
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise _damaged(self._path, name, _h5_reason(exc)) from None
 
     def close(self) -> None:
         """Close the HDF5 file (it reopens on the next read)."""
@@ -172,41 +270,35 @@ class StudyStore:
                 f"windows={len(self._windows)})")
 
     def _load_tables(self) -> None:
-        f = self._file()
-        try:
-            self._subjects = _strings(f["subjects"])
-            ids = _strings(f["stimuli/id"])
-            splits = _strings(f["stimuli/split"])
-            durations = f["stimuli/duration"][()]
-            vstart = f["stimuli/video_start"][()]
-            vlen = f["stimuli/video_length"][()]
-            self._stimuli = {
-                s: {"split": sp, "duration": float(d), "video_start": int(a), "video_length": int(b)}
-                for s, sp, d, a, b in zip(ids, splits, durations, vstart, vlen)
+        self._subjects = self._table("subjects", strings=True)
+        ids = self._table("stimuli/id", strings=True)
+        splits = self._table("stimuli/split", strings=True)
+        columns = [self._table(f"stimuli/{k}") for k in ("duration", "video_start", "video_length")]
+        self._stimuli = {
+            s: {"split": sp, "duration": float(d), "video_start": int(a), "video_length": int(b)}
+            for s, sp, d, a, b in zip(ids, splits, *columns)
+        }
+        self._captions = self._table("video/captions", strings=True)
+        self._caption_source = "store"
+        self._responses: dict[str, dict[str, tuple[int, int]]] = {}
+        for i, subject in enumerate(self._subjects):
+            g = f"fmri/s{i}"
+            self._responses[subject] = {
+                s: (int(a), int(b)) for s, a, b in zip(self._table(f"{g}/stimulus", strings=True),
+                                                      self._table(f"{g}/start"), self._table(f"{g}/length"))
             }
-            self._captions = _strings(f["video/captions"])
-            self._caption_source = "store"
-            self._responses: dict[str, dict[str, tuple[int, int]]] = {}
-            for i, subject in enumerate(self._subjects):
-                g = f[f"fmri/s{i}"]
-                self._responses[subject] = {
-                    s: (int(a), int(b)) for s, a, b in zip(_strings(g["stimulus"]), g["start"][()], g["length"][()])
-                }
-            w = f["windows"]
-            self._windows = [
-                Window(s, sp, float(o), int(fs), int(vs), i)
-                for i, (s, sp, o, fs, vs) in enumerate(zip(
-                    _strings(w["stimulus"]), _strings(w["split"]), w["onset"][()], w["fmri_start"][()],
-                    w["video_start"][()],
-                ))
-            ]
-            self._mask = f["mask"][()].astype(bool)
-            self._projector_arrays = (
-                {k: v[()] for k, v in f["projector"].items()} if "projector" in f else None
-            )
-        except KeyError as exc:
-            raise StoreError(f"{H5_FILE} lacks {exc}; the store is corrupt, rerun glfa prepare with --overwrite",
-                             path=self._path) from None
+        self._windows = [
+            Window(s, sp, float(o), int(fs), int(vs), i)
+            for i, (s, sp, o, fs, vs) in enumerate(zip(
+                self._table("windows/stimulus", strings=True), self._table("windows/split", strings=True),
+                self._table("windows/onset"), self._table("windows/fmri_start"), self._table("windows/video_start"),
+            ))
+        ]
+        self._mask = self._table("mask").astype(bool)
+        f = self._file()
+        self._projector_arrays = (
+            {k: self._table(f"projector/{k}") for k in f["projector"]} if "projector" in f else None
+        )
 
     def _overlay_cached_captions(self) -> None:
         """Fill stimuli stored without captions from ``glfa caption``'s output in ``STORE/cache/captions``.
@@ -239,14 +331,80 @@ class StudyStore:
     @property
     def captions_digest(self) -> str:
         """A short hash of every frame's caption (part of the keys of caches built from captions)."""
-        import hashlib
-
         return hashlib.sha256("\n".join(self._captions).encode()).hexdigest()[:16]
 
     @property
     def path(self) -> Path:
         """The store folder."""
         return self._path
+
+    @property
+    def identity(self) -> str | None:
+        """The sha256 of the store's content (:func:`content_identity`); None for a store written before it existed.
+
+        Two stores with the same identity hold the same study, wherever they lie.
+        """
+        return self._manifest.get("identity")
+
+    def _dataset_names(self, group: str = "") -> list[str]:
+        """Every dataset of ``study.h5`` under ``group``, each object opened and its damage named."""
+        import h5py
+
+        names = []
+        try:
+            keys = list(self._file()[group or "/"])
+        except (KeyError, OSError, RuntimeError) as exc:
+            raise _damaged(self._path, group or "/", _h5_reason(exc)) from None
+        for key in keys:
+            name = f"{group}/{key}" if group else key
+            try:
+                obj = self._file()[name]
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise _damaged(self._path, name, _h5_reason(exc)) from None
+            names.extend(self._dataset_names(name) if isinstance(obj, h5py.Group) else [name])
+        return names
+
+    def verify(self, progress: bool = False) -> dict[str, Any]:
+        """Read every dataset of ``study.h5`` and check it; returns what was checked.
+
+        Every chunk's Fletcher-32 checksum is checked as it is read; the fMRI must be finite;
+        the fMRI, video and mask bytes must match the digests of the manifest and the content
+        its identity. The first problem raises a :class:`StoreError` naming the dataset.
+        """
+        from tqdm.auto import tqdm
+
+        f = self._file()
+        names = self._dataset_names()
+        recorded = self._manifest.get("digests", {})
+        digests, checked_bytes = {}, 0
+        fmri = {f"fmri/s{i}/frames" for i in range(len(self._subjects))}
+        for name in tqdm(names, desc="glfa verify", unit="dataset", disable=not progress):
+            ds = self._dataset(name)
+            digest = hashlib.sha256()
+            rows = max(1, (64 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))))
+            for a in range(0, max(1, len(ds)) if ds.shape else 1, rows):
+                block = ds[a:a + rows] if ds.shape else ds[()]
+                bad = _non_finite(block) if name in fmri else None
+                if bad is not None and bad.any():
+                    frame = a + int(np.argwhere(bad)[0][0])
+                    raise _damaged(self._path, name, f"non-finite values in frame {frame}")
+                digest.update(np.ascontiguousarray(block).tobytes())
+                checked_bytes += block.nbytes
+            if name in recorded:
+                digests[name] = digest.hexdigest()
+                if digests[name] != recorded[name]:
+                    raise _damaged(self._path, name, "its bytes differ from the digest in the manifest")
+        missing = sorted(set(recorded) - set(digests))
+        if missing:
+            raise _damaged(self._path, missing[0], "it is missing")
+        if self.identity is not None:
+            identity = content_identity(self._subjects, self._stimuli, self._responses, self._windows, digests,
+                                        self._manifest.get("source_checksums", {}))
+            if identity != self.identity:
+                raise StoreError(f"the content differs from the identity in {MANIFEST} (its tables were changed); "
+                                 "rerun glfa prepare with --overwrite", path=self._path, field="identity")
+        return {"datasets": len(names), "bytes": checked_bytes, "digests": len(digests),
+                "identity": self.identity, "checksummed": all(f[n].fletcher32 for n in names)}
 
     @property
     def cache_dir(self) -> Path:
@@ -378,10 +536,24 @@ class StudyStore:
     def _fmri_ds(self, subject: str):
         return self._dataset(f"fmri/s{self._subjects.index(subject)}/frames")
 
+    def _finite(self, subject: str, stored: np.ndarray, first: int, stimulus_id: str) -> np.ndarray:
+        """``stored`` (frames ``first..`` of the subject's fMRI) when every value is finite, else a StoreError.
+
+        ``prepare`` stores only finite fMRI, so a NaN or Inf here is damage to the file.
+        """
+        bad = _non_finite(stored)
+        if bad.any():
+            frame = first + int(np.argwhere(bad)[0][0])
+            name = f"fmri/s{self._subjects.index(subject)}/frames"
+            raise _damaged(self._path, name, f"non-finite values in frame {frame}, subject {subject!r}'s "
+                           f"response to {stimulus_id!r}; prepare stores only finite fMRI")
+        return stored
+
     def response(self, subject: str, stimulus_id: str) -> np.ndarray:
         """The whole stored response of ``subject`` to a stimulus, float32 ``[T_s, H, W]``."""
         start, length = self._offset(subject, stimulus_id)
-        return self._fmri_ds(subject)[start:start + length].astype(np.float32)
+        stored = self._finite(subject, self._fmri_ds(subject)[start:start + length], start, stimulus_id)
+        return stored.astype(np.float32)
 
     def fmri(self, subject: str, window: Window, out: np.ndarray | None = None) -> np.ndarray:
         """``subject``'s fMRI frames of one window, float32 ``[n, H, W]``.
@@ -395,7 +567,7 @@ class StudyStore:
             raise StoreError(f"window {window.index} needs fMRI frames {window.fmri_start}..{window.fmri_start + n} "
                              f"but the response to {window.stimulus_id!r} holds {length}", path=self._path)
         a = start + window.fmri_start
-        stored = self._fmri_ds(subject)[a:a + n]  # [n, H, W] in the stored dtype
+        stored = self._finite(subject, self._fmri_ds(subject)[a:a + n], a, window.stimulus_id)  # [n, H, W] stored dtype
         if out is None:
             return stored.astype(np.float32)
         np.copyto(out, stored)
@@ -449,26 +621,6 @@ def _is_replaceable_store(path: Path) -> bool:
     return not entries or MANIFEST in entries or H5_FILE in entries
 
 
-def _remove_stale_partials(target: Path) -> None:
-    """Delete hidden partial stores beside ``target`` left by prepare runs that no longer exist."""
-    if not target.parent.is_dir():
-        return
-    for p in target.parent.iterdir():
-        m = _PARTIAL.match(p.name)
-        if not m or m.group("name") != target.name:
-            continue
-        pid = int(m.group("pid"))
-        alive = True
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, OverflowError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive or pid == os.getpid():
-            shutil.rmtree(p, ignore_errors=True)
-
-
 class StoreWriter:
     """Writes a study store atomically: everything goes to a hidden folder beside the target,
     which :meth:`finish` renames into place after writing the manifest last.
@@ -513,8 +665,9 @@ class StoreWriter:
         self.overwrite = overwrite
         self._check_target()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(self.path)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent))
+        remove_stale_temporaries(self.path)
+        self.tmp = temporary_name(self.path)
+        self.tmp.mkdir()
         (self.tmp / CACHE_DIR).mkdir()
         self._h5 = h5py.File(self.tmp / H5_FILE, "w")
         self._subjects: list[str] = []
@@ -523,20 +676,34 @@ class StoreWriter:
         self._n_video = 0
         h, w = self.video_size
         self._frames = self._h5.create_dataset(
-            "video/frames", shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3)
+            "video/frames", shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3),
+            fletcher32=True,
         )
         self._captions: list[str] = []
+        self._digests: dict[str, Any] = {"video/frames": hashlib.sha256()}  # dataset -> sha256 of its bytes
         self._done = False
 
+    def _put(self, name: str, data) -> None:
+        """A small dataset, Fletcher-32 checksummed (strings stored fixed-length: see :func:`_text`)."""
+        data = np.asarray(data)
+        if data.dtype.kind in "OUS":
+            data = _text(list(data))
+        if data.size == 0:  # empty: a resizable shape lets it be chunked, and only chunks carry a checksum
+            self._h5.create_dataset(name, shape=data.shape, maxshape=(None,) * data.ndim, dtype=data.dtype,
+                                    fletcher32=True)
+        else:
+            self._h5.create_dataset(name, data=data, fletcher32=True)
+
     def _check_target(self) -> None:
-        if not self.path.exists():
+        check_output(self.path, "dir")
+        if not self.path.exists() or not any(self.path.iterdir()):
             return
-        if not self.overwrite:
-            raise StoreError("a store already exists here; pass --overwrite (overwrite=True) to rebuild it",
-                             path=self.path)
         if not _is_replaceable_store(self.path):
             raise StoreError("exists and is not a study store (no manifest.json or study.h5); "
                              "refusing to replace it", path=self.path)
+        if not self.overwrite:
+            raise StoreError("a store already exists here; pass --overwrite (overwrite=True) to rebuild it",
+                             path=self.path)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -569,6 +736,7 @@ class StoreWriter:
         start = self._n_video
         self._frames.resize(start + len(frames), axis=0)
         self._frames[start:] = frames
+        self._digests["video/frames"].update(np.ascontiguousarray(frames).tobytes())
         self._n_video += len(frames)
         self._captions.extend(str(c) for c in captions)
         self._stimuli[stimulus_id] = {"split": split, "duration": float(duration), "video_start": start,
@@ -588,14 +756,18 @@ class StoreWriter:
             self._h5.create_dataset(
                 f"fmri/s{i}/frames", shape=(0, size, size), maxshape=(None, size, size), dtype=self.fmri_dtype,
                 chunks=(1, size, size), compression=self.compression,
-                compression_opts=1 if self.compression == "gzip" else None,
+                compression_opts=1 if self.compression == "gzip" else None, fletcher32=True,
             )
+            self._digests[f"fmri/s{i}/frames"] = hashlib.sha256()
         if any(s == stimulus_id for s, _, _ in self._responses[subject]):
             raise ValueError(f"response of {subject!r} to {stimulus_id!r} added twice")
-        ds = self._h5[f"fmri/s{self._subjects.index(subject)}/frames"]
+        name = f"fmri/s{self._subjects.index(subject)}/frames"
+        ds = self._h5[name]
         start = ds.shape[0]
         ds.resize(start + len(response), axis=0)
-        ds[start:] = response.astype(self.fmri_dtype)
+        stored = np.ascontiguousarray(response.astype(self.fmri_dtype))
+        ds[start:] = stored
+        self._digests[name].update(stored.tobytes())
         self._responses[subject].append((stimulus_id, start, len(response)))
 
     def set_mask(self, mask: np.ndarray) -> None:
@@ -603,42 +775,36 @@ class StoreWriter:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.image_size, self.image_size):
             raise ValueError(f"mask: expected [{self.image_size}, {self.image_size}], got {mask.shape}")
-        self._h5.create_dataset("mask", data=mask)
+        self._put("mask", mask)
+        self._digests["mask"] = hashlib.sha256(mask.tobytes())
 
     def set_projector(self, arrays: dict[str, np.ndarray]) -> None:
         """The projector's arrays (``FlatMapProjector.to_arrays()``)."""
-        g = self._h5.create_group("projector")
         for key, value in arrays.items():
-            g.create_dataset(key, data=np.asarray(value))
+            self._put(f"projector/{key}", value)
 
     # ------------------------------------------------------------------ finishing
 
     def _write_tables(self, windows: list[Window]) -> None:
-        import h5py
-
-        f = self._h5
-        text = h5py.string_dtype()
-        f.create_dataset("subjects", data=np.array(self._subjects, dtype=object), dtype=text)
+        put = self._put
+        put("subjects", self._subjects)
         ids = list(self._stimuli)
-        f.create_dataset("stimuli/id", data=np.array(ids, dtype=object), dtype=text)
-        f.create_dataset("stimuli/split", data=np.array([self._stimuli[s]["split"] for s in ids], dtype=object),
-                         dtype=text)
+        put("stimuli/id", ids)
+        put("stimuli/split", [self._stimuli[s]["split"] for s in ids])
         for key, dtype in (("duration", np.float64), ("video_start", np.int64), ("video_length", np.int64)):
-            f.create_dataset(f"stimuli/{key}", data=np.array([self._stimuli[s][key] for s in ids], dtype=dtype))
-        f.create_dataset("video/captions", data=np.array(self._captions, dtype=object), dtype=text)
+            put(f"stimuli/{key}", np.array([self._stimuli[s][key] for s in ids], dtype=dtype))
+        put("video/captions", self._captions)
         for i, subject in enumerate(self._subjects):
             rows = self._responses[subject]
-            g = f[f"fmri/s{i}"]
-            g.create_dataset("stimulus", data=np.array([r[0] for r in rows], dtype=object), dtype=text)
-            g.create_dataset("start", data=np.array([r[1] for r in rows], dtype=np.int64))
-            g.create_dataset("length", data=np.array([r[2] for r in rows], dtype=np.int64))
-        g = f.create_group("windows")
-        g.create_dataset("stimulus", data=np.array([w.stimulus_id for w in windows], dtype=object), dtype=text)
-        g.create_dataset("split", data=np.array([w.split for w in windows], dtype=object), dtype=text)
-        g.create_dataset("onset", data=np.array([w.onset for w in windows], dtype=np.float64))
-        g.create_dataset("fmri_start", data=np.array([w.fmri_start for w in windows], dtype=np.int64))
-        g.create_dataset("video_start", data=np.array([w.video_start for w in windows], dtype=np.int64))
-        if "mask" not in f:
+            put(f"fmri/s{i}/stimulus", [r[0] for r in rows])
+            put(f"fmri/s{i}/start", np.array([r[1] for r in rows], dtype=np.int64))
+            put(f"fmri/s{i}/length", np.array([r[2] for r in rows], dtype=np.int64))
+        put("windows/stimulus", [w.stimulus_id for w in windows])
+        put("windows/split", [w.split for w in windows])
+        put("windows/onset", np.array([w.onset for w in windows], dtype=np.float64))
+        put("windows/fmri_start", np.array([w.fmri_start for w in windows], dtype=np.int64))
+        put("windows/video_start", np.array([w.video_start for w in windows], dtype=np.int64))
+        if "mask" not in self._h5:
             raise ValueError("set_mask() was not called")
 
     def finish(self, windows: list[Window], manifest: dict[str, Any]) -> Path:
@@ -672,24 +838,17 @@ class StoreWriter:
                 "fmri_frames": {s: int(sum(r[2] for r in rows)) for s, rows in self._responses.items()},
             })
             full["counts"] = counts
+            digests = {name: h.hexdigest() for name, h in self._digests.items()}
+            full["digests"] = digests
+            responses = {s: {sid: (a, n) for sid, a, n in rows} for s, rows in self._responses.items()}
+            full["identity"] = content_identity(self._subjects, self._stimuli, responses, windows, digests,
+                                                full.get("source_checksums", {}))
             full["complete"] = True
-            tmp_manifest = self.tmp / (MANIFEST + ".tmp")
-            tmp_manifest.write_text(json.dumps(full, indent=2, sort_keys=True))
-            os.replace(tmp_manifest, self.tmp / MANIFEST)
-            self._install()
+            write_json_atomic(self.tmp / MANIFEST, full)
+            self._check_target()
+            replace_dir(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
         self._done = True
         return self.path
-
-    def _install(self) -> None:
-        """Rename the finished folder onto the target (replacing an old store when overwriting)."""
-        self._check_target()
-        if not self.path.exists():
-            os.rename(self.tmp, self.path)
-            return
-        trash = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-        os.rename(self.path, trash / "store")
-        os.rename(self.tmp, self.path)
-        shutil.rmtree(trash, ignore_errors=True)

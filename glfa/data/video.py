@@ -1,7 +1,7 @@
 """Decode, resample and write video clips.
 
 Frames are always ``uint8`` arrays ``[f, h, w, 3]`` (RGB). Files are mp4 (H.264, yuv420p,
-through PyAV) or animated GIF. Writes are atomic (temp file + ``os.replace``) and
+through PyAV) or animated GIF. Writes are atomic (:func:`glfa.io.atomic_path`) and
 reproducible: frames are converted to yuv420p in numpy, the encoder runs single-threaded
 without macroblock-tree rate control, with explicit timestamps and no dates in the metadata,
 so the same frames give byte-identical files.
@@ -9,14 +9,13 @@ so the same frames give byte-identical files.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from glfa.errors import DataError
+from glfa.io import atomic_path
 
 __all__ = ["write_video", "read_video", "resample_video", "write_gif"]
 
@@ -29,14 +28,6 @@ def _check_frames(frames: np.ndarray, path: str | Path | None = None) -> np.ndar
     if frames.dtype != np.uint8:
         raise ValueError(f"{path or 'frames'}: expected uint8 frames, got {frames.dtype}")
     return frames
-
-
-def _temp_beside(path: Path, suffix: str) -> Path:
-    """A fresh temporary file name in ``path``'s folder (same filesystem, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
@@ -76,8 +67,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     rate = Fraction(fps).limit_denominator(1001)
-    tmp = _temp_beside(path, ".mp4")
-    try:
+    with atomic_path(path, ".mp4") as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream(
                 "libx264", rate=rate,
@@ -96,9 +86,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
                 picture.time_base = 1 / rate
                 container.mux(stream.encode(picture))
             container.mux(stream.encode(None))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -201,13 +188,9 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     if not fps > 0:
         raise ValueError(f"{path}: fps must be positive, got {fps}")
     images = [Image.fromarray(frame) for frame in frames]
-    tmp = _temp_beside(path, ".gif")
-    try:
+    with atomic_path(path, ".gif") as tmp:
         images[0].save(
             tmp, format="GIF", save_all=True, append_images=images[1:],
             duration=int(round(1000 / fps)), loop=0, optimize=False,
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -378,5 +378,6 @@ def _write_decoder(encoder: FmriEncoder, report: dict[str, Any], out: Path, pipe
     glfa = encoder.glfa is not None
     save_decoder_model(out, encoder=encoder, unet_state=trained, mean_fmri=mean_training_fmri(store, train), info={
         "method": method or ("glfa" if glfa else "pte-v"), "generator": str(pipeline.resolve()),
-        "store": str(Path(store.path).resolve()), "train_subjects": train, "held_out": held,
+        "store": str(Path(store.path).resolve()), "store_identity": store.identity, "train_subjects": train,
+        "held_out": held,
         "trainable_unet_patterns": patterns, "config": resolved, "imported_from": report["source"]})

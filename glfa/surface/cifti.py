@@ -8,8 +8,6 @@ never by assuming the 91,282 grayordinates of the HCP standard: a file may hold 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from glfa.errors import DataError
+from glfa.io import atomic_path
 from glfa.surface.atlas import MESH_VERTICES
 
 if TYPE_CHECKING:
@@ -163,13 +162,6 @@ def write_dtseries(path: str | Path, data: np.ndarray, left: np.ndarray, right: 
     series = cifti2_axes.SeriesAxis(start=0.0, step=float(tr), size=data.shape[0], unit="SECOND")
     img = nib.Cifti2Image(data, header=(series, brain))
     img.nifti_header.set_intent("NIFTI_INTENT_CONNECTIVITY_DENSE_SERIES")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".dtseries.nii", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".dtseries.nii") as tmp:  # nibabel picks the format by the extension
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from glfa.errors import CheckpointError
+from glfa.io import fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic  # noqa: F401 (re-exported)
 from glfa.models.serialization import read_json_object
 
 FORMAT = "glfa-checkpoint"
@@ -53,42 +54,9 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 # ----------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (renames, new files) to disk where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file, fsync and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _sha256(path: Path) -> str:
@@ -271,14 +239,14 @@ def save_checkpoint(
     state_path = tmp / STATE_FILE
     state_path.write_text(json.dumps(full, sort_keys=True))
     _fsync_file(state_path)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
     if final.exists():  # a step written again (e.g. the end of a resumed run): move the old one aside first
         old = root / f".trash-checkpoint-{step}-{os.getpid()}"
         os.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_bytes_atomic(root / LATEST_FILE, f"{final.name}\n".encode())
     prune_checkpoints(root, keep=keep)
     return final
@@ -354,7 +322,63 @@ def read_state(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(state["files"], dict) or not state["files"]:
         raise CheckpointError("expected a non-empty mapping of files", path=state_path, field="files")
+    _check_state_types(state, state_path)
     return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_rng(rng: Any) -> str | None:
+    """What is wrong with one :func:`capture_rng` state, or None when it can be restored."""
+    if not isinstance(rng, dict):
+        return f"a mapping of RNG states, got {type(rng).__name__}"
+    python, numpy_state, cpu = rng.get("python"), rng.get("numpy"), rng.get("torch")
+    if not (isinstance(python, list) and len(python) == 3 and _is_int(python[0]) and isinstance(python[1], list)
+            and all(_is_int(v) for v in python[1]) and (python[2] is None or isinstance(python[2], float))):
+        return "'python': [version, [state ints], gauss]"
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 5 and isinstance(numpy_state[0], str)
+            and isinstance(numpy_state[1], list) and all(_is_int(v) for v in numpy_state[1])
+            and all(_is_int(v) for v in numpy_state[2:4]) and isinstance(numpy_state[4], (int, float))):
+        return "'numpy': [kind, [keys], pos, has_gauss, cached]"
+    if not isinstance(cpu, str) or not all(isinstance(c, str) for c in rng.get("cuda", [])):
+        return "'torch' and 'cuda' as base64 text"
+    try:
+        for text in [cpu, *rng.get("cuda", [])]:
+            base64.b64decode(text, validate=True)
+    except ValueError:
+        return "'torch' and 'cuda' as base64 text"
+    return None
+
+
+def _check_state_types(state: dict[str, Any], state_path: Path) -> None:
+    """Refuse a state.json whose values have the wrong types, before anything is loaded from it."""
+    def refuse(field: str, expected: str, got: Any) -> CheckpointError:
+        return CheckpointError(f"expected {expected}, got {got!r}", path=state_path, field=field)
+
+    if not _is_int(state["step"]) or state["step"] < 0:
+        raise refuse("step", "a non-negative integer", state["step"])
+    data = state["data"]
+    if not isinstance(data, dict) or not _is_int(data.get("offset")) or data["offset"] < 0:
+        raise refuse("data", "a mapping with a non-negative integer 'offset'", data)
+    seconds = state.get("seconds", 0.0)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds >= 0:
+        raise refuse("seconds", "a non-negative number", seconds)
+    if not isinstance(state["scheduler"], dict):
+        raise refuse("scheduler", "a mapping (the scheduler's state_dict)", state["scheduler"])
+    if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
+        raise refuse("scaler", "a mapping or null", state["scaler"])
+    rngs = state["rng"]
+    if not isinstance(rngs, list) or not rngs:
+        raise refuse("rng", "a non-empty list of RNG states (one per process)", rngs)
+    for i, rng in enumerate(rngs):
+        problem = _check_rng(rng)
+        if problem:
+            raise CheckpointError(f"expected {problem}", path=state_path, field=f"rng[{i}]")
+    names = state.get("models", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and _MODEL_NAME.match(n) for n in names):
+        raise refuse("models", "a list of model names", names)
 
 
 def _check_file(folder: Path, name: str, expected: dict[str, Any]) -> Path:
@@ -399,17 +423,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         optimizer = unflatten_optimizer_state(_load_tensors(path / OPTIMIZER_TENSORS), opt_meta)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"optimizer state is malformed ({exc})", path=path / OPTIMIZER_JSON) from None
-    return Checkpoint(path=path, step=int(state["step"]), state=state, models=models, optimizer=optimizer)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the complete folder ``src`` to ``dst``: readers see the old folder, none, or the new one, never a partial one."""
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError("exists and is not a folder; will not overwrite it", path=dst)
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    return Checkpoint(path=path, step=state["step"], state=state, models=models, optimizer=optimizer)

@@ -427,7 +427,8 @@ class CotrainStage(Stage):
         save_decoder_model(target, encoder=models["encoder"], unet_state=models["unet"].state_dict(),
                            mean_fmri=mean_training_fmri(self.store, self.train_subjects), info={
                                "method": self.method, "generator": str(Path(self.generator.path).resolve()),
-                               "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
+                               "store": str(Path(self.store.path).resolve()), "store_identity": self.store.identity,
+                               "train_subjects": self.train_subjects,
                                "held_out": self.held_out,
                                "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
                                "config": self.resolved()})

@@ -419,8 +419,6 @@ def _check_resume(stage: Stage, checkpoint: Checkpoint, fingerprint: dict[str, A
             "resume with the same config or start a new run folder",
             path=checkpoint.path,
         )
-    if not isinstance(state["data"], dict) or "offset" not in state["data"]:
-        raise CheckpointError("the data position lacks 'offset'", path=checkpoint.path / "state.json", field="data")
     if checkpoint.step > stage.settings.steps:
         raise ConfigError(f"the run's checkpoint is at step {checkpoint.step}, beyond {stage.settings.steps} steps; "
                           "raise the steps or start a new run folder", path=stage.source, field=f"{stage.name}.steps")
@@ -523,8 +521,8 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
         accelerator.scaler.load_state_dict(start.state["scaler"])
 
     step = start.step if start is not None else 0
-    offset = int(start.state["data"]["offset"]) if start is not None else 0
-    elapsed = float(start.state.get("seconds", 0.0)) if start is not None else 0.0
+    offset = start.state["data"]["offset"] if start is not None else 0
+    elapsed = start.state.get("seconds", 0.0) if start is not None else 0.0
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = settings.batch_size * world
     stream = IndexStream(size, seed=settings.seed, offset=offset)

@@ -138,7 +138,26 @@ class SurfaceReader(Reader):
 
         series = read_dtseries(path)
         data = series_on(series, self.projector, path)  # [t, v]
+        _check_finite_surface(data, self.projector, path)
         return np.ascontiguousarray(data[start:], dtype=np.float32)
+
+
+def _check_finite_surface(data: np.ndarray, projector, path: Path) -> None:
+    """DataError naming the file's TR (counted as in the file) and grayordinate of the first NaN or Inf.
+
+    ``data`` [T, V] holds the file's columns of the projector's vertices (left, then right).
+    """
+    from glfa.surface.cifti import LEFT, RIGHT
+
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    tr, column = (int(i) for i in np.argwhere(bad)[0])
+    n_left = len(projector.left)
+    structure, vertex = (LEFT, projector.left[column]) if column < n_left else (RIGHT, projector.right[column - n_left])
+    raise DataError(f"non-finite value {data[tr, column]} at TR {tr} of the file's {len(data)} (counting from 0), "
+                    f"grayordinate {structure} vertex {int(vertex)} ({int(bad.any(axis=1).sum())} TRs hold NaN or "
+                    "Inf); expected finite fMRI values", path=path)
 
 
 def cifti_header(path: Path) -> tuple[int, float]:

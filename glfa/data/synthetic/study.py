@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from glfa.data.synthetic.stimuli import CATEGORIES, MOTIONS, make_clips, render_
 from glfa.data.synthetic.subjects import draw_subject, mix_parcels, parcellate, private_tuning, resample_params
 from glfa.data.video import write_video
 from glfa.errors import DataError
+from glfa.io import install_dir
 
 __all__ = ["simulate_study", "write_npz", "TASK"]
 
@@ -86,24 +85,10 @@ def simulate_study(
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise DataError("the output folder exists and is not empty; choose another folder or remove it", path=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        # One BLAS thread: the same numbers on every machine (byte-identical output), and no
-        # oversubscription when several processes share the cores.
-        with threadpool_limits(limits=1):
-            _simulate_into(tmp, config, seed, progress)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One BLAS thread: the same numbers on every machine (byte-identical output), and no
+    # oversubscription when several processes share the cores.
+    with install_dir(out) as tmp, threadpool_limits(limits=1):
+        _simulate_into(tmp, config, seed, progress)
     return out
 
 
