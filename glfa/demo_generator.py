@@ -66,7 +66,7 @@ from glfa.config import GlfaConfig
 from glfa.data.features import cache_key
 from glfa.errors import StoreError
 from glfa.optim import adamw
-from glfa.training.checkpoint import write_json_atomic
+from glfa.io import write_json_atomic
 
 __all__ = ["FORMAT", "KL_WEIGHT", "VAE_ARCH", "UNET_ARCH", "SCHEDULER_CHANGES", "REQUIRED_FILES", "build_demo_generator",
            "demo_generator_dir", "is_complete", "train_demo_generator"]

@@ -6,7 +6,7 @@ file or folder:
 - :func:`atomic_path`, :func:`open_atomic`, :func:`write_bytes_atomic` and
   :func:`write_json_atomic` write a temporary sibling, fsync it and rename it onto the target;
 - :func:`install_dir` builds a folder in a temporary sibling and swaps it in whole
-  (:func:`replace_dir` is the swap);
+  (:func:`replace_dir` is the swap); :func:`remove_dir` deletes one without a half-deleted state;
 - :func:`check_output` checks, before any long work starts, that an output location can be
   written (a folder where a folder is expected, a writable parent);
 - :func:`remove_stale_temporaries` deletes the temporaries of killed processes and leaves those
@@ -18,6 +18,7 @@ A failed write removes its temporary and raises :class:`~glfa.errors.OutputError
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO, Literal
 from glfa.errors import OutputError
 
 __all__ = ["atomic_path", "open_atomic", "write_bytes_atomic", "write_json_atomic", "install_dir", "replace_dir",
-           "check_output", "remove_stale_temporaries", "temporary_name", "fsync_dir"]
+           "remove_dir", "check_output", "remove_stale_temporaries", "temporary_name", "fsync_dir"]
 
 # .<name>.<kind>-<pid>-<token>: what temporary_name makes; kind "tmp" (being built) or "old" (being replaced);
 # "partial" and a missing token: the names of glfa versions before this module
@@ -61,7 +62,8 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     """Delete the temporaries beside ``target`` whose owner process is dead; returns what was removed.
 
     A temporary of a living process (another run writing the same output right now) is kept:
-    removing it would kill that run's write.
+    removing it would kill that run's write. ``target``'s name may be a glob pattern
+    (``root / "checkpoint-*"``) to cover every target of that form in its folder.
     """
     target = Path(target)
     removed = []
@@ -69,7 +71,7 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
         return removed
     for path in target.parent.iterdir():
         match = _TEMPORARY.match(path.name)
-        if not match or match.group("name") != target.name or _alive(int(match.group("pid"))):
+        if not match or not fnmatch.fnmatchcase(match.group("name"), target.name) or _alive(int(match.group("pid"))):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -192,6 +194,17 @@ def replace_dir(src: Path, dst: Path) -> None:
     except OSError as exc:
         raise OutputError(f"cannot be replaced ({exc.strerror or exc})", path=dst) from None
     fsync_dir(dst.parent)
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that no reader sees it half-deleted: renamed aside first, then removed."""
+    path = Path(path)
+    aside = temporary_name(path, "old")
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        raise OutputError(f"cannot be removed ({exc.strerror or exc})", path=path) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

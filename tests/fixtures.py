@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,11 +295,6 @@ def write_decoding_store(path: Path, *, subjects: tuple[str, ...] = ("s1", "s2",
 
 def kill_after_first_checkpoint(args: list[str], latest: Path, timeout: float = 240.0) -> None:
     """Start ``args`` (a Python child on one thread), SIGKILL it once ``latest`` exists, check it died of it."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     victim = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + timeout
@@ -303,3 +303,10 @@ def kill_after_first_checkpoint(args: list[str], latest: Path, timeout: float = 
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (for temporaries whose owner is gone)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -25,6 +25,7 @@ from glfa.training.checkpoint import (
     unflatten_optimizer_state,
 )
 from glfa.training.loop import Stage, StepOutput, TrainSettings, train
+from fixtures import dead_pid
 
 # ----------------------------------------------------------------------------- a toy stage (also used by test_training)
 
@@ -213,7 +214,7 @@ def test_resume_refuses_a_corrupt_newest_checkpoint_and_ignores_half_written(tmp
     train(ToyStage(toy_settings(steps=20)), tmp_path, progress=False)
     root = tmp_path / "toy" / "checkpoints"
     # a killed write leaves a hidden temp folder: ignored and cleaned on resume
-    half = root / ".tmp-checkpoint-30-999"
+    half = root / f".checkpoint-30.tmp-{dead_pid()}-abcd"
     half.mkdir()
     (half / "model-net.safetensors").write_bytes(b"\x00" * 10)
     result = train(ToyStage(toy_settings(steps=20)), tmp_path, resume=True, progress=False)

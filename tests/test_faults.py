@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from fixtures import write_decoding_store, write_generic_study
+from fixtures import dead_pid, write_decoding_store, write_generic_study
 
 from glfa.cli import main
 from glfa.data.store import StudyStore
@@ -296,12 +296,6 @@ def test_warnings_and_the_chosen_preset_are_one_clean_line_each(fx, tmp_path, ca
     assert len(err) == 1 and err[0].startswith("glfa: warning: ") and "model.preset" in err[0] and "'full'" in err[0]
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_a_living_runs_temporary_is_kept_and_a_dead_ones_removed(tmp_path):
     """Issue 12: a second `glfa generate` must not delete the first one's folder under construction."""
     out = tmp_path / "generations" / "glfa" / "s3-test"
@@ -309,7 +303,7 @@ def test_a_living_runs_temporary_is_kept_and_a_dead_ones_removed(tmp_path):
     living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         alive = out.with_name(f".{out.name}.tmp-{living.pid}-abcd")
-        dead = out.with_name(f".{out.name}.tmp-{_dead_pid()}-abcd")
+        dead = out.with_name(f".{out.name}.tmp-{dead_pid()}-abcd")
         for folder in (alive, dead):
             (folder / "decoded").mkdir(parents=True)
         with install_dir(out) as tmp:

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glfa.errors import StoreError
-from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
+from glfa.io import write_bytes_atomic, write_json_atomic
 
 __all__ = ["FORMAT_VERSION", "CHUNK_ROWS", "ArraySpec", "cached_arrays", "cache_key", "FixedBatches", "ClipFeatures",
            "clip_features", "frame_view", "caption_view", "LatentFeatures", "vae_latents"]

@@ -10,7 +10,7 @@ A checkpoint is a folder ``checkpoint-<step>`` inside a run's checkpoint root::
     latest                       text file naming the newest checkpoint, written last
 
 It is written into a hidden temporary folder, every file fsynced, ``state.json`` last, then
-renamed into place with :func:`os.replace`; older checkpoints are pruned (the last ``keep``
+swapped into place (:func:`glfa.io.replace_dir`); older checkpoints are pruned (the last ``keep``
 stay). Nothing is ever unpickled: tensors come from safetensors, everything else from JSON.
 A truncated file, a missing ``state.json`` or one without its required keys is refused with a
 :class:`~glfa.errors.CheckpointError` naming the file.
@@ -24,7 +24,6 @@ import json
 import os
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from glfa.errors import CheckpointError
-from glfa.io import fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic  # noqa: F401 (re-exported)
+from glfa.io import (  # noqa: F401 (write_json_atomic re-exported)
+    fsync_dir, remove_dir, remove_stale_temporaries, replace_dir, temporary_name, write_bytes_atomic,
+    write_json_atomic,
+)
 from glfa.models.serialization import read_json_object
 
 FORMAT = "glfa-checkpoint"
@@ -206,9 +208,7 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step}"
-    tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temporary_name(final)
     tmp.mkdir()
     files: dict[str, dict[str, Any]] = {}
 
@@ -241,12 +241,7 @@ def save_checkpoint(
     _fsync_file(state_path)
     fsync_dir(tmp)
 
-    if final.exists():  # a step written again (e.g. the end of a resumed run): move the old one aside first
-        old = root / f".trash-checkpoint-{step}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)
+    replace_dir(tmp, final)  # a step written again (the end of a resumed run) replaces the old folder whole
     write_bytes_atomic(root / LATEST_FILE, f"{final.name}\n".encode())
     prune_checkpoints(root, keep=keep)
     return final
@@ -256,23 +251,14 @@ def prune_checkpoints(root: str | Path, *, keep: int = 2) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoints (renamed aside first, so none is left half-deleted)."""
     removed = []
     for _, path in list_checkpoints(root)[:-keep] if keep > 0 else list_checkpoints(root):
-        trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_dir(path)
         removed.append(path)
     return removed
 
 
 def clean_partial(root: str | Path) -> list[Path]:
-    """Remove temporary folders left by a checkpoint write or prune that was killed."""
-    root = Path(root)
-    removed = []
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name.startswith((".tmp-checkpoint-", ".trash-checkpoint-")) and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
+    """Remove the temporary checkpoint folders of killed writes in ``root`` (never a living run's)."""
+    return remove_stale_temporaries(Path(root) / "checkpoint-*")
 
 
 # ----------------------------------------------------------------------------- read

@@ -27,9 +27,7 @@ written into a temporary folder and renamed into place.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -45,7 +43,7 @@ from torch.utils.data import Dataset
 
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
-from glfa.training.checkpoint import write_json_atomic
+from glfa.io import install_dir, write_json_atomic
 from glfa.training.loop import (
     Stage,
     StepOutput,
@@ -258,8 +256,6 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
     ``info`` holds ``model.json``'s keys besides kind, num_frames, image_size and geometry (taken from
     the encoder); the negative condition is the encoder's tokens for ``mean_fmri`` [n, H, W].
     """
-    from glfa.training.checkpoint import replace_dir
-
     target = Path(target)
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -267,10 +263,7 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
     with torch.no_grad():
         tokens = encoder(torch.from_numpy(mean_fmri)[None].to(device), heads=("tokens",))["tokens"][0]  # [K, C]
     encoder.train(was_training)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with install_dir(target) as tmp:
         encoder.save_pretrained(tmp / "encoder")
         save_file({"mean_fmri": torch.from_numpy(mean_fmri), "tokens": tokens.float().cpu().contiguous()},
                   str(tmp / "negative.safetensors"))
@@ -278,9 +271,6 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
                   str(tmp / "unet_trainable.safetensors"))
         write_json_atomic(tmp / "model.json", {"kind": "cotrain", **info, "num_frames": encoder.num_frames,
                                                "image_size": encoder.image_size, "geometry": encoder.geometry})
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
