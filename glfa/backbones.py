@@ -369,8 +369,12 @@ class StandInClip:
         out = []
         for part in _batches(len(frames), batch_size):
             feats = self.image_model.extract_features(self.preprocess(frames[part]))  # [b, 1280, 7, 7]
-            out.append(feats.mean(dim=(2, 3)) @ self.image_projection)
-        return F.normalize(torch.cat(out), dim=-1)
+            out.append(self.project_images(feats.mean(dim=(2, 3))))
+        return torch.cat(out)
+
+    def project_images(self, pooled: torch.Tensor) -> torch.Tensor:
+        """EfficientNet-Lite0's pooled features ``[n, 1280]`` -> float32 ``[n, dim]`` unit vectors."""
+        return F.normalize(pooled.float() @ self.image_projection, dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -693,6 +697,27 @@ class VideoClassifier:
             x = torch.stack([self.preprocess(v) for v in videos[part]])  # [b, t, 3, s, s]
             out.append(self.model(pixel_values=x).logits.float().softmax(-1).cpu())
         return torch.cat(out).numpy()
+
+
+def classify_and_embed(classifier: FrameClassifier, clip: ClipBackbone | StandInClip, frames: np.ndarray,
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[n, classes]`` and CLIP image embeddings ``[n, dim]`` of ``[n, h, w, 3]`` frames (numpy).
+
+    The offline EfficientNet-Lite0 classifier (the one without a folder) and the stand-in CLIP's
+    image side are the same network on the same input (224 x 224 centre crop, mean/std 0.5):
+    then one pass gives both, the classifier's head and the stand-in's projection reading the
+    same pooled features. Any other pair runs its two models.
+    """
+    if classifier.path is not None or not isinstance(clip, StandInClip):
+        return (classifier.probabilities(frames, batch_size=batch_size),
+                clip.embed_images(frames, batch_size=batch_size).cpu().numpy())
+    probabilities, embeddings = [], []
+    with torch.no_grad():
+        for part in _batches(len(frames), batch_size):
+            pooled = classifier.model.extract_features(classifier.preprocess(frames[part])).mean(dim=(2, 3))
+            probabilities.append(classifier.model._fc(pooled).float().softmax(-1).cpu())  # eval: no dropout
+            embeddings.append(clip.project_images(pooled.to(clip.device)).cpu())
+    return torch.cat(probabilities).numpy(), torch.cat(embeddings).numpy()
 
 
 def load_frame_classifier(

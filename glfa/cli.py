@@ -350,6 +350,19 @@ def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_alignment)
 
 
+def _print_video_tables(evaluation, paths: dict[str, Path]) -> None:
+    """The Markdown tables and where they are; on stderr, one warning line per method without a brain signal."""
+    from glfa.evaluation import SIGNAL_LEVEL, metric_label
+
+    print(Path(paths["markdown"]).read_text())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    for r in evaluation.results:
+        weak = r.not_significant()
+        if weak:
+            print(f"warning: {r.method} on {r.task}: no significant brain signal (matched not above mismatched, "
+                  f"paired permutation p >= {SIGNAL_LEVEL}) on {', '.join(map(metric_label, weak))}", file=sys.stderr)
+
+
 def _cmd_evaluate_run(args: argparse.Namespace) -> int:
     from glfa.evaluation import evaluate_run, write_video_tables
 
@@ -357,8 +370,7 @@ def _cmd_evaluate_run(args: argparse.Namespace) -> int:
     methods = _subject_list(args.methods) if args.methods else None
     evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
     paths = write_video_tables(evaluation, Path(args.run) / "evaluation")
-    print(Path(paths["markdown"]).read_text())
-    print(f"written to {paths['json']} and {paths['markdown']}")
+    _print_video_tables(evaluation, paths)
     return 0
 
 
@@ -377,8 +389,7 @@ def _cmd_evaluate_combine(args: argparse.Namespace) -> int:
 
     evaluation = combine_evaluations(args.runs, args.output)
     paths = write_video_tables(evaluation, Path(args.output))
-    print(Path(paths["markdown"]).read_text())
-    print(f"written to {paths['json']} and {paths['markdown']}")
+    _print_video_tables(evaluation, paths)
     return 0
 
 

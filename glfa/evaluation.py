@@ -218,6 +218,8 @@ REFERENCE_METHOD = "glfa"
 #: The decoding protocols, in the order of their tables.
 PROTOCOLS = ("cross-subject", "within-subject", "cross-dataset")
 GENERATE_HINT = "make them with `glfa generate RUN --method M --subject S`"
+#: The significance level of the brain signal (paired permutation test of matched - mismatched).
+SIGNAL_LEVEL = 0.05
 VIDEO_CLASSIFIER_UNSET = ("not computed: evaluation.video_classifier is not set (a VideoMAE Kinetics-400 folder, "
                           "e.g. MCG-NJU/videomae-base-finetuned-kinetics)")
 
@@ -237,12 +239,23 @@ def metric_keys(n_ways: list[int]) -> list[str]:
     return [f"video-{n}way" for n in n_ways] + [f"frame-{n}way" for n in n_ways] + ["ssim"]
 
 
+def extra_metric_keys(n_ways: list[int]) -> list[str]:
+    """The field's metrics beyond the paper's: strict N-ways (ground truth = top-1 class), PSNR, CLIP, CLIP-pcc."""
+    return ([f"video-{n}way-strict" for n in n_ways] + [f"frame-{n}way-strict" for n in n_ways]
+            + ["psnr", "clip", "clip-pcc"])
+
+
+#: Titles of the metrics that are not N-ways.
+_METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "clip": "CLIP similarity", "clip-pcc": "CLIP-pcc"}
+
+
 def metric_label(key: str) -> str:
-    """Column title of a metric key: ``frame-2way`` -> ``frame 2-way``, ``ssim`` -> ``SSIM``."""
-    if key == "ssim":
-        return "SSIM"
-    kind, ways = key.split("-")
-    return f"{kind} {ways.removesuffix('way')}-way"
+    """Column title of a metric key: ``frame-2way`` -> ``frame 2-way``, ``frame-2way-strict`` -> ``frame 2-way
+    strict``, ``ssim`` -> ``SSIM``."""
+    if key in _METRIC_LABELS:
+        return _METRIC_LABELS[key]
+    kind, ways, *strict = key.split("-")
+    return f"{kind} {ways.removesuffix('way')}-way" + (" strict" if strict else "")
 
 
 def _json_object(path: Path, error: type[Exception] = DataError) -> dict[str, Any]:
@@ -350,6 +363,15 @@ class GenerationsFolder:
         with np.load(self.path / "videos.npz", allow_pickle=False) as data:
             return data["decoded"], data["truth"]
 
+    def stimuli(self) -> list[str]:
+        """The stimulus of each clip, in index order (clips of one stimulus are never each other's mismatch)."""
+        items = self.index["items"]
+        missing = [i for i, item in enumerate(items) if not isinstance(item, dict) or "stimulus_id" not in item]
+        if missing:
+            raise DataError(f"item(s) {missing[:5]} have no stimulus_id; {GENERATE_HINT}", path=self.path / "index.json",
+                            field="items")
+        return [str(item["stimulus_id"]) for item in items]
+
     def protocol(self) -> tuple[str, str]:
         """(protocol, task label) from what the model was trained on."""
         train = [str(s) for s in self.model.get("train_subjects", [])]
@@ -389,7 +411,9 @@ class DecodingResult:
 
     ``scores`` holds the per-clip scores of every computed metric (keys of :func:`metric_keys`),
     ``summary`` their ``{"mean", "std", "n"}`` (and the ``"seed"`` of the N-way trials),
-    ``not_computed`` the reason for every metric left out.
+    ``not_computed`` the reason for every metric left out. ``extra_scores`` holds the per-clip
+    scores of the field's other metrics (:func:`extra_metric_keys`), ``brain_signal`` the
+    matched/mismatched record of every metric with a ground truth (see :func:`score_clips`).
     """
 
     method: str
@@ -406,6 +430,18 @@ class DecodingResult:
     summary: dict[str, dict[str, float]]
     not_computed: dict[str, str]
     seconds: float
+    extra_scores: dict[str, list[float]] = field(default_factory=dict)
+    brain_signal: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summaries(self) -> dict[str, dict[str, float]]:
+        """``{"mean", "std", "n"}`` of every metric, the paper's and the others."""
+        from glfa.metrics.video import summarize
+
+        return {**self.summary, **{k: summarize(np.asarray(v)) for k, v in self.extra_scores.items()}}
+
+    def not_significant(self, level: float = SIGNAL_LEVEL) -> list[str]:
+        """The metrics whose brain signal is not significant: matched not above mismatched at p < ``level``."""
+        return [k for k, v in self.brain_signal.items() if not (v["difference"] > 0 and v["p"] < level)]
 
 
 @dataclass
@@ -544,6 +580,48 @@ class VideoEvaluation:
                       f"{method_label(REFERENCE_METHOD)} on the same task, in the paper's bands p<0.001 (cyan), "
                       "p<0.05 (pink), p>0.05 (gray)."])
 
+    def _signal_table(self, protocol: str, key: str, title: str) -> Table | None:
+        """Matched beside mismatched for every method and metric of ``protocol``, with the brain signal's p-value."""
+        ev, rows = self.evaluation, []
+        for _, task, results in self.tasks(protocol):
+            for i, r in enumerate(results):
+                summaries = r.summaries()
+                keys = [k for k in self.metrics + extra_metric_keys(ev.n_ways) if k in summaries]
+                for j, k in enumerate(keys):
+                    cells = [Cell(task if i == j == 0 else ""), Cell(method_label(r.method) if j == 0 else ""),
+                             Cell(metric_label(k)), Cell(_mean_std(summaries[k]))]
+                    signal = r.brain_signal.get(k)
+                    if signal is None:
+                        cells += [Cell("—"), Cell("—"), Cell("—")]
+                    else:
+                        p = signal["p"]
+                        cells += [Cell(f"{signal['mismatched']:.3f}"), Cell(f"{signal['difference']:+.3f}"),
+                                  Cell(f"{p:.2g}", bold=signal["difference"] > 0 and p < SIGNAL_LEVEL, p=p)]
+                    rows.append(cells)
+        if not rows:
+            return None
+        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
+        notes = [f"Matched: each decoded clip against its own ground truth (mean ± std over clips). Mismatched: "
+                 f"against the ground truth of {signal['partners'] if signal else ev.mismatched_partners} other "
+                 f"test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same for every method). "
+                 f"Brain signal = matched - mismatched; p: one-sided paired permutation test, {ev.permutations} "
+                 f"relabellings; bold: p < {SIGNAL_LEVEL}. N-way: ground truth = the classifier's "
+                 f"top-{ev.ground_truth_top} classes on the real frame (MinD-Video's rule); strict: its top-1 class. "
+                 "CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real frame; "
+                 "CLIP-pcc: consecutive decoded frames against each other (no ground truth, no baseline).",
+                 "A method decodes the brain only where matched is above mismatched; above 1/N chance says nothing."]
+        return Table(key, title, ["Task", "Method", "Metric", "Matched", "Mismatched", "Brain signal", "p"], rows,
+                     notes)
+
+    def signal_tables(self) -> list[Table]:
+        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, for the protocols present."""
+        tables = [self._signal_table(protocol, f"{key}-signal", f"{title}: matched against mismatched")
+                  for protocol, key, title in (
+                      ("cross-subject", "table2", "Cross-subject decoding (Table 2)"),
+                      ("within-subject", "table3", "Within-subject decoding (Table 3)"),
+                      ("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)"))]
+        return [t for t in tables if t is not None]
+
     def tables(self) -> list[Table]:
         """Every table this evaluation has data for, in the paper's order."""
         with_ssim, without_ssim = self.metrics, self.metrics[:-1]
@@ -568,7 +646,7 @@ class VideoEvaluation:
         parts = [f"# Video decoding: {self.run_dir}\n",
                  f"Config: {self.config_source}. {len(self.results)} generations folders evaluated in "
                  f"{self.seconds:.1f} s.\n"]
-        parts += [t.to_section() for t in self.tables()]
+        parts += [t.to_section() for t in self.tables() + self.signal_tables()]
         if absent:
             parts.append(f"Not in this run: {', '.join(absent)} generations.\n")
         parts += [f"GLFA alignment not measured: {why}\n" for why in self.alignment_skipped]
@@ -579,7 +657,8 @@ class VideoEvaluation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (everything: config, seeds, per-clip scores, summaries, t-tests, alignment)."""
         return {"run_dir": self.run_dir, "config": self.config, "config_source": self.config_source,
-                "metrics": self.metrics, "seed": self.evaluation.seed,
+                "metrics": self.metrics, "extra_metrics": extra_metric_keys(self.evaluation.n_ways),
+                "seed": self.evaluation.seed,
                 "results": [asdict(r) for r in self.results], "ttests": self.ttests,
                 "alignment": [a.to_dict() for a in self.alignment], "alignment_skipped": self.alignment_skipped,
                 "seconds": self.seconds}
@@ -616,59 +695,126 @@ def _resolve_config(config, folders: list[GenerationsFolder]):
     return GlfaConfig(), "<defaults>"
 
 
-class CachedClassifier:
-    """A classifier whose ``probabilities`` are remembered by the content of their input.
+class ContentCache:
+    """A function of an array whose results are remembered by the array's content.
 
-    Every N-way metric of a generations folder classifies the same frames, and every method
-    decoding the same windows has the same ground truth: each array is classified once.
+    Every metric of a generations folder reads the same classifier probabilities and CLIP
+    embeddings, matched and mismatched pairings alike, and every method decoding the same
+    windows has the same ground truth: each distinct array goes through the networks once.
     """
 
-    def __init__(self, classifier):
-        self.classifier = classifier
-        self._cache: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+    def __init__(self, compute):
+        self.compute = compute
+        self._cache: dict[tuple[str, tuple[int, ...]], Any] = {}
 
-    def probabilities(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
-        """The wrapped classifier's probabilities of ``inputs``, computed once per distinct array."""
+    def __call__(self, inputs: np.ndarray):
+        """``compute(inputs)``, computed once per distinct array."""
         import hashlib
 
         inputs = np.ascontiguousarray(inputs)
         key = (hashlib.sha1(inputs.view(np.uint8).data).hexdigest(), inputs.shape)
         if key not in self._cache:
-            self._cache[key] = self.classifier.probabilities(inputs, **kwargs)
+            self._cache[key] = self.compute(inputs)
         return self._cache[key]
 
 
-def _load_classifier(loader, value, field: str, device) -> CachedClassifier:
-    """``loader(value, device)``, cached; a missing or wrong folder is a BackboneError naming the config field."""
+def _load_backbone(loader, value, field: str, device, **kwargs):
+    """``loader(value, device)``; a missing or wrong folder is a BackboneError naming the config field."""
     try:
-        return CachedClassifier(loader(value, device))
+        return loader(value, device, **kwargs)
     except BackboneError as exc:
         raise BackboneError(exc.detail, path=exc.path, field=field) from None
 
 
-def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, frame_classifier,
-                video_classifier=None) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Per-clip scores of every metric of ``evaluation`` (an EvaluationConfig), and why any is missing.
+@dataclass
+class Scorers:
+    """The networks of the metrics, each behind a :class:`ContentCache`.
 
-    ``decoded`` and ``truth`` are uint8 ``[N, f, h, w, 3]``; video-based N-way needs
-    ``video_classifier``. Every N-way metric uses ``evaluation.seed``, so methods are scored on
-    the same random trials.
+    ``frames(videos [N, f, h, w, 3])`` -> (class probabilities ``[N, f, C]``, CLIP embeddings
+    ``[N, f, D]``); ``videos(videos)`` -> video-classifier probabilities ``[N, C]`` (None when
+    no video classifier is configured); ``clip`` is the CLIP of stage 1 (retrieval embeds with it).
     """
-    from glfa.metrics.video import frame_n_way_scores, ssim_scores, video_n_way_scores
 
-    options = {"top_k": evaluation.top_k, "trials": evaluation.trials,
-               "ground_truth_top": evaluation.ground_truth_top, "seed": evaluation.seed}
-    scores: dict[str, np.ndarray] = {}
+    frames: ContentCache
+    videos: ContentCache | None
+    clip: Any
+
+    @classmethod
+    def from_config(cls, config, device) -> Scorers:
+        """The frame classifier, the video classifier (if set) and stage 1's CLIP (``contrastive.clip_model``)."""
+        from glfa.backbones import classify_and_embed, load_clip, load_frame_classifier, load_video_classifier
+
+        evaluation = config.evaluation
+        classifier = _load_backbone(load_frame_classifier, evaluation.frame_classifier, "evaluation.frame_classifier",
+                                    device)
+        clip = _load_backbone(load_clip, config.contrastive.clip_model, "contrastive.clip_model", device,
+                              dim=config.model.heads.clip_dim)
+
+        def frames(videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            n, f = videos.shape[:2]
+            probs, embeddings = classify_and_embed(classifier, clip, videos.reshape(n * f, *videos.shape[2:]))
+            return probs.reshape(n, f, -1), embeddings.reshape(n, f, -1)
+
+        video = None if evaluation.video_classifier is None else _load_backbone(
+            load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device)
+        return cls(frames=ContentCache(frames), videos=None if video is None else ContentCache(video.probabilities),
+                   clip=clip)
+
+
+def _strict(key: str) -> str:
+    return f"{key}-strict"
+
+
+def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Scorers,
+                groups: list[str] | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                                         dict[str, dict[str, Any]], dict[str, str]]:
+    """Every metric of ``evaluation`` (an EvaluationConfig), matched and mismatched.
+
+    Each decoded clip is scored against its own truth and against the truths of its
+    ``evaluation.mismatched_partners`` partners (:func:`glfa.metrics.baseline.mismatched_partners`,
+    clips of other stimuli, ``groups``: the stimulus of each clip, default all different), from
+    probabilities and embeddings computed once per array. Every N-way score uses
+    ``evaluation.seed``, so methods and pairings are scored on the same random trials.
+
+    Returns
+    -------
+    scores : {metric: per-clip matched scores} of the paper's metrics (:func:`metric_keys`)
+    extra : {metric: per-clip matched scores} of the other metrics (:func:`extra_metric_keys`)
+    signal : {metric: :func:`glfa.metrics.baseline.brain_signal` record} of every metric with a truth
+    not_computed : {metric: why} for the video N-ways without a video classifier
+    """
+    from glfa.metrics.baseline import brain_signal, mismatched_partners
+    from glfa.metrics.video import clip_pcc, clip_similarity_scores, n_way_top_k, psnr_scores, ssim_scores
+
+    groups = [str(i) for i in range(len(decoded))] if groups is None else groups
+    partners = mismatched_partners(groups, evaluation.mismatched_partners, evaluation.seed)  # [N, K]
+    truths = [np.arange(len(decoded))] + list(partners.T)  # index arrays: the matched pairing, then K mismatched
+    options = {"top_k": evaluation.top_k, "trials": evaluation.trials, "seed": evaluation.seed}
+    pred, pred_clip = scorers.frames(decoded)  # [N, f, C], [N, f, D]
+    real, real_clip = scorers.frames(truth)
+    video = None if scorers.videos is None else (scorers.videos(decoded), scorers.videos(truth))  # [N, C] each
+    paired: dict[str, np.ndarray] = {}  # {metric: [K + 1, N]}, row 0 matched
     not_computed: dict[str, str] = {}
     for n in evaluation.n_ways:
-        if video_classifier is None:
+        for key, top in ((f"frame-{n}way", evaluation.ground_truth_top), (_strict(f"frame-{n}way"), 1)):
+            paired[key] = np.stack([n_way_top_k(pred, real[t], n_way=n, ground_truth_top=top, **options).mean(1)
+                                    for t in truths])
+        if video is None:
             not_computed[f"video-{n}way"] = VIDEO_CLASSIFIER_UNSET
-        else:
-            scores[f"video-{n}way"] = video_n_way_scores(video_classifier, decoded, truth, n_way=n, **options)
-        scores[f"frame-{n}way"] = frame_n_way_scores(frame_classifier, decoded, truth, n_way=n, **options)
-    scores["ssim"] = ssim_scores(decoded, truth)
-    order = metric_keys(evaluation.n_ways)
-    return {k: [float(v) for v in np.asarray(scores[k])] for k in order if k in scores}, not_computed
+            continue
+        for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (_strict(f"video-{n}way"), 1)):
+            paired[key] = np.stack([n_way_top_k(video[0], video[1][t], n_way=n, ground_truth_top=top, **options)
+                                    for t in truths])
+    paired["ssim"] = np.stack([ssim_scores(decoded, truth[t]) for t in truths])
+    paired["psnr"] = np.stack([psnr_scores(decoded, truth[t]) for t in truths])
+    paired["clip"] = np.stack([clip_similarity_scores(pred_clip, real_clip[t]) for t in truths])
+    matched = {k: [float(v) for v in paired[k][0]] for k in paired}
+    scores = {k: matched[k] for k in metric_keys(evaluation.n_ways) if k in matched}
+    extra = {k: matched[k] for k in extra_metric_keys(evaluation.n_ways) if k in matched}
+    extra["clip-pcc"] = [float(v) for v in clip_pcc(pred_clip)]
+    signal = {k: {**brain_signal(v[0], v[1:].T, permutations=evaluation.permutations, seed=evaluation.seed),
+                  "mismatched_scores": [float(x) for x in v[1:].mean(0)]} for k, v in paired.items()}
+    return scores, extra, signal, not_computed
 
 
 def method_ttests(results: list[DecodingResult], metrics: list[str]) -> list[dict[str, Any]]:
@@ -792,7 +938,7 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     """
     from tqdm.auto import tqdm
 
-    from glfa.backbones import load_frame_classifier, load_video_classifier, resolve_device
+    from glfa.backbones import resolve_device
     from glfa.metrics.video import summarize
 
     start = time.perf_counter()
@@ -801,15 +947,13 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     config, source = _resolve_config(config, folders)
     evaluation = config.evaluation
     device = resolve_device(config.device)
-    frame_classifier = _load_classifier(load_frame_classifier, evaluation.frame_classifier,
-                                        "evaluation.frame_classifier", device)
-    video_classifier = None if evaluation.video_classifier is None else _load_classifier(
-        load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device)
+    scorers = Scorers.from_config(config, device)
     results = []
     for folder in tqdm(folders, desc="evaluate", unit="folder", disable=not progress):
         began = time.perf_counter()
         decoded, truth = folder.videos()
-        scores, not_computed = score_clips(decoded, truth, evaluation, frame_classifier, video_classifier)
+        groups = folder.stimuli()
+        scores, extra, signal, not_computed = score_clips(decoded, truth, evaluation, scorers, groups)
         protocol, task = folder.protocol()
         summary = {k: {**summarize(np.asarray(v)), **({} if k == "ssim" else {"seed": evaluation.seed})}
                    for k, v in scores.items()}
@@ -818,7 +962,8 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
             generations=str(folder.path), model_dir=str(folder.model_dir), store=str(folder.index["store"]),
             train_subjects=[str(s) for s in folder.model.get("train_subjects", [])], count=len(decoded),
             scores=scores, summary=summary,
-            not_computed=not_computed, seconds=round(time.perf_counter() - began, 3)))
+            not_computed=not_computed, seconds=round(time.perf_counter() - began, 3), extra_scores=extra,
+            brain_signal=signal))
     out = VideoEvaluation(run_dir=str(run_dir), config=config.to_dict(), config_source=source, results=results,
                           ttests=method_ttests(results, metric_keys(evaluation.n_ways)))
     models = {f.method: f.model_dir for f in folders}

@@ -105,11 +105,16 @@ def classifiers(tmp_path_factory) -> dict[str, str]:
     video = B.load_video_classifier(B.tiny_video_classifier(root / "videomae", image_size=SIZE, num_frames=FRAMES),
                                     "cpu")
     return {"frame_classifier": sharpen(frame, calibration.reshape(-1, SIZE, SIZE, 3), root / "vit-sharp"),
-            "video_classifier": sharpen(video, calibration, root / "videomae-sharp")}
+            "video_classifier": sharpen(video, calibration, root / "videomae-sharp"),
+            "clip_model": str(B.tiny_clip(root / "clip", dim=32, image_size=SIZE))}
 
 
 def eval_config(classifiers: dict[str, str], **evaluation):
-    return validate_config({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 50], **evaluation}})
+    """The evaluation settings with the tiny classifiers, and the tiny CLIP as stage 1's (32-d, the tiny preset's)."""
+    networks = {k: v for k, v in classifiers.items() if k != "clip_model"}
+    return validate_config({"device": "cpu", "model": {"preset": "tiny"},
+                            "contrastive": {"clip_model": classifiers.get("clip_model")},
+                            "evaluation": {**networks, "n_ways": [2, 50], **evaluation}})
 
 
 def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers, monkeypatch):
@@ -175,7 +180,8 @@ def test_protocols_recorded_config_and_missing_video_classifier(tmp_path, classi
     run = tmp_path / "run"
     clips = planted_clips(4, seed=1)
     recorded = {"evaluation": {"frame_classifier": classifiers["frame_classifier"], "n_ways": [2, 5],
-                               "trials": 20}, "device": "cpu"}
+                               "trials": 20}, "device": "cpu", "model": {"preset": "tiny"},
+                "contrastive": {"clip_model": classifiers["clip_model"]}}
     # within-subject: a model trained on s1 alone decodes s1's test clips
     write_model(run, "within", train=["s1"], held_out=[], store="/data/study", config=recorded)
     write_generations(run, "within", "s1", clips[::-1].copy(), clips, store="/data/study")
