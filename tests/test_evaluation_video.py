@@ -322,3 +322,57 @@ def test_combine_runs_into_the_leave_one_subject_out_table(tmp_path, classifiers
         combine_evaluations([first, tmp_path / "never-evaluated"], out)
     with pytest.raises(DataError, match="at least two"):
         combine_evaluations([first], out)
+
+
+def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
+    """Exact decoding carries a brain signal on every metric; the next clip's video instead carries none."""
+    import yaml
+
+    from glfa.cli import main
+    from glfa.metrics.baseline import mismatched_partners
+
+    run = tmp_path / "run"
+    truth = write_planted_run(run)
+    ev = evaluate_run(run, config=eval_config(classifiers, seed=3, permutations=2000), progress=False)
+    good, bad = ev.results
+    partners = mismatched_partners([f"test{i}" for i in range(CLIPS)], 8, seed=3)  # the stimuli of the planted run
+    decoded = np.roll(truth, 1, axis=0)
+    for result, clips in ((good, truth), (bad, decoded)):
+        ssim = result.brain_signal["ssim"]
+        # each clip's mismatched SSIM: the mean of skimage's SSIM against its partners' truths
+        expected = [np.mean([np.mean([structural_similarity(a, b, data_range=255, channel_axis=-1)
+                                      for a, b in zip(clips[i], truth[j])]) for j in partners[i]])
+                    for i in range(CLIPS)]
+        np.testing.assert_allclose(ssim["mismatched_scores"], expected, rtol=1e-9)
+        assert ssim["mismatched"] == pytest.approx(np.mean(expected))
+        assert ssim["matched"] == pytest.approx(np.mean(result.scores["ssim"]))
+        assert ssim["difference"] == pytest.approx(ssim["matched"] - ssim["mismatched"])
+        assert ssim["partners"] == 8 and ssim["permutations"] == 2000 and ssim["seed"] == 3
+    assert set(good.brain_signal) == {"video-2way", "video-50way", "frame-2way", "frame-50way", "ssim",
+                                      "video-2way-strict", "video-50way-strict", "frame-2way-strict",
+                                      "frame-50way-strict", "psnr", "clip"}
+    assert set(good.extra_scores) == set(good.brain_signal) - set(good.scores) | {"clip-pcc"}
+    np.testing.assert_allclose(good.extra_scores["psnr"], 100.0)  # decoded == truth: PSNR capped
+    np.testing.assert_allclose(good.extra_scores["clip"], 1.0, rtol=1e-6)
+    for metric in ("ssim", "frame-2way", "psnr", "clip"):
+        assert good.brain_signal[metric]["difference"] > 0 and good.brain_signal[metric]["p"] < 0.01, metric
+    # LEA's clip i is the truth of clip i - 1, one of the partners of some clips: no brain signal
+    assert bad.brain_signal["ssim"]["difference"] < 0.05 and bad.brain_signal["ssim"]["p"] > 0.05
+    assert "ssim" in bad.not_significant() and good.not_significant() == []
+
+    signal = ev.to_markdown().split("## Cross-subject decoding (Table 2): matched against mismatched")[1]
+    lines = [line for line in signal.split("##")[0].splitlines() if line.startswith("|")]
+    assert lines[0] == "| Task | Method | Metric | Matched | Mismatched | Brain signal | p |"
+    glfa = next(i for i, line in enumerate(lines) if "| GLFA |" in line)  # LEA's rows first, then GLFA's
+    glfa_ssim = next(line for line in lines[glfa:] if "| SSIM |" in line)
+    assert glfa_ssim.startswith(f"|  |  | SSIM | 1.000 ± 0.000 | {good.brain_signal['ssim']['mismatched']:.3f} | ")
+    assert any("| GLFA | video 2-way |" in line for line in lines) and any("| CLIP-pcc |" in line for line in lines)
+
+    # the command line: one warning line for LEA, none for GLFA
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(eval_config(classifiers, seed=3, permutations=2000).to_dict()))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "-c", str(config), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: lea on s1,s2 -> s3: no significant brain signal")
+    assert "SSIM" in warnings[0]
