@@ -485,6 +485,8 @@ class VideoEvaluation:
     alignment: list[GlfaAlignment] = field(default_factory=list)
     alignment_skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    retrieval: list[dict[str, Any]] = field(default_factory=list)
+    retrieval_skipped: list[str] = field(default_factory=list)
 
     @property
     def evaluation(self):
@@ -613,14 +615,41 @@ class VideoEvaluation:
         return Table(key, title, ["Task", "Method", "Metric", "Matched", "Mismatched", "Brain signal", "p"], rows,
                      notes)
 
+    def _retrieval_table(self) -> Table | None:
+        """Brain-to-video retrieval of the stage-1 encoder: top-1 and top-5 with chance, mismatched and p."""
+        if not self.retrieval:
+            return None
+        tops = sorted({int(t) for r in self.retrieval for t in r["top"]})
+        head = ["Subject", "Split", "Stage-1 subjects", "Clips"]
+        for t in tops:
+            head += [f"top-{t}", f"top-{t} chance", f"top-{t} mismatched", f"top-{t} p"]
+        rows = []
+        for r in self.retrieval:
+            cells = [Cell(r["subject"]), Cell(r["split"]), Cell(",".join(r["train_subjects"]) or "?"),
+                     Cell(str(r["count"]))]
+            for t in tops:
+                s = r["top"].get(str(t))
+                cells += [Cell("—")] * 4 if s is None else [
+                    Cell(f"{s['matched']:.3f}"), Cell(f"{s['chance']:.3f}"), Cell(f"{s['mismatched']:.3f}"),
+                    Cell(f"{s['p']:.2g}", bold=s["difference"] > 0 and s["p"] < SIGNAL_LEVEL, p=s["p"])]
+            rows.append(cells)
+        ev = self.evaluation
+        return Table("retrieval", "Brain-to-video retrieval (stage-1 encoder)", head, rows, [
+            "The stage-1 encoder's CLIP-space embedding of each test window's fMRI ranks every test clip of the "
+            "subject by mean cosine with the clip's CLIP frame embeddings; top-k: the fraction of windows whose "
+            f"true clip is among the k best (ties count against it); chance k / clips. Mismatched: the same for "
+            f"the {ev.mismatched_partners} partner clips of the mismatched baseline; p: one-sided paired permutation "
+            f"test ({ev.permutations} relabellings), bold: p < {SIGNAL_LEVEL}. It measures what the encoder holds, "
+            "whatever the generator makes of it."])
+
     def signal_tables(self) -> list[Table]:
-        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, for the protocols present."""
+        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, then retrieval, where present."""
         tables = [self._signal_table(protocol, f"{key}-signal", f"{title}: matched against mismatched")
                   for protocol, key, title in (
                       ("cross-subject", "table2", "Cross-subject decoding (Table 2)"),
                       ("within-subject", "table3", "Within-subject decoding (Table 3)"),
                       ("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)"))]
-        return [t for t in tables if t is not None]
+        return [t for t in tables + [self._retrieval_table()] if t is not None]
 
     def tables(self) -> list[Table]:
         """Every table this evaluation has data for, in the paper's order."""
@@ -650,6 +679,7 @@ class VideoEvaluation:
         if absent:
             parts.append(f"Not in this run: {', '.join(absent)} generations.\n")
         parts += [f"GLFA alignment not measured: {why}\n" for why in self.alignment_skipped]
+        parts += [f"Retrieval not measured: {why}\n" for why in self.retrieval_skipped]
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ JSON
@@ -661,7 +691,7 @@ class VideoEvaluation:
                 "seed": self.evaluation.seed,
                 "results": [asdict(r) for r in self.results], "ttests": self.ttests,
                 "alignment": [a.to_dict() for a in self.alignment], "alignment_skipped": self.alignment_skipped,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "retrieval": self.retrieval, "retrieval_skipped": self.retrieval_skipped}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoEvaluation:
@@ -669,7 +699,8 @@ class VideoEvaluation:
         return cls(run_dir=data["run_dir"], config=data["config"], config_source=data["config_source"],
                    results=[DecodingResult(**r) for r in data["results"]], ttests=list(data["ttests"]),
                    alignment=[GlfaAlignment.from_dict(a) for a in data["alignment"]],
-                   alignment_skipped=list(data["alignment_skipped"]), seconds=float(data["seconds"]))
+                   alignment_skipped=list(data["alignment_skipped"]), seconds=float(data["seconds"]),
+                   retrieval=list(data.get("retrieval", [])), retrieval_skipped=list(data.get("retrieval_skipped", [])))
 
     @classmethod
     def load(cls, path: str | Path) -> VideoEvaluation:
@@ -909,6 +940,84 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     return tables, None
 
 
+#: The ranks of brain-to-video retrieval: the true clip among the top 1 and the top 5.
+RETRIEVAL_TOPS = (1, 5)
+
+
+def _fmri_embeddings(encoder_dir: Path, store, subject: str, windows: list[int], device) -> np.ndarray:
+    """The stage-1 encoder's CLIP-space embedding of ``subject``'s fMRI of each window: float32 ``[N, D]``."""
+    import torch
+
+    from glfa.models.encoder import FmriEncoder
+
+    encoder = FmriEncoder.from_pretrained(encoder_dir, map_location=device).eval()
+    by_index = {w.index: w for w in store.windows()}
+    missing = [w for w in windows if w not in by_index]
+    if missing:
+        raise DataError(f"windows {missing[:5]} of the generations are not in this store", path=store.path,
+                        field="items")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(windows), 32):
+            fmri = np.stack([store.fmri(subject, by_index[w]) for w in windows[start:start + 32]])  # [b, n, H, W]
+            out.append(encoder(torch.from_numpy(fmri).to(device), heads=("clip",))["clip"].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Scorers, evaluation, device,
+                    store=None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Brain-to-video retrieval from the stage-1 encoder (``RUN/contrastive/encoder``), per subject and split.
+
+    Each test window's fMRI goes through the encoder's CLIP head; the true clip is ranked among
+    all clips of the generations folder by the mean cosine of that embedding with the clip's
+    frame embeddings (stage 1's CLIP, as the encoder was trained against). Top-1 and top-5 hits
+    are matched scores with the mismatched baseline of :func:`score_clips` (a partner's clip
+    ranked as if it were the truth) and its permutation p-value; chance is top / N.
+
+    Returns the records and the reasons any subject and split was not measured.
+    """
+    from glfa.metrics.baseline import brain_signal, mismatched_partners, retrieval_hits
+
+    encoder_dir = run_dir / "contrastive" / "encoder"
+    if not (encoder_dir / "config.json").is_file():
+        return [], [f"no stage-1 encoder ({encoder_dir}): retrieval needs `glfa train` stage 1 in this run"]
+    stage = run_dir / "contrastive" / "config.json"
+    train_subjects = _json_object(stage).get("train_subjects", []) if stage.is_file() else []
+    records, skipped, seen = [], [], set()
+    for folder in folders:
+        key = (folder.index["store"], folder.subject, folder.split)
+        if key in seen:
+            continue
+        seen.add(key)
+        opened = _open_store(store, str(folder.index["store"]))
+        if opened is None:
+            skipped.append(f"{folder.subject}-{folder.split}: the store {folder.index['store']} is not found")
+            continue
+        _, truth = folder.videos()
+        clips = scorers.frames(truth)[1]  # [N, f, D]
+        fmri = _fmri_embeddings(encoder_dir, opened, folder.subject,
+                                [int(item["window"]) for item in folder.index["items"]], device)  # [N, D]
+        if fmri.shape[1] != clips.shape[2]:
+            skipped.append(f"{folder.subject}-{folder.split}: the encoder embeds in {fmri.shape[1]} dimensions, "
+                           f"the CLIP in {clips.shape[2]}")
+            continue
+        unit = fmri / np.maximum(np.linalg.norm(fmri, axis=1, keepdims=True), 1e-12)
+        frames = clips / np.maximum(np.linalg.norm(clips, axis=2, keepdims=True), 1e-12)
+        similarity = np.einsum("nd,mfd->nm", unit, frames) / frames.shape[1]  # [N, N] fMRI x clip
+        partners = mismatched_partners(folder.stimuli(), evaluation.mismatched_partners, evaluation.seed)
+        count = len(similarity)
+        tops = {}
+        for top in sorted({min(t, count) for t in RETRIEVAL_TOPS}):
+            matched = retrieval_hits(similarity, np.arange(count), top)
+            signal = brain_signal(matched, retrieval_hits(similarity, partners, top),
+                                  permutations=evaluation.permutations, seed=evaluation.seed)
+            tops[str(top)] = {**signal, "chance": top / count}
+        records.append({"subject": folder.subject, "split": folder.split, "store": str(folder.index["store"]),
+                        "encoder": str(encoder_dir), "train_subjects": [str(s) for s in train_subjects],
+                        "count": count, "top": tops})
+    return records, skipped
+
+
 def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[str] | None = None,
                  progress: bool = True) -> VideoEvaluation:
     """Video metrics of every generations folder of a run, t-tests between methods, and GLFA's alignment.
@@ -966,6 +1075,7 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
             brain_signal=signal))
     out = VideoEvaluation(run_dir=str(run_dir), config=config.to_dict(), config_source=source, results=results,
                           ttests=method_ttests(results, metric_keys(evaluation.n_ways)))
+    out.retrieval, out.retrieval_skipped = brain_retrieval(run_dir, folders, scorers, evaluation, device, store)
     models = {f.method: f.model_dir for f in folders}
     for method in sorted(models, key=method_order):
         tables, skipped = glfa_alignment(method, models[method], store)
@@ -1025,7 +1135,8 @@ def combine_evaluations(sources: list[str | Path], out_dir: str | Path) -> Video
         results=[r for e in evaluations for r in e.results], ttests=[t for e in evaluations for t in e.ttests],
         alignment=[a for e in evaluations for a in e.alignment],
         alignment_skipped=list(dict.fromkeys(s for e in evaluations for s in e.alignment_skipped)),
-        seconds=round(sum(e.seconds for e in evaluations), 3))
+        seconds=round(sum(e.seconds for e in evaluations), 3), retrieval=[r for e in evaluations for r in e.retrieval],
+        retrieval_skipped=list(dict.fromkeys(s for e in evaluations for s in e.retrieval_skipped)))
 
 
 def write_video_tables(evaluation: VideoEvaluation, out_dir: str | Path | None = None) -> dict[str, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,61 @@ def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: lea on s1,s2 -> s3: no significant brain signal")
     assert "SSIM" in warnings[0]
+
+
+def test_brain_to_video_retrieval_from_the_stage1_encoder(tmp_path, classifiers):
+    from glfa.data.store import StudyStore
+    from glfa.metrics.baseline import mismatched_partners
+    from glfa.models.encoder import FmriEncoder
+    from fixtures import write_decoding_store
+
+    store_dir = write_decoding_store(tmp_path / "store")
+    store = StudyStore.open(store_dir)
+    run = tmp_path / "run"
+    config = eval_config(classifiers, n_ways=[2], seed=1, permutations=500)
+    torch.manual_seed(0)
+    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames).eval()
+    encoder.save_pretrained(run / "contrastive" / "encoder")
+    (run / "contrastive" / "config.json").write_text(json.dumps({"train_subjects": ["s1", "s2"]}))
+    windows = store.windows("test")  # 2 stimuli, 3 overlapping windows each
+    truth = np.stack([store.frames(w) for w in windows])  # [6, 4, 16, 16, 3]
+    write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store=store_dir)
+    folder = write_generations(run, "glfa", "s3", truth.copy(), truth, store=store_dir)
+    index = json.loads((folder / "index.json").read_text())
+    for item, w in zip(index["items"], windows):
+        item["window"], item["stimulus_id"] = w.index, w.stimulus_id
+    (folder / "index.json").write_text(json.dumps(index))
+
+    ev = evaluate_run(run, config=config, progress=False)
+    assert ev.retrieval_skipped == [] and len(ev.retrieval) == 1
+    record = ev.retrieval[0]
+    assert (record["subject"], record["split"], record["count"], record["train_subjects"]) == ("s3", "test", 6,
+                                                                                               ["s1", "s2"])
+    # brute force: embed each window's fMRI and each true frame, rank the clips by mean cosine, count
+    clip = B.load_clip(classifiers["clip_model"], "cpu", dim=32)
+    with torch.no_grad():
+        fmri = [encoder(torch.from_numpy(store.fmri("s3", w))[None], heads=("clip",))["clip"][0] for w in windows]
+    frames = [clip.embed_images(video) for video in truth]
+    similarity = np.array([[float(torch.nn.functional.cosine_similarity(f[None], e).mean()) for e in frames]
+                           for f in fmri])
+    rank = [[int((similarity[i] > similarity[i, j]).sum() + (similarity[i] == similarity[i, j]).sum() - 1)
+             for j in range(6)] for i in range(6)]
+    assert len({tuple(r) for r in rank}) > 1  # the ranking differs between windows
+    partners = mismatched_partners([w.stimulus_id for w in windows], 8, seed=1)
+    assert partners.shape == (6, 3)  # 3 windows of the other stimulus
+    for top in (1, 5):
+        signal = record["top"][str(top)]
+        assert signal["chance"] == pytest.approx(top / 6)
+        assert signal["matched"] == pytest.approx(np.mean([rank[i][i] < top for i in range(6)]))
+        assert signal["mismatched"] == pytest.approx(np.mean([[rank[i][j] < top for j in partners[i]]
+                                                              for i in range(6)]))
+    table = next(t for t in ev.signal_tables() if t.key == "retrieval")
+    assert table.header[:6] == ["Subject", "Split", "Stage-1 subjects", "Clips", "top-1", "top-1 chance"]
+    assert [c.text for c in table.rows[0][:6]] == ["s3", "test", "s1,s2", "6",
+                                                   f"{record['top']['1']['matched']:.3f}", "0.167"]
+    assert "## Brain-to-video retrieval (stage-1 encoder)" in ev.to_markdown()
+    # without a stage-1 encoder: not measured, and said why
+    shutil.rmtree(run / "contrastive")
+    ev = evaluate_run(run, config=config, progress=False)
+    assert ev.retrieval == [] and "no stage-1 encoder" in ev.retrieval_skipped[0]
+    assert "Retrieval not measured: no stage-1 encoder" in ev.to_markdown()
