@@ -339,19 +339,31 @@ class StandInClip:
     image_width = 1280
 
     def __init__(self, *, dim: int = 384, device: str | torch.device | None = None, seed: int = 0):
-        from transformers import AutoTokenizer, BertModel
-
         device = resolve_device(device)
-        text_dir = _minilm_dir()
+        self._text_dir = _minilm_dir()  # checked now: a missing package is an error at load time
         self.path = None
         self.dim = int(dim)
-        self.tokenizer = _load("MiniLM tokenizer", text_dir, AutoTokenizer.from_pretrained, text_dir,
-                               local_files_only=True)
-        self.text_model = _frozen(_load("MiniLM text encoder", text_dir, BertModel.from_pretrained, text_dir,
-                                        local_files_only=True, use_safetensors=True), device)
         self.image_model = _frozen(_efficientnet_lite0(), device)
         self.text_projection = _projection(self.text_width, self.dim, seed).to(device)  # [384, dim]
         self.image_projection = _projection(self.image_width, self.dim, seed + 1).to(device)  # [1280, dim]
+
+    # The text side loads on first use: the evaluation embeds images only, and importing and
+    # loading MiniLM through transformers costs seconds.
+    @functools.cached_property
+    def tokenizer(self):
+        """MiniLM's tokenizer."""
+        from transformers import AutoTokenizer
+
+        return _load("MiniLM tokenizer", self._text_dir, AutoTokenizer.from_pretrained, self._text_dir,
+                     local_files_only=True)
+
+    @functools.cached_property
+    def text_model(self) -> torch.nn.Module:
+        """MiniLM's frozen text encoder, on :attr:`device`."""
+        from transformers import BertModel
+
+        return _frozen(_load("MiniLM text encoder", self._text_dir, BertModel.from_pretrained, self._text_dir,
+                             local_files_only=True, use_safetensors=True), self.device)
 
     @property
     def device(self) -> torch.device:

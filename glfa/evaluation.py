@@ -17,6 +17,16 @@ from the training store). When the run holds a co-trained GLFA model, the traine
 also applied to the test responses of its training and held-out subjects (fSC and ISC before and
 after, Table 1 style). :func:`write_video_tables` writes it all as JSON and as Markdown tables in
 the layouts of Tables 2 and 3 and supplementary Tables 2 and 3.
+
+Beside the paper's metrics, every folder gets the mismatched baseline (:func:`score_clips`,
+:mod:`glfa.metrics.baseline`): each decoded clip is also scored against the ground truth of
+partner clips of other stimuli, for every metric with a truth (SSIM, PSNR, N-way with
+MinD-Video's top-3 rule and the strict top-1 rule, CLIP similarity), giving the brain signal
+(matched - mismatched) and its paired permutation p-value; CLIP-pcc needs no truth. With a
+stage-1 encoder in the run, :func:`brain_retrieval` ranks each window's true clip among all
+test clips from the encoder's CLIP-space embedding of the fMRI. The companion tables
+(:meth:`VideoEvaluation.signal_tables`) put matched beside mismatched; the paper-layout tables
+stay as the paper prints them.
 """
 
 from __future__ import annotations
@@ -762,13 +772,12 @@ class Scorers:
     """The networks of the metrics, each behind a :class:`ContentCache`.
 
     ``frames(videos [N, f, h, w, 3])`` -> (class probabilities ``[N, f, C]``, CLIP embeddings
-    ``[N, f, D]``); ``videos(videos)`` -> video-classifier probabilities ``[N, C]`` (None when
-    no video classifier is configured); ``clip`` is the CLIP of stage 1 (retrieval embeds with it).
+    ``[N, f, D]``, with stage 1's CLIP); ``videos(videos)`` -> video-classifier probabilities
+    ``[N, C]`` (None when no video classifier is configured).
     """
 
     frames: ContentCache
     videos: ContentCache | None
-    clip: Any
 
     @classmethod
     def from_config(cls, config, device) -> Scorers:
@@ -788,12 +797,7 @@ class Scorers:
 
         video = None if evaluation.video_classifier is None else _load_backbone(
             load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device)
-        return cls(frames=ContentCache(frames), videos=None if video is None else ContentCache(video.probabilities),
-                   clip=clip)
-
-
-def _strict(key: str) -> str:
-    return f"{key}-strict"
+        return cls(frames=ContentCache(frames), videos=None if video is None else ContentCache(video.probabilities))
 
 
 def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Scorers,
@@ -827,13 +831,13 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Sco
     paired: dict[str, np.ndarray] = {}  # {metric: [K + 1, N]}, row 0 matched
     not_computed: dict[str, str] = {}
     for n in evaluation.n_ways:
-        for key, top in ((f"frame-{n}way", evaluation.ground_truth_top), (_strict(f"frame-{n}way"), 1)):
+        for key, top in ((f"frame-{n}way", evaluation.ground_truth_top), (f"frame-{n}way-strict", 1)):
             paired[key] = np.stack([n_way_top_k(pred, real[t], n_way=n, ground_truth_top=top, **options).mean(1)
                                     for t in truths])
         if video is None:
             not_computed[f"video-{n}way"] = VIDEO_CLASSIFIER_UNSET
             continue
-        for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (_strict(f"video-{n}way"), 1)):
+        for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (f"video-{n}way-strict", 1)):
             paired[key] = np.stack([n_way_top_k(video[0], video[1][t], n_way=n, ground_truth_top=top, **options)
                                     for t in truths])
     paired["ssim"] = np.stack([ssim_scores(decoded, truth[t]) for t in truths])
