@@ -600,8 +600,9 @@ class VideoEvaluation:
                 summaries = r.summaries()
                 keys = [k for k in self.metrics + extra_metric_keys(ev.n_ways) if k in summaries]
                 for j, k in enumerate(keys):
+                    rule = "" if "way" not in k else f" (top-{1 if k.endswith('strict') else ev.ground_truth_top} rule)"
                     cells = [Cell(task if i == j == 0 else ""), Cell(method_label(r.method) if j == 0 else ""),
-                             Cell(metric_label(k)), Cell(_mean_std(summaries[k]))]
+                             Cell(metric_label(k) + rule), Cell(_mean_std(summaries[k]))]
                     signal = r.brain_signal.get(k)
                     if signal is None:
                         cells += [Cell("—"), Cell("—"), Cell("—")]

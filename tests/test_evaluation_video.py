@@ -15,7 +15,7 @@ from glfa import backbones as B
 from glfa.config import validate_config
 from glfa.errors import BackboneError, DataError
 from glfa.evaluation import VideoEvaluation, combine_evaluations, evaluate_run, write_video_tables
-from glfa.metrics import fsc, isc
+from glfa.metrics import fsc, isc, n_way_top_k
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -357,6 +357,20 @@ def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
     np.testing.assert_allclose(good.extra_scores["clip"], 1.0, rtol=1e-6)
     for metric in ("ssim", "frame-2way", "psnr", "clip"):
         assert good.brain_signal[metric]["difference"] > 0 and good.brain_signal[metric]["p"] < 0.01, metric
+    # strict N-way and CLIP similarity of LEA's clips, matched and mismatched, computed here
+    frames = B.load_frame_classifier(classifiers["frame_classifier"], "cpu")
+    clip = B.load_clip(classifiers["clip_model"], "cpu", dim=32)
+    pred, real = (frames.probabilities(v.reshape(-1, SIZE, SIZE, 3)).reshape(CLIPS, FRAMES, -1)
+                  for v in (decoded, truth))
+    embed_pred, embed_real = (clip.embed_images(v.reshape(-1, SIZE, SIZE, 3)).numpy().reshape(CLIPS, FRAMES, -1)
+                              for v in (decoded, truth))
+    pairings = [np.arange(CLIPS), *partners.T]  # the matched truth, then each partner's
+    strict = [n_way_top_k(pred, real[p], n_way=2, trials=100, ground_truth_top=1, seed=3).mean(1) for p in pairings]
+    np.testing.assert_allclose(bad.extra_scores["frame-2way-strict"], strict[0])
+    np.testing.assert_allclose(bad.brain_signal["frame-2way-strict"]["mismatched_scores"], np.mean(strict[1:], 0))
+    cosine = [(embed_pred * embed_real[p]).sum(-1).mean(1) for p in pairings]  # unit vectors
+    np.testing.assert_allclose(bad.extra_scores["clip"], cosine[0], rtol=1e-5)
+    np.testing.assert_allclose(bad.brain_signal["clip"]["mismatched_scores"], np.mean(cosine[1:], 0), rtol=1e-5)
     # LEA's clip i is the truth of clip i - 1, one of the partners of some clips: no brain signal
     assert bad.brain_signal["ssim"]["difference"] < 0.05 and bad.brain_signal["ssim"]["p"] > 0.05
     assert "ssim" in bad.not_significant() and good.not_significant() == []
@@ -367,7 +381,9 @@ def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
     glfa = next(i for i, line in enumerate(lines) if "| GLFA |" in line)  # LEA's rows first, then GLFA's
     glfa_ssim = next(line for line in lines[glfa:] if "| SSIM |" in line)
     assert glfa_ssim.startswith(f"|  |  | SSIM | 1.000 ± 0.000 | {good.brain_signal['ssim']['mismatched']:.3f} | ")
-    assert any("| GLFA | video 2-way |" in line for line in lines) and any("| CLIP-pcc |" in line for line in lines)
+    assert any("| GLFA | video 2-way (top-3 rule) |" in line for line in lines)
+    assert any("| frame 50-way strict (top-1 rule) |" in line for line in lines)
+    assert any("| CLIP-pcc |" in line for line in lines)
 
     # the command line: one warning line for LEA, none for GLFA
     config = tmp_path / "eval.yaml"
