@@ -375,7 +375,8 @@ def _cmd_evaluate_run(args: argparse.Namespace) -> int:
 
 
 def _register_evaluate_run(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser(RUN_PROTOCOL, help="video metrics (SSIM, N-way top-K) and t-tests of a run's generations "
+    p = esub.add_parser(RUN_PROTOCOL, help="video metrics (SSIM, PSNR, N-way top-K, CLIP), each matched against "
+                        "mismatched, retrieval and t-tests of a run's generations "
                         "(`glfa evaluate RUN` is short for `glfa evaluate run RUN`)")
     p.add_argument("run", help="the run folder (its generations/ are evaluated)")
     p.add_argument("-c", "--config", help="YAML config whose 'evaluation' section is used (default: the trained one)")
