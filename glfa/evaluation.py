@@ -230,6 +230,12 @@ PROTOCOLS = ("cross-subject", "within-subject", "cross-dataset")
 GENERATE_HINT = "make them with `glfa generate RUN --method M --subject S`"
 #: The significance level of the brain signal (paired permutation test of matched - mismatched).
 SIGNAL_LEVEL = 0.05
+
+
+def has_signal(record: dict[str, Any], level: float = SIGNAL_LEVEL) -> bool:
+    """Whether a :func:`~glfa.metrics.baseline.brain_signal` record shows matched significantly above mismatched."""
+    return record["difference"] > 0 and record["p"] < level
+
 VIDEO_CLASSIFIER_UNSET = ("not computed: evaluation.video_classifier is not set (a VideoMAE Kinetics-400 folder, "
                           "e.g. MCG-NJU/videomae-base-finetuned-kinetics)")
 
@@ -378,8 +384,8 @@ class GenerationsFolder:
         items = self.index["items"]
         missing = [i for i, item in enumerate(items) if not isinstance(item, dict) or "stimulus_id" not in item]
         if missing:
-            raise DataError(f"item(s) {missing[:5]} have no stimulus_id; {GENERATE_HINT}", path=self.path / "index.json",
-                            field="items")
+            raise DataError(f"item(s) {missing[:5]} have no stimulus_id; {GENERATE_HINT}",
+                            path=self.path / "index.json", field="items")
         return [str(item["stimulus_id"]) for item in items]
 
     def protocol(self) -> tuple[str, str]:
@@ -451,7 +457,7 @@ class DecodingResult:
 
     def not_significant(self, level: float = SIGNAL_LEVEL) -> list[str]:
         """The metrics whose brain signal is not significant: matched not above mismatched at p < ``level``."""
-        return [k for k, v in self.brain_signal.items() if not (v["difference"] > 0 and v["p"] < level)]
+        return [k for k, v in self.brain_signal.items() if not has_signal(v, level)]
 
 
 @dataclass
@@ -609,7 +615,7 @@ class VideoEvaluation:
                     else:
                         p = signal["p"]
                         cells += [Cell(f"{signal['mismatched']:.3f}"), Cell(f"{signal['difference']:+.3f}"),
-                                  Cell(f"{p:.2g}", bold=signal["difference"] > 0 and p < SIGNAL_LEVEL, p=p)]
+                                  Cell(f"{p:.2g}", bold=has_signal(signal), p=p)]
                     rows.append(cells)
         if not rows:
             return None
@@ -642,7 +648,7 @@ class VideoEvaluation:
                 s = r["top"].get(str(t))
                 cells += [Cell("—")] * 4 if s is None else [
                     Cell(f"{s['matched']:.3f}"), Cell(f"{s['chance']:.3f}"), Cell(f"{s['mismatched']:.3f}"),
-                    Cell(f"{s['p']:.2g}", bold=s["difference"] > 0 and s["p"] < SIGNAL_LEVEL, p=s["p"])]
+                    Cell(f"{s['p']:.2g}", bold=has_signal(s), p=s["p"])]
             rows.append(cells)
         ev = self.evaluation
         return Table("retrieval", "Brain-to-video retrieval (stage-1 encoder)", head, rows, [

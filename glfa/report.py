@@ -37,11 +37,11 @@ import numpy as np
 from glfa.errors import DataError
 from glfa.evaluation import (
     REFERENCE_METHOD,
-    SIGNAL_LEVEL,
     AlignmentTable,
     DecodingResult,
     Table,
     VideoEvaluation,
+    has_signal,
     metric_label,
     method_label,
 )
@@ -192,11 +192,6 @@ def _versus_sentence(ev: VideoEvaluation, task: str, metrics: list[str], ref: De
             f"{tie_text}.")
 
 
-def _is_signal(signal: dict[str, Any]) -> bool:
-    """Matched significantly above mismatched."""
-    return signal["difference"] > 0 and signal["p"] < SIGNAL_LEVEL
-
-
 def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
     """The N-way accuracies against their chance level: the mismatched baseline, not 1/N.
 
@@ -213,7 +208,7 @@ def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
             parts.append(f"{metric_label(m)} {_fmt(s)} (no mismatched baseline recorded: re-run glfa evaluate; "
                          f"1/N chance {chance:.2f} is not a decoder's chance level)")
         else:
-            side = "above" if _is_signal(signal) else "not above"
+            side = "above" if has_signal(signal) else "not above"
             parts.append(f"{metric_label(m)} {_fmt(s)} ({side} chance, i.e. its mismatched baseline "
                          f"{signal['mismatched']:.3f}, p = {signal['p']:.2g}; 1/N = {chance:.2f})")
     if not parts:
@@ -221,12 +216,17 @@ def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
     return f"{method_label(result.method)}'s N-way accuracies: " + "; ".join(parts) + "."
 
 
+def _p_phrase(signal: dict[str, Any]) -> str:
+    """``p = 0.003``, or ``p = 0.2, not significant``, of a brain-signal record."""
+    return f"p = {signal['p']:.2g}" + ("" if has_signal(signal) else ", not significant")
+
+
 def _signal_sentence(result: DecodingResult) -> str | None:
     """Matched beside mismatched on every metric of one method, with the brain signal and its p-value."""
     if not result.brain_signal:
         return None
-    parts = [f"{metric_label(m)} {v['matched']:.3f} vs {v['mismatched']:.3f} ({v['difference']:+.3f}, "
-             f"p = {v['p']:.2g}{'' if _is_signal(v) else ', not significant'})" for m, v in result.brain_signal.items()]
+    parts = [f"{metric_label(m)} {v['matched']:.3f} vs {v['mismatched']:.3f} ({v['difference']:+.3f}, {_p_phrase(v)})"
+             for m, v in result.brain_signal.items()]
     weak = result.not_significant()
     verdict = ("a significant brain signal on every metric" if not weak else
                f"no significant brain signal on {len(weak)} of {len(result.brain_signal)} metrics")
@@ -239,7 +239,7 @@ def _retrieval_sentences(ev: VideoEvaluation) -> list[str]:
     out = []
     for r in ev.retrieval:
         parts = [f"top-{t} {v['matched']:.3f} (chance {v['chance']:.3f}, mismatched {v['mismatched']:.3f}, "
-                 f"p = {v['p']:.2g}{'' if _is_signal(v) else ', not significant'})" for t, v in r["top"].items()]
+                 f"{_p_phrase(v)})" for t, v in r["top"].items()]
         out.append(f"Subject {r['subject']} ({r['split']} split, {r['count']} clips): " + "; ".join(parts) + ".")
     return out + [f"Not measured: {why}" for why in ev.retrieval_skipped]
 
@@ -473,8 +473,9 @@ def render_report(run_dir: str | Path, evaluation: VideoEvaluation) -> str:
              f"{len(ev.results)} generations folders, evaluated in {ev.seconds:.1f} s. Metrics: SSIM and N-way "
              f"top-{settings.top_k} for N in {_e(settings.n_ways)} ({settings.trials} trials per clip, seed "
              f"{settings.seed}), PSNR, CLIP similarity and CLIP-pcc, each decoded clip also scored against "
-             f"{settings.mismatched_partners} other clips' ground truth (the mismatched baseline); frame classifier {_e(settings.frame_classifier or 'EfficientNet-Lite0 (offline)')}; "
-             f"video classifier {_e(settings.video_classifier or 'none')}.</p>"]
+             f"{settings.mismatched_partners} other clips' ground truth (the mismatched baseline); frame "
+             f"classifier {_e(settings.frame_classifier or 'EfficientNet-Lite0 (offline)')}; video classifier "
+             f"{_e(settings.video_classifier or 'none')}.</p>"]
 
     parts.append('<h2>Honest comparison</h2><div class="honest">')
     for heading, sentences in honest_comparison(ev, standalone[0] if standalone else None):
