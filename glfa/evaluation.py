@@ -826,7 +826,7 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Sco
     not_computed : {metric: why} for the video N-ways without a video classifier
     """
     from glfa.metrics.baseline import brain_signal, mismatched_partners
-    from glfa.metrics.video import clip_pcc, clip_similarity_scores, n_way_top_k, psnr_scores, ssim_scores
+    from glfa.metrics.video import clip_pcc, clip_similarity_scores, n_way_top_k_pairings, psnr_scores, ssim_scores
 
     groups = [str(i) for i in range(len(decoded))] if groups is None else groups
     partners = mismatched_partners(groups, evaluation.mismatched_partners, evaluation.seed)  # [N, K]
@@ -839,14 +839,13 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Sco
     not_computed: dict[str, str] = {}
     for n in evaluation.n_ways:
         for key, top in ((f"frame-{n}way", evaluation.ground_truth_top), (f"frame-{n}way-strict", 1)):
-            paired[key] = np.stack([n_way_top_k(pred, real[t], n_way=n, ground_truth_top=top, **options).mean(1)
-                                    for t in truths])
+            paired[key] = n_way_top_k_pairings(pred, real, truths, n_way=n, ground_truth_top=top,
+                                               **options).mean(2)  # [K + 1, N, f] -> [K + 1, N]
         if video is None:
             not_computed[f"video-{n}way"] = VIDEO_CLASSIFIER_UNSET
             continue
         for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (f"video-{n}way-strict", 1)):
-            paired[key] = np.stack([n_way_top_k(video[0], video[1][t], n_way=n, ground_truth_top=top, **options)
-                                    for t in truths])
+            paired[key] = n_way_top_k_pairings(video[0], video[1], truths, n_way=n, ground_truth_top=top, **options)
     paired["ssim"] = np.stack([ssim_scores(decoded, truth[t]) for t in truths])
     paired["psnr"] = np.stack([psnr_scores(decoded, truth[t]) for t in truths])
     paired["clip"] = np.stack([clip_similarity_scores(pred_clip, real_clip[t]) for t in truths])

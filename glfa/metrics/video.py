@@ -206,30 +206,66 @@ def n_way_top_k(pred_probs: np.ndarray, truth_probs: np.ndarray, *, n_way: int, 
         The fraction of correct trials of every row (``[N]`` for ``[N, C]`` input).
     """
     pred, truth = _check_probs(pred_probs, truth_probs, n_way=n_way, top_k=top_k, trials=trials,
-                               ground_truth_top=ground_truth_top)
+                               ground_truth_top=ground_truth_top)  # [rows, C] each, rows in order
+    return n_way_top_k_pairings(pred, truth, [np.arange(len(pred))], n_way=n_way, top_k=top_k, trials=trials,
+                                ground_truth_top=ground_truth_top, seed=seed)[0].reshape(np.shape(pred_probs)[:-1])
+
+
+def n_way_top_k_pairings(pred_probs: np.ndarray, truth_probs: np.ndarray, pairings: list[np.ndarray], *,
+                         n_way: int, top_k: int = 1, trials: int = 100, ground_truth_top: int = 3,
+                         seed: int = 0) -> np.ndarray:
+    """N-way top-K accuracy of every decoded row against the truth each pairing gives it.
+
+    Parameters
+    ----------
+    pred_probs, truth_probs : arrays ``[N, ..., C]`` of the same shape
+        Probabilities on N decoded and N true samples (``...``: e.g. their frames).
+    pairings : list of int arrays ``[N]``
+        Decoded sample ``i`` is scored against true sample ``pairing[i]`` (``[i, t]`` against
+        ``[pairing[i], t]``).
+    n_way, top_k, trials, ground_truth_top, seed
+        As :func:`n_way_top_k`.
+
+    Returns
+    -------
+    float64 array ``[len(pairings), N, ...]``
+        Each pairing is scored on the same random trials of each decoded row (the draws depend on
+        the row, not on the truth), so pairing ``arange(N)`` gives exactly :func:`n_way_top_k`.
+        The ground-truth classes of each true row are found once for every pairing.
+    """
+    if np.ndim(pred_probs) < 2:
+        raise DataError(f"expected probabilities [samples, ..., classes], got shape {np.shape(pred_probs)}",
+                        field="pred_probs")
+    pred, truth = _check_probs(pred_probs, truth_probs, n_way=n_way, top_k=top_k, trials=trials,
+                               ground_truth_top=ground_truth_top)  # [(N r), C] each
+    shape = np.shape(pred_probs)[:-1]
     rows, classes = pred.shape
-    gt = np.argsort(-truth, axis=1, kind="stable")[:, :ground_truth_top]  # [r, g]
-    gt_pred = np.take_along_axis(pred, gt, axis=1)  # [r, g]
-    best = gt_pred.max(axis=1, keepdims=True)  # [r, 1]
-    # drawable classes that the decoded frame ranks at or above its best ground-truth class
-    outranking = (pred >= best).sum(axis=1) - (gt_pred >= best).sum(axis=1)  # [r]
+    gt = np.argsort(-truth, axis=1, kind="stable")[:, :ground_truth_top]  # [(N r), g]
+    gt = gt.reshape(shape[0], -1, ground_truth_top)  # [N, r, g]
+    outranking = []  # per pairing [(N r)]: drawable classes the decoded row ranks at or above its best truth class
+    for pairing in pairings:
+        paired = gt[pairing].reshape(rows, ground_truth_top)  # [(N r), g]
+        gt_pred = np.take_along_axis(pred, paired, axis=1)  # [r, g]
+        best = gt_pred.max(axis=1, keepdims=True)  # [r, 1]
+        outranking.append((pred >= best).sum(axis=1) - (gt_pred >= best).sum(axis=1))
     pool = classes - ground_truth_top
     draws = n_way - 1
     rng = np.random.default_rng(seed)
     step = max(1, _CHUNK_DRAWS // (trials * draws))
-    out = np.empty(rows)
+    out = np.empty((len(pairings), rows))
     for start in range(0, rows, step):
         u = rng.random((min(step, rows - start), trials, draws))  # [r, t, n-1]
-        left = np.broadcast_to(outranking[start:start + len(u), None], u.shape[:2]).copy()  # [r, t]
-        above = np.zeros(u.shape[:2], dtype=np.int64)  # [r, t] drawn classes outranking the ground truth
-        for j in range(draws):
-            size = pool - j
-            picked = np.minimum((u[:, :, j] * size).astype(np.int64), size - 1)
-            hit = picked < left
-            left -= hit
-            above += hit
-        out[start:start + len(u)] = (above < top_k).mean(axis=1)
-    return out.reshape(np.shape(pred_probs)[:-1])
+        for k, counts in enumerate(outranking):
+            left = np.broadcast_to(counts[start:start + len(u), None], u.shape[:2]).copy()  # [r, t]
+            above = np.zeros(u.shape[:2], dtype=np.int64)  # [r, t] drawn classes outranking the ground truth
+            for j in range(draws):
+                size = pool - j
+                picked = np.minimum((u[:, :, j] * size).astype(np.int64), size - 1)
+                hit = picked < left
+                left -= hit
+                above += hit
+            out[k, start:start + len(u)] = (above < top_k).mean(axis=1)
+    return out.reshape(len(pairings), *shape)
 
 
 def frame_n_way_scores(classifier, decoded: np.ndarray, truth: np.ndarray, *, n_way: int, top_k: int = 1,
