@@ -329,19 +329,31 @@ class StandInClip:
     image_width = 1280
 
     def __init__(self, *, dim: int = 384, device: str | torch.device | None = None, seed: int = 0):
-        from transformers import AutoTokenizer, BertModel
-
         device = resolve_device(device)
-        text_dir = _minilm_dir()
+        self._text_dir = _minilm_dir()  # checked now: a missing package is an error at load time
         self.path = None
         self.dim = int(dim)
-        self.tokenizer = _load("MiniLM tokenizer", text_dir, AutoTokenizer.from_pretrained, text_dir,
-                               local_files_only=True)
-        self.text_model = _frozen(_load("MiniLM text encoder", text_dir, BertModel.from_pretrained, text_dir,
-                                        local_files_only=True, use_safetensors=True), device)
         self.image_model = _frozen(_efficientnet_lite0(), device)
         self.text_projection = _projection(self.text_width, self.dim, seed).to(device)  # [384, dim]
         self.image_projection = _projection(self.image_width, self.dim, seed + 1).to(device)  # [1280, dim]
+
+    # The text side loads on first use: the evaluation embeds images only, and importing and
+    # loading MiniLM through transformers costs seconds.
+    @functools.cached_property
+    def tokenizer(self):
+        """MiniLM's tokenizer."""
+        from transformers import AutoTokenizer
+
+        return _load("MiniLM tokenizer", self._text_dir, AutoTokenizer.from_pretrained, self._text_dir,
+                     local_files_only=True)
+
+    @functools.cached_property
+    def text_model(self) -> torch.nn.Module:
+        """MiniLM's frozen text encoder, on :attr:`device`."""
+        from transformers import BertModel
+
+        return _frozen(_load("MiniLM text encoder", self._text_dir, BertModel.from_pretrained, self._text_dir,
+                             local_files_only=True, use_safetensors=True), self.device)
 
     @property
     def device(self) -> torch.device:
@@ -358,9 +370,13 @@ class StandInClip:
         """``[n, h, w, 3]`` frames -> float32 ``[n, dim]`` unit vectors."""
         def embed(part):
             feats = self.image_model.extract_features(self.preprocess(part))  # [b, 1280, 7, 7]
-            return feats.mean(dim=(2, 3)) @ self.image_projection
+            return self.project_images(feats.mean(dim=(2, 3)))
 
-        return F.normalize(_in_batches(embed, frames, batch_size), dim=-1)
+        return _in_batches(embed, frames, batch_size)
+
+    def project_images(self, pooled: torch.Tensor) -> torch.Tensor:
+        """EfficientNet-Lite0's pooled features ``[n, 1280]`` -> float32 ``[n, dim]`` unit vectors."""
+        return F.normalize(pooled.float() @ self.image_projection, dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -683,6 +699,29 @@ class VideoClassifier:
             return self.model(pixel_values=x).logits.float().softmax(-1).cpu()
 
         return _in_batches(classify, videos, batch_size).numpy()
+
+
+def classify_and_embed(classifier: FrameClassifier, clip: ClipBackbone | StandInClip, frames: np.ndarray,
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[n, classes]`` and CLIP image embeddings ``[n, dim]`` of ``[n, h, w, 3]`` frames (numpy).
+
+    The offline EfficientNet-Lite0 classifier (the one without a folder) and the stand-in CLIP's
+    image side are the same network on the same input (224 x 224 centre crop, mean/std 0.5):
+    then one pass gives both, the classifier's head and the stand-in's projection reading the
+    same pooled features. Any other pair runs its two models.
+    """
+    if classifier.path is not None or not isinstance(clip, StandInClip):
+        return (classifier.probabilities(frames, batch_size=batch_size),
+                clip.embed_images(frames, batch_size=batch_size).cpu().numpy())
+    def both(part):  # [b, classes + dim]: the probabilities, then the embeddings
+        pooled = classifier.model.extract_features(classifier.preprocess(part)).mean(dim=(2, 3))
+        return torch.cat([classifier.model._fc(pooled).float().softmax(-1).cpu(),  # eval: no dropout
+                          clip.project_images(pooled.to(clip.device)).cpu()], dim=1)
+
+    with torch.no_grad():
+        out = _in_batches(both, frames, batch_size).numpy()
+    classes = classifier.model._fc.out_features
+    return out[:, :classes], out[:, classes:]
 
 
 def load_frame_classifier(

@@ -428,6 +428,19 @@ def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_alignment)
 
 
+def _print_video_tables(evaluation, paths: dict[str, Path]) -> None:
+    """The Markdown tables and where they are; on stderr, one warning line per method without a brain signal."""
+    from glfa.evaluation import SIGNAL_LEVEL, metric_label
+
+    print(Path(paths["markdown"]).read_text())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    for r in evaluation.results:
+        weak = r.not_significant()
+        if weak:
+            print(f"glfa: warning: {r.method} on {r.task}: no significant brain signal (matched not above mismatched, "
+                  f"paired permutation p >= {SIGNAL_LEVEL}) on {', '.join(map(metric_label, weak))}", file=sys.stderr)
+
+
 def _cmd_evaluate_run(args: argparse.Namespace) -> int:
     from glfa.evaluation import evaluate_run, write_video_tables
     from glfa.training.loop import Processes
@@ -438,14 +451,13 @@ def _cmd_evaluate_run(args: argparse.Namespace) -> int:
     evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
     if not Processes(evaluation.config.get("device")).is_main:
         return 0  # under accelerate launch every process holds the result; the main one writes it
-    paths = write_video_tables(evaluation, out)
-    print(Path(paths["markdown"]).read_text())
-    print(f"written to {paths['json']} and {paths['markdown']}")
+    _print_video_tables(evaluation, write_video_tables(evaluation, out))
     return 0
 
 
 def _register_evaluate_run(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser(RUN_PROTOCOL, help="video metrics (SSIM, N-way top-K) and t-tests of a run's generations "
+    p = esub.add_parser(RUN_PROTOCOL, help="video metrics (SSIM, PSNR, N-way top-K, CLIP), each matched against "
+                        "mismatched, retrieval and t-tests of a run's generations "
                         "(`glfa evaluate RUN` is short for `glfa evaluate run RUN`)")
     p.add_argument("run", help="the run folder (its generations/ are evaluated)")
     p.add_argument("-c", "--config", help="YAML config whose 'evaluation' section is used (default: the trained one)")
@@ -459,9 +471,7 @@ def _cmd_evaluate_combine(args: argparse.Namespace) -> int:
 
     out = _output(args.output, "dir", "--output")
     evaluation = combine_evaluations(args.runs, out)
-    paths = write_video_tables(evaluation, out)
-    print(Path(paths["markdown"]).read_text())
-    print(f"written to {paths['json']} and {paths['markdown']}")
+    _print_video_tables(evaluation, write_video_tables(evaluation, out))
     return 0
 
 

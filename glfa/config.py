@@ -277,7 +277,10 @@ class GenerationConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """Video metrics: SSIM and N-way top-K (MinD-Video protocol)."""
+    """Video metrics: SSIM, PSNR, N-way top-K (MinD-Video protocol), CLIP, each matched and mismatched.
+
+    CLIP similarity, CLIP-pcc and retrieval use the CLIP of stage 1 (``contrastive.clip_model``).
+    """
 
     n_ways: list[int] = Field(default_factory=lambda: [2, 50])
     top_k: int = Field(1, gt=0)
@@ -285,6 +288,10 @@ class EvaluationConfig(_Strict):
     ground_truth_top: int = Field(3, gt=0, description="classifier top-k on the real frame taken as ground truth")
     frame_classifier: str | None = Field(None, description="ImageNet ViT-B/16 directory; null = offline EfficientNet-Lite0")
     video_classifier: str | None = Field(None, description="VideoMAE (Kinetics-400) directory")
+    mismatched_partners: int = Field(8, gt=0, description="other test clips (of other stimuli) each decoded clip is "
+                                     "also scored against: the mismatched baseline")
+    permutations: int = Field(10000, gt=0, description="relabellings of the paired permutation test of the brain "
+                              "signal (matched - mismatched)")
     seed: int = 0
 
 

@@ -17,6 +17,16 @@ from the training store). When the run holds a co-trained GLFA model, the traine
 also applied to the test responses of its training and held-out subjects (fSC and ISC before and
 after, Table 1 style). :func:`write_video_tables` writes it all as JSON and as Markdown tables in
 the layouts of Tables 2 and 3 and supplementary Tables 2 and 3.
+
+Beside the paper's metrics, every folder gets the mismatched baseline (:func:`score_clips`,
+:mod:`glfa.metrics.baseline`): each decoded clip is also scored against the ground truth of
+partner clips of other stimuli, for every metric with a truth (SSIM, PSNR, N-way with
+MinD-Video's top-3 rule and the strict top-1 rule, CLIP similarity), giving the brain signal
+(matched - mismatched) and its paired permutation p-value; CLIP-pcc needs no truth. With a
+stage-1 encoder in the run, :func:`brain_retrieval` ranks each window's true clip among all
+test clips from the encoder's CLIP-space embedding of the fMRI. The companion tables
+(:meth:`VideoEvaluation.signal_tables`) put matched beside mismatched; the paper-layout tables
+stay as the paper prints them.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +229,18 @@ REFERENCE_METHOD = "glfa"
 #: The decoding protocols, in the order of their tables.
 PROTOCOLS = ("cross-subject", "within-subject", "cross-dataset")
 GENERATE_HINT = "make them with `glfa generate RUN --method M --subject S`"
+#: The significance level of the brain signal (paired permutation test of matched - mismatched).
+SIGNAL_LEVEL = 0.05
+# Frames and videos per batch of the metric networks: fixed, so a process's share under
+# `accelerate launch` is cut into the batches one process would make (the same numbers).
+FRAME_BATCH = 64
+VIDEO_BATCH = 8
+
+
+def has_signal(record: dict[str, Any], level: float = SIGNAL_LEVEL) -> bool:
+    """Whether a :func:`~glfa.metrics.baseline.brain_signal` record shows matched significantly above mismatched."""
+    return record["difference"] > 0 and record["p"] < level
+
 VIDEO_CLASSIFIER_UNSET = ("not computed: evaluation.video_classifier is not set (a VideoMAE Kinetics-400 folder, "
                           "e.g. MCG-NJU/videomae-base-finetuned-kinetics)")
 
@@ -237,12 +260,23 @@ def metric_keys(n_ways: list[int]) -> list[str]:
     return [f"video-{n}way" for n in n_ways] + [f"frame-{n}way" for n in n_ways] + ["ssim"]
 
 
+def extra_metric_keys(n_ways: list[int]) -> list[str]:
+    """The field's metrics beyond the paper's: strict N-ways (ground truth = top-1 class), PSNR, CLIP, CLIP-pcc."""
+    return ([f"video-{n}way-strict" for n in n_ways] + [f"frame-{n}way-strict" for n in n_ways]
+            + ["psnr", "clip", "clip-pcc"])
+
+
+#: Titles of the metrics that are not N-ways.
+_METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "clip": "CLIP similarity", "clip-pcc": "CLIP-pcc"}
+
+
 def metric_label(key: str) -> str:
-    """Column title of a metric key: ``frame-2way`` -> ``frame 2-way``, ``ssim`` -> ``SSIM``."""
-    if key == "ssim":
-        return "SSIM"
-    kind, ways = key.split("-")
-    return f"{kind} {ways.removesuffix('way')}-way"
+    """Column title of a metric key: ``frame-2way`` -> ``frame 2-way``, ``frame-2way-strict`` -> ``frame 2-way
+    strict``, ``ssim`` -> ``SSIM``."""
+    if key in _METRIC_LABELS:
+        return _METRIC_LABELS[key]
+    kind, ways, *strict = key.split("-")
+    return f"{kind} {ways.removesuffix('way')}-way" + (" strict" if strict else "")
 
 
 def _json_object(path: Path, error: type[Exception] = DataError) -> dict[str, Any]:
@@ -350,6 +384,15 @@ class GenerationsFolder:
         with np.load(self.path / "videos.npz", allow_pickle=False) as data:
             return data["decoded"], data["truth"]
 
+    def stimuli(self) -> list[str]:
+        """The stimulus of each clip, in index order (clips of one stimulus are never each other's mismatch)."""
+        items = self.index["items"]
+        missing = [i for i, item in enumerate(items) if not isinstance(item, dict) or "stimulus_id" not in item]
+        if missing:
+            raise DataError(f"item(s) {missing[:5]} have no stimulus_id; {GENERATE_HINT}",
+                            path=self.path / "index.json", field="items")
+        return [str(item["stimulus_id"]) for item in items]
+
     def protocol(self) -> tuple[str, str]:
         """(protocol, task label) from what the model was trained on."""
         train = [str(s) for s in self.model.get("train_subjects", [])]
@@ -401,7 +444,9 @@ class DecodingResult:
 
     ``scores`` holds the per-clip scores of every computed metric (keys of :func:`metric_keys`),
     ``summary`` their ``{"mean", "std", "n"}`` (and the ``"seed"`` of the N-way trials),
-    ``not_computed`` the reason for every metric left out.
+    ``not_computed`` the reason for every metric left out. ``extra_scores`` holds the per-clip
+    scores of the field's other metrics (:func:`extra_metric_keys`), ``brain_signal`` the
+    matched/mismatched record of every metric with a ground truth (see :func:`score_clips`).
     """
 
     method: str
@@ -418,6 +463,18 @@ class DecodingResult:
     summary: dict[str, dict[str, float]]
     not_computed: dict[str, str]
     seconds: float
+    extra_scores: dict[str, list[float]] = field(default_factory=dict)
+    brain_signal: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summaries(self) -> dict[str, dict[str, float]]:
+        """``{"mean", "std", "n"}`` of every metric, the paper's and the others."""
+        from glfa.metrics.video import summarize
+
+        return {**self.summary, **{k: summarize(np.asarray(v)) for k, v in self.extra_scores.items()}}
+
+    def not_significant(self, level: float = SIGNAL_LEVEL) -> list[str]:
+        """The metrics whose brain signal is not significant: matched not above mismatched at p < ``level``."""
+        return [k for k, v in self.brain_signal.items() if not has_signal(v, level)]
 
 
 @dataclass
@@ -461,6 +518,8 @@ class VideoEvaluation:
     alignment: list[GlfaAlignment] = field(default_factory=list)
     alignment_skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    retrieval: list[dict[str, Any]] = field(default_factory=list)
+    retrieval_skipped: list[str] = field(default_factory=list)
 
     @property
     def evaluation(self):
@@ -556,6 +615,76 @@ class VideoEvaluation:
                       f"{method_label(REFERENCE_METHOD)} on the same task, in the paper's bands p<0.001 (cyan), "
                       "p<0.05 (pink), p>0.05 (gray)."])
 
+    def _signal_table(self, protocol: str, key: str, title: str) -> Table | None:
+        """Matched beside mismatched for every method and metric of ``protocol``, with the brain signal's p-value."""
+        ev, rows = self.evaluation, []
+        for _, task, results in self.tasks(protocol):
+            for i, r in enumerate(results):
+                summaries = r.summaries()
+                keys = [k for k in self.metrics + extra_metric_keys(ev.n_ways) if k in summaries]
+                for j, k in enumerate(keys):
+                    rule = "" if "way" not in k else f" (top-{1 if k.endswith('strict') else ev.ground_truth_top} rule)"
+                    cells = [Cell(task if i == j == 0 else ""), Cell(method_label(r.method) if j == 0 else ""),
+                             Cell(metric_label(k) + rule), Cell(_mean_std(summaries[k]))]
+                    signal = r.brain_signal.get(k)
+                    if signal is None:
+                        cells += [Cell("—"), Cell("—"), Cell("—")]
+                    else:
+                        p = signal["p"]
+                        cells += [Cell(f"{signal['mismatched']:.3f}"), Cell(f"{signal['difference']:+.3f}"),
+                                  Cell(f"{p:.2g}", bold=has_signal(signal), p=p)]
+                    rows.append(cells)
+        if not rows:
+            return None
+        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
+        notes = [f"Matched: each decoded clip against its own ground truth (mean ± std over clips). Mismatched: "
+                 f"against the ground truth of {signal['partners'] if signal else ev.mismatched_partners} other "
+                 f"test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same for every method). "
+                 f"Brain signal = matched - mismatched; p: one-sided paired permutation test, {ev.permutations} "
+                 f"relabellings; bold: p < {SIGNAL_LEVEL}. N-way: ground truth = the classifier's "
+                 f"top-{ev.ground_truth_top} classes on the real frame (MinD-Video's rule); strict: its top-1 class. "
+                 "CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real frame; "
+                 "CLIP-pcc: consecutive decoded frames against each other (no ground truth, no baseline).",
+                 "A method decodes the brain only where matched is above mismatched; above 1/N chance says nothing."]
+        return Table(key, title, ["Task", "Method", "Metric", "Matched", "Mismatched", "Brain signal", "p"], rows,
+                     notes)
+
+    def _retrieval_table(self) -> Table | None:
+        """Brain-to-video retrieval of the stage-1 encoder: top-1 and top-5 with chance, mismatched and p."""
+        if not self.retrieval:
+            return None
+        tops = sorted({int(t) for r in self.retrieval for t in r["top"]})
+        head = ["Subject", "Split", "Stage-1 subjects", "Clips"]
+        for t in tops:
+            head += [f"top-{t}", f"top-{t} chance", f"top-{t} mismatched", f"top-{t} p"]
+        rows = []
+        for r in self.retrieval:
+            cells = [Cell(r["subject"]), Cell(r["split"]), Cell(",".join(r["train_subjects"]) or "?"),
+                     Cell(str(r["count"]))]
+            for t in tops:
+                s = r["top"].get(str(t))
+                cells += [Cell("—")] * 4 if s is None else [
+                    Cell(f"{s['matched']:.3f}"), Cell(f"{s['chance']:.3f}"), Cell(f"{s['mismatched']:.3f}"),
+                    Cell(f"{s['p']:.2g}", bold=has_signal(s), p=s["p"])]
+            rows.append(cells)
+        ev = self.evaluation
+        return Table("retrieval", "Brain-to-video retrieval (stage-1 encoder)", head, rows, [
+            "The stage-1 encoder's CLIP-space embedding of each test window's fMRI ranks every test clip of the "
+            "subject by mean cosine with the clip's CLIP frame embeddings; top-k: the fraction of windows whose "
+            f"true clip is among the k best (ties count against it); chance k / clips. Mismatched: the same for "
+            f"the {ev.mismatched_partners} partner clips of the mismatched baseline; p: one-sided paired permutation "
+            f"test ({ev.permutations} relabellings), bold: p < {SIGNAL_LEVEL}. It measures what the encoder holds, "
+            "whatever the generator makes of it."])
+
+    def signal_tables(self) -> list[Table]:
+        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, then retrieval, where present."""
+        tables = [self._signal_table(protocol, f"{key}-signal", f"{title}: matched against mismatched")
+                  for protocol, key, title in (
+                      ("cross-subject", "table2", "Cross-subject decoding (Table 2)"),
+                      ("within-subject", "table3", "Within-subject decoding (Table 3)"),
+                      ("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)"))]
+        return [t for t in tables + [self._retrieval_table()] if t is not None]
+
     def tables(self) -> list[Table]:
         """Every table this evaluation has data for, in the paper's order."""
         with_ssim, without_ssim = self.metrics, self.metrics[:-1]
@@ -580,10 +709,11 @@ class VideoEvaluation:
         parts = [f"# Video decoding: {self.run_dir}\n",
                  f"Config: {self.config_source}. {len(self.results)} generations folders evaluated in "
                  f"{self.seconds:.1f} s.\n"]
-        parts += [t.to_section() for t in self.tables()]
+        parts += [t.to_section() for t in self.tables() + self.signal_tables()]
         if absent:
             parts.append(f"Not in this run: {', '.join(absent)} generations.\n")
         parts += [f"GLFA alignment not measured: {why}\n" for why in self.alignment_skipped]
+        parts += [f"Retrieval not measured: {why}\n" for why in self.retrieval_skipped]
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ JSON
@@ -591,10 +721,11 @@ class VideoEvaluation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (everything: config, seeds, per-clip scores, summaries, t-tests, alignment)."""
         return {"run_dir": self.run_dir, "config": self.config, "config_source": self.config_source,
-                "metrics": self.metrics, "seed": self.evaluation.seed,
+                "metrics": self.metrics, "extra_metrics": extra_metric_keys(self.evaluation.n_ways),
+                "seed": self.evaluation.seed,
                 "results": [asdict(r) for r in self.results], "ttests": self.ttests,
                 "alignment": [a.to_dict() for a in self.alignment], "alignment_skipped": self.alignment_skipped,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "retrieval": self.retrieval, "retrieval_skipped": self.retrieval_skipped}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoEvaluation:
@@ -602,7 +733,8 @@ class VideoEvaluation:
         return cls(run_dir=data["run_dir"], config=data["config"], config_source=data["config_source"],
                    results=[DecodingResult(**r) for r in data["results"]], ttests=list(data["ttests"]),
                    alignment=[GlfaAlignment.from_dict(a) for a in data["alignment"]],
-                   alignment_skipped=list(data["alignment_skipped"]), seconds=float(data["seconds"]))
+                   alignment_skipped=list(data["alignment_skipped"]), seconds=float(data["seconds"]),
+                   retrieval=list(data.get("retrieval", [])), retrieval_skipped=list(data.get("retrieval_skipped", [])))
 
     @classmethod
     def load(cls, path: str | Path) -> VideoEvaluation:
@@ -628,74 +760,142 @@ def _resolve_config(config, folders: list[GenerationsFolder]):
     return GlfaConfig(), "<defaults>"
 
 
-class CachedClassifier:
-    """A classifier whose ``probabilities`` are remembered by the content of their input.
+class ContentCache:
+    """A function of an array whose results are remembered by the array's content.
 
-    Every N-way metric of a generations folder classifies the same frames, and every method
-    decoding the same windows has the same ground truth: each array is classified once. Under
-    ``accelerate launch`` (``processes``, a :class:`~glfa.training.loop.Processes`) the batches
-    of ``batch_size`` inputs are dealt out to the processes and their probabilities gathered in
-    every process: each batch is the one a single process classifies, so the numbers are the same.
+    Every metric of a generations folder reads the same classifier probabilities and CLIP
+    embeddings, matched and mismatched pairings alike, and every method decoding the same
+    windows has the same ground truth: each distinct array goes through the networks once.
+    Under ``accelerate launch`` (``processes``, a :class:`~glfa.training.loop.Processes`) the
+    batches of ``batch_size`` rows are dealt out to the processes and the results gathered in
+    every process: each batch is the one a single process computes, so the numbers are the same.
     """
 
-    def __init__(self, classifier, processes=None):
-        self.classifier = classifier
+    def __init__(self, compute, processes=None, batch_size: int | None = None):
+        self.compute = compute
         self.processes = processes
-        self._cache: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self.batch_size = batch_size
+        self._cache: dict[tuple[str, tuple[int, ...]], Any] = {}
 
-    def probabilities(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
-        """The wrapped classifier's probabilities of ``inputs``, computed once per distinct array."""
+    def __call__(self, inputs: np.ndarray):
+        """``compute(inputs)``, computed once per distinct array."""
         import hashlib
 
         inputs = np.ascontiguousarray(inputs)
         key = (hashlib.sha1(inputs.view(np.uint8).data).hexdigest(), inputs.shape)
         if key not in self._cache:
-            self._cache[key] = self._shared(inputs, **kwargs)
+            self._cache[key] = self._shared(inputs)
         return self._cache[key]
 
-    def _shared(self, inputs: np.ndarray, **kwargs) -> np.ndarray:
-        """The probabilities of ``inputs``, this process classifying its share of the batches."""
-        size = kwargs.get("batch_size")
+    def _shared(self, inputs: np.ndarray):
+        """``compute(inputs)``, this process computing its share of the batches (an array or a tuple of arrays)."""
+        size = self.batch_size
         if self.processes is None or self.processes.count == 1 or not size:
-            return self.classifier.probabilities(inputs, **kwargs)
+            return self.compute(inputs)
         starts = range(0, len(inputs), size)
-        mine = {s: self.classifier.probabilities(inputs[s:s + size], **kwargs)
-                for s in starts[self.processes.rank::self.processes.count]}
+        mine = {s: self.compute(inputs[s:s + size]) for s in starts[self.processes.rank::self.processes.count]}
         parts = {s: p for share in self.processes.gather(mine) for s, p in share.items()}
-        return np.concatenate([parts[s] for s in starts])
+        ordered = [parts[s] for s in starts]
+        if isinstance(ordered[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*ordered))
+        return np.concatenate(ordered)
 
 
-def _load_classifier(loader, value, field: str, device, processes=None) -> CachedClassifier:
-    """``loader(value, device)``, cached; a missing or wrong folder is a BackboneError naming the config field."""
+def _load_backbone(loader, value, field: str, device, **kwargs):
+    """``loader(value, device)``; a missing or wrong folder is a BackboneError naming the config field."""
     try:
-        return CachedClassifier(loader(value, device), processes)
+        return loader(value, device, **kwargs)
     except BackboneError as exc:
         raise BackboneError(exc.detail, path=exc.path, field=field) from None
 
 
-def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, frame_classifier,
-                video_classifier=None) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Per-clip scores of every metric of ``evaluation`` (an EvaluationConfig), and why any is missing.
+@dataclass
+class Scorers:
+    """The networks of the metrics, each behind a :class:`ContentCache`.
 
-    ``decoded`` and ``truth`` are uint8 ``[N, f, h, w, 3]``; video-based N-way needs
-    ``video_classifier``. Every N-way metric uses ``evaluation.seed``, so methods are scored on
-    the same random trials.
+    ``frames(videos [N, f, h, w, 3])`` -> (class probabilities ``[N, f, C]``, CLIP embeddings
+    ``[N, f, D]``, with stage 1's CLIP); ``videos(videos)`` -> video-classifier probabilities
+    ``[N, C]`` (None when no video classifier is configured).
     """
-    from glfa.metrics.video import frame_n_way_scores, ssim_scores, video_n_way_scores
 
-    options = {"top_k": evaluation.top_k, "trials": evaluation.trials,
-               "ground_truth_top": evaluation.ground_truth_top, "seed": evaluation.seed}
-    scores: dict[str, np.ndarray] = {}
+    frames: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    videos: ContentCache | None
+
+    @classmethod
+    def from_config(cls, config, device, processes=None) -> Scorers:
+        """The frame classifier, the video classifier (if set) and stage 1's CLIP (``contrastive.clip_model``);
+        under ``accelerate launch`` (``processes``) their batches are shared out (:class:`ContentCache`)."""
+        from glfa.backbones import classify_and_embed, load_clip, load_frame_classifier, load_video_classifier
+
+        evaluation = config.evaluation
+        classifier = _load_backbone(load_frame_classifier, evaluation.frame_classifier, "evaluation.frame_classifier",
+                                    device)
+        clip = _load_backbone(load_clip, config.contrastive.clip_model, "contrastive.clip_model", device,
+                              dim=config.model.heads.clip_dim)
+
+        per_frame = ContentCache(lambda frames: classify_and_embed(classifier, clip, frames), processes,
+                                 FRAME_BATCH)
+
+        def frames(videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            n, f = videos.shape[:2]
+            probs, embeddings = per_frame(videos.reshape(n * f, *videos.shape[2:]))
+            return probs.reshape(n, f, -1), embeddings.reshape(n, f, -1)
+
+        video = None if evaluation.video_classifier is None else _load_backbone(
+            load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device)
+        return cls(frames=frames, videos=None if video is None else ContentCache(
+            lambda videos: video.probabilities(videos, batch_size=VIDEO_BATCH), processes, VIDEO_BATCH))
+
+
+def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Scorers,
+                groups: list[str] | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                                         dict[str, dict[str, Any]], dict[str, str]]:
+    """Every metric of ``evaluation`` (an EvaluationConfig), matched and mismatched.
+
+    Each decoded clip is scored against its own truth and against the truths of its
+    ``evaluation.mismatched_partners`` partners (:func:`glfa.metrics.baseline.mismatched_partners`,
+    clips of other stimuli, ``groups``: the stimulus of each clip, default all different), from
+    probabilities and embeddings computed once per array. Every N-way score uses
+    ``evaluation.seed``, so methods and pairings are scored on the same random trials.
+
+    Returns
+    -------
+    scores : {metric: per-clip matched scores} of the paper's metrics (:func:`metric_keys`)
+    extra : {metric: per-clip matched scores} of the other metrics (:func:`extra_metric_keys`)
+    signal : {metric: :func:`glfa.metrics.baseline.brain_signal` record} of every metric with a truth
+    not_computed : {metric: why} for the video N-ways without a video classifier
+    """
+    from glfa.metrics.baseline import brain_signal, mismatched_partners
+    from glfa.metrics.video import clip_pcc, clip_similarity_scores, n_way_top_k_pairings, psnr_scores, ssim_scores
+
+    groups = [str(i) for i in range(len(decoded))] if groups is None else groups
+    partners = mismatched_partners(groups, evaluation.mismatched_partners, evaluation.seed)  # [N, K]
+    truths = [np.arange(len(decoded))] + list(partners.T)  # index arrays: the matched pairing, then K mismatched
+    options = {"top_k": evaluation.top_k, "trials": evaluation.trials, "seed": evaluation.seed}
+    pred, pred_clip = scorers.frames(decoded)  # [N, f, C], [N, f, D]
+    real, real_clip = scorers.frames(truth)
+    video = None if scorers.videos is None else (scorers.videos(decoded), scorers.videos(truth))  # [N, C] each
+    paired: dict[str, np.ndarray] = {}  # {metric: [K + 1, N]}, row 0 matched
     not_computed: dict[str, str] = {}
     for n in evaluation.n_ways:
-        if video_classifier is None:
+        for key, top in ((f"frame-{n}way", evaluation.ground_truth_top), (f"frame-{n}way-strict", 1)):
+            paired[key] = n_way_top_k_pairings(pred, real, truths, n_way=n, ground_truth_top=top,
+                                               **options).mean(2)  # [K + 1, N, f] -> [K + 1, N]
+        if video is None:
             not_computed[f"video-{n}way"] = VIDEO_CLASSIFIER_UNSET
-        else:
-            scores[f"video-{n}way"] = video_n_way_scores(video_classifier, decoded, truth, n_way=n, **options)
-        scores[f"frame-{n}way"] = frame_n_way_scores(frame_classifier, decoded, truth, n_way=n, **options)
-    scores["ssim"] = ssim_scores(decoded, truth)
-    order = metric_keys(evaluation.n_ways)
-    return {k: [float(v) for v in np.asarray(scores[k])] for k in order if k in scores}, not_computed
+            continue
+        for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (f"video-{n}way-strict", 1)):
+            paired[key] = n_way_top_k_pairings(video[0], video[1], truths, n_way=n, ground_truth_top=top, **options)
+    paired["ssim"] = np.stack([ssim_scores(decoded, truth[t]) for t in truths])
+    paired["psnr"] = np.stack([psnr_scores(decoded, truth[t]) for t in truths])
+    paired["clip"] = np.stack([clip_similarity_scores(pred_clip, real_clip[t]) for t in truths])
+    matched = {k: [float(v) for v in paired[k][0]] for k in paired}
+    scores = {k: matched[k] for k in metric_keys(evaluation.n_ways) if k in matched}
+    extra = {k: matched[k] for k in extra_metric_keys(evaluation.n_ways) if k in matched}
+    extra["clip-pcc"] = [float(v) for v in clip_pcc(pred_clip)]
+    signal = {k: {**brain_signal(v[0], v[1:].T, permutations=evaluation.permutations, seed=evaluation.seed),
+                  "mismatched_scores": [float(x) for x in v[1:].mean(0)]} for k, v in paired.items()}
+    return scores, extra, signal, not_computed
 
 
 def method_ttests(results: list[DecodingResult], metrics: list[str]) -> list[dict[str, Any]]:
@@ -791,6 +991,84 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     return tables, None
 
 
+#: The ranks of brain-to-video retrieval: the true clip among the top 1 and the top 5.
+RETRIEVAL_TOPS = (1, 5)
+
+
+def _fmri_embeddings(encoder_dir: Path, store, subject: str, windows: list[int], device) -> np.ndarray:
+    """The stage-1 encoder's CLIP-space embedding of ``subject``'s fMRI of each window: float32 ``[N, D]``."""
+    import torch
+
+    from glfa.models.encoder import FmriEncoder
+
+    encoder = FmriEncoder.from_pretrained(encoder_dir, map_location=device).eval()
+    by_index = {w.index: w for w in store.windows()}
+    missing = [w for w in windows if w not in by_index]
+    if missing:
+        raise DataError(f"windows {missing[:5]} of the generations are not in this store", path=store.path,
+                        field="items")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(windows), 32):
+            fmri = np.stack([store.fmri(subject, by_index[w]) for w in windows[start:start + 32]])  # [b, n, H, W]
+            out.append(encoder(torch.from_numpy(fmri).to(device), heads=("clip",))["clip"].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Scorers, evaluation, device,
+                    store=None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Brain-to-video retrieval from the stage-1 encoder (``RUN/contrastive/encoder``), per subject and split.
+
+    Each test window's fMRI goes through the encoder's CLIP head; the true clip is ranked among
+    all clips of the generations folder by the mean cosine of that embedding with the clip's
+    frame embeddings (stage 1's CLIP, as the encoder was trained against). Top-1 and top-5 hits
+    are matched scores with the mismatched baseline of :func:`score_clips` (a partner's clip
+    ranked as if it were the truth) and its permutation p-value; chance is top / N.
+
+    Returns the records and the reasons any subject and split was not measured.
+    """
+    from glfa.metrics.baseline import brain_signal, mismatched_partners, retrieval_hits
+
+    encoder_dir = run_dir / "contrastive" / "encoder"
+    if not (encoder_dir / "config.json").is_file():
+        return [], [f"no stage-1 encoder ({encoder_dir}): retrieval needs `glfa train` stage 1 in this run"]
+    stage = run_dir / "contrastive" / "config.json"
+    train_subjects = _json_object(stage).get("train_subjects", []) if stage.is_file() else []
+    records, skipped, seen = [], [], set()
+    for folder in folders:
+        key = (folder.index["store"], folder.subject, folder.split)
+        if key in seen:
+            continue
+        seen.add(key)
+        opened = _open_store(store, str(folder.index["store"]))
+        if opened is None:
+            skipped.append(f"{folder.subject}-{folder.split}: the store {folder.index['store']} is not found")
+            continue
+        _, truth = folder.videos()
+        clips = scorers.frames(truth)[1]  # [N, f, D]
+        fmri = _fmri_embeddings(encoder_dir, opened, folder.subject,
+                                [int(item["window"]) for item in folder.index["items"]], device)  # [N, D]
+        if fmri.shape[1] != clips.shape[2]:
+            skipped.append(f"{folder.subject}-{folder.split}: the encoder embeds in {fmri.shape[1]} dimensions, "
+                           f"the CLIP in {clips.shape[2]}")
+            continue
+        unit = fmri / np.maximum(np.linalg.norm(fmri, axis=1, keepdims=True), 1e-12)
+        frames = clips / np.maximum(np.linalg.norm(clips, axis=2, keepdims=True), 1e-12)
+        similarity = np.einsum("nd,mfd->nm", unit, frames) / frames.shape[1]  # [N, N] fMRI x clip
+        partners = mismatched_partners(folder.stimuli(), evaluation.mismatched_partners, evaluation.seed)
+        count = len(similarity)
+        tops = {}
+        for top in sorted({min(t, count) for t in RETRIEVAL_TOPS}):
+            matched = retrieval_hits(similarity, np.arange(count), top)
+            signal = brain_signal(matched, retrieval_hits(similarity, partners, top),
+                                  permutations=evaluation.permutations, seed=evaluation.seed)
+            tops[str(top)] = {**signal, "chance": top / count}
+        records.append({"subject": folder.subject, "split": folder.split, "store": str(folder.index["store"]),
+                        "encoder": str(encoder_dir), "train_subjects": [str(s) for s in train_subjects],
+                        "count": count, "top": tops})
+    return records, skipped
+
+
 def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[str] | None = None,
                  progress: bool = True) -> VideoEvaluation:
     """Video metrics of every generations folder of a run, t-tests between methods, and GLFA's alignment.
@@ -823,7 +1101,6 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     """
     from tqdm.auto import tqdm
 
-    from glfa.backbones import load_frame_classifier, load_video_classifier
     from glfa.devices import resolve_device
     from glfa.metrics.video import summarize
     from glfa.training.loop import Processes
@@ -835,15 +1112,13 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
     evaluation = config.evaluation
     processes = Processes(config.device)
     device = resolve_device(processes.device(config.device))
-    frame_classifier = _load_classifier(load_frame_classifier, evaluation.frame_classifier,
-                                        "evaluation.frame_classifier", device, processes)
-    video_classifier = None if evaluation.video_classifier is None else _load_classifier(
-        load_video_classifier, evaluation.video_classifier, "evaluation.video_classifier", device, processes)
+    scorers = Scorers.from_config(config, device, processes)
     results = []
     for folder in tqdm(folders, desc="evaluate", unit="folder", disable=not (progress and processes.is_main)):
         began = time.perf_counter()
         decoded, truth = folder.videos()
-        scores, not_computed = score_clips(decoded, truth, evaluation, frame_classifier, video_classifier)
+        groups = folder.stimuli()
+        scores, extra, signal, not_computed = score_clips(decoded, truth, evaluation, scorers, groups)
         protocol, task = folder.protocol()
         summary = {k: {**summarize(np.asarray(v)), **({} if k == "ssim" else {"seed": evaluation.seed})}
                    for k, v in scores.items()}
@@ -852,9 +1127,11 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
             generations=str(folder.path), model_dir=str(folder.model_dir), store=str(folder.index["store"]),
             train_subjects=[str(s) for s in folder.model.get("train_subjects", [])], count=len(decoded),
             scores=scores, summary=summary,
-            not_computed=not_computed, seconds=round(time.perf_counter() - began, 3)))
+            not_computed=not_computed, seconds=round(time.perf_counter() - began, 3), extra_scores=extra,
+            brain_signal=signal))
     out = VideoEvaluation(run_dir=str(run_dir), config=config.to_dict(), config_source=source, results=results,
                           ttests=method_ttests(results, metric_keys(evaluation.n_ways)))
+    out.retrieval, out.retrieval_skipped = brain_retrieval(run_dir, folders, scorers, evaluation, device, store)
     models = {f.method: f.model_dir for f in folders}
     for method in sorted(models, key=method_order):
         tables, skipped = glfa_alignment(method, models[method], store)
@@ -914,7 +1191,8 @@ def combine_evaluations(sources: list[str | Path], out_dir: str | Path) -> Video
         results=[r for e in evaluations for r in e.results], ttests=[t for e in evaluations for t in e.ttests],
         alignment=[a for e in evaluations for a in e.alignment],
         alignment_skipped=list(dict.fromkeys(s for e in evaluations for s in e.alignment_skipped)),
-        seconds=round(sum(e.seconds for e in evaluations), 3))
+        seconds=round(sum(e.seconds for e in evaluations), 3), retrieval=[r for e in evaluations for r in e.retrieval],
+        retrieval_skipped=list(dict.fromkeys(s for e in evaluations for s in e.retrieval_skipped)))
 
 
 def write_video_tables(evaluation: VideoEvaluation, out_dir: str | Path | None = None) -> dict[str, Path]:

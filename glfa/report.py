@@ -7,7 +7,10 @@ the run). It holds:
 
 - an honest comparison, written from the numbers: which method is best on each metric, whether
   the difference to the runner-up is significant (two-sample t-test, p < 0.05), how GLFA fares
-  against each baseline, its N-way accuracies against chance, and how fSC and ISC change after GLFA;
+  against each baseline, its N-way accuracies against chance (the mismatched baseline: the same
+  decoded clips scored against other clips' ground truth, never 1/N), every method's scores
+  matched beside mismatched with the brain signal's p-value, brain-to-video retrieval, and how
+  fSC and ISC change after GLFA;
 - the tables of the paper's layouts (Tables 1-3, supplementary Tables 2-3);
 - plots (matplotlib, Agg, embedded as base64 PNG): accuracy with error bars per method, fSC and
   ISC before and after GLFA, training loss per stage;
@@ -38,6 +41,7 @@ from glfa.evaluation import (
     DecodingResult,
     Table,
     VideoEvaluation,
+    has_signal,
     metric_label,
     method_label,
 )
@@ -189,15 +193,55 @@ def _versus_sentence(ev: VideoEvaluation, task: str, metrics: list[str], ref: De
 
 
 def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
+    """The N-way accuracies against their chance level: the mismatched baseline, not 1/N.
+
+    A generator that draws photo-like frames whatever the fMRI beats 1/N against any truth; only
+    the same accuracy against other clips' truths says what a decoder gets without the brain.
+    """
     parts = []
     for m, s in result.summary.items():
         chance = _chance(m, top_k)
-        if chance is not None:
-            side = "above" if s["mean"] > chance else "not above"
-            parts.append(f"{metric_label(m)} {_fmt(s)} ({side} chance {chance:.2f})")
+        if chance is None:
+            continue
+        signal = result.brain_signal.get(m)
+        if signal is None:
+            parts.append(f"{metric_label(m)} {_fmt(s)} (no mismatched baseline recorded: re-run glfa evaluate; "
+                         f"1/N chance {chance:.2f} is not a decoder's chance level)")
+        else:
+            side = "above" if has_signal(signal) else "not above"
+            parts.append(f"{metric_label(m)} {_fmt(s)} ({side} chance, i.e. its mismatched baseline "
+                         f"{signal['mismatched']:.3f}, p = {signal['p']:.2g}; 1/N = {chance:.2f})")
     if not parts:
         return None
     return f"{method_label(result.method)}'s N-way accuracies: " + "; ".join(parts) + "."
+
+
+def _p_phrase(signal: dict[str, Any]) -> str:
+    """``p = 0.003``, or ``p = 0.2, not significant``, of a brain-signal record."""
+    return f"p = {signal['p']:.2g}" + ("" if has_signal(signal) else ", not significant")
+
+
+def _signal_sentence(result: DecodingResult) -> str | None:
+    """Matched beside mismatched on every metric of one method, with the brain signal and its p-value."""
+    if not result.brain_signal:
+        return None
+    parts = [f"{metric_label(m)} {v['matched']:.3f} vs {v['mismatched']:.3f} ({v['difference']:+.3f}, {_p_phrase(v)})"
+             for m, v in result.brain_signal.items()]
+    weak = result.not_significant()
+    verdict = ("a significant brain signal on every metric" if not weak else
+               f"no significant brain signal on {len(weak)} of {len(result.brain_signal)} metrics")
+    return (f"{method_label(result.method)}, matched vs mismatched (against other clips' ground truth): "
+            + "; ".join(parts) + f": {verdict}.")
+
+
+def _retrieval_sentences(ev: VideoEvaluation) -> list[str]:
+    """Brain-to-video retrieval of the stage-1 encoder, per subject and split, against chance and mismatched."""
+    out = []
+    for r in ev.retrieval:
+        parts = [f"top-{t} {v['matched']:.3f} (chance {v['chance']:.3f}, mismatched {v['mismatched']:.3f}, "
+                 f"{_p_phrase(v)})" for t, v in r["top"].items()]
+        out.append(f"Subject {r['subject']} ({r['split']} split, {r['count']} clips): " + "; ".join(parts) + ".")
+    return out + [f"Not measured: {why}" for why in ev.retrieval_skipped]
 
 
 def _change(before: float, after: float) -> str:
@@ -245,7 +289,11 @@ def honest_comparison(ev: VideoEvaluation, standalone: AlignmentTable | None = N
         ref = next((r for r in results if r.method == REFERENCE_METHOD), results[-1])
         chance = _chance_sentence(ref, top_k)
         sentences += [chance] if chance else []
+        sentences += [s for s in map(_signal_sentence, results) if s]
         out.append((heading, sentences))
+    retrieval = _retrieval_sentences(ev)
+    if retrieval:
+        out.append(("Brain-to-video retrieval (stage-1 encoder)", retrieval))
     alignment = [s for a in ev.alignment for s in _alignment_sentences(a.table, f"Trained GLFA layer of "
                                                                             f"{method_label(a.method)}")]
     if standalone is not None:
@@ -258,8 +306,8 @@ def honest_comparison(ev: VideoEvaluation, standalone: AlignmentTable | None = N
 # ----------------------------------------------------------------------------- plots
 
 
-def accuracy_plot(task: str, results: list[DecodingResult], metrics: list[str], top_k: int) -> str:
-    """Grouped bars: one group per metric, one bar per method, mean ± std error bars, chance as a dashed line."""
+def accuracy_plot(task: str, results: list[DecodingResult], metrics: list[str]) -> str:
+    """Grouped bars: one group per metric, one bar per method, mean ± std error bars, the mismatched baseline as x."""
     plt = _pyplot()
     metrics = [m for m in metrics if any(m in r.summary for r in results)]
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(metrics), 3.4))
@@ -268,16 +316,15 @@ def accuracy_plot(task: str, results: list[DecodingResult], metrics: list[str], 
     for i, r in enumerate(results):
         means = [r.summary[m]["mean"] if m in r.summary else np.nan for m in metrics]
         stds = [r.summary[m]["std"] if m in r.summary else 0.0 for m in metrics]
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-               label=method_label(r.method))
-    for j, m in enumerate(metrics):
-        chance = _chance(m, top_k)
-        if chance is not None:
-            ax.hlines(chance, j - 0.45, j + 0.45, colors="k", linestyles="dashed", linewidth=1)
+        at = x + (i - (len(results) - 1) / 2) * width
+        ax.bar(at, means, width, yerr=stds, capsize=3, label=method_label(r.method))
+        mismatched = [r.brain_signal[m]["mismatched"] if m in r.brain_signal else np.nan for m in metrics]
+        ax.scatter(at, mismatched, marker="x", color="k", zorder=3,
+                   label="mismatched baseline" if i == len(results) - 1 else None)
     ax.set_xticks(x, [metric_label(m) for m in metrics])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean ± std over clips")
-    ax.set_title(f"{task} (dashed: chance)")
+    ax.set_title(f"{task} (x: the same against other clips' truth)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
@@ -425,8 +472,10 @@ def render_report(run_dir: str | Path, evaluation: VideoEvaluation) -> str:
              f'<p class="meta">Run folder {_e(run_dir)}; evaluation config {_e(ev.config_source)}; '
              f"{len(ev.results)} generations folders, evaluated in {ev.seconds:.1f} s. Metrics: SSIM and N-way "
              f"top-{settings.top_k} for N in {_e(settings.n_ways)} ({settings.trials} trials per clip, seed "
-             f"{settings.seed}); frame classifier {_e(settings.frame_classifier or 'EfficientNet-Lite0 (offline)')}; "
-             f"video classifier {_e(settings.video_classifier or 'none')}.</p>"]
+             f"{settings.seed}), PSNR, CLIP similarity and CLIP-pcc, each decoded clip also scored against "
+             f"{settings.mismatched_partners} other clips' ground truth (the mismatched baseline); frame "
+             f"classifier {_e(settings.frame_classifier or 'EfficientNet-Lite0 (offline)')}; video classifier "
+             f"{_e(settings.video_classifier or 'none')}.</p>"]
 
     parts.append('<h2>Honest comparison</h2><div class="honest">')
     for heading, sentences in honest_comparison(ev, standalone[0] if standalone else None):
@@ -441,7 +490,7 @@ def render_report(run_dir: str | Path, evaluation: VideoEvaluation) -> str:
     parts += [f'<p class="note">GLFA alignment not measured: {_e(why)}</p>' for why in ev.alignment_skipped]
 
     parts.append("<h2>Plots</h2><h3>Accuracy and SSIM per method (mean ± std)</h3>")
-    parts += [accuracy_plot(f"{task} ({protocol})", results, ev.metrics, settings.top_k)
+    parts += [accuracy_plot(f"{task} ({protocol})", results, ev.metrics)
               for protocol, task, results in ev.tasks()]
     alignments = [(a.table, f"fSC and ISC before and after the trained GLFA layer of {method_label(a.method)}")
                   for a in ev.alignment]

@@ -130,6 +130,7 @@ def test_standin_clip_and_offline_classifier():
     standin = B.load_clip(None, device="cpu", dim=32)
     assert isinstance(standin, B.StandInClip) and standin.dim == 32
     assert isinstance(B.load_clip("standin", device="cpu"), B.StandInClip)
+    assert "text_model" not in vars(standin)  # MiniLM loads when text is first embedded
     texts = standin.embed_texts(["a cat lying on a table", "a kitten resting on a desk",
                                  "a rocket launching into the sky"])
     sim = (texts @ texts.T).numpy()
@@ -145,6 +146,11 @@ def test_standin_clip_and_offline_classifier():
     assert probs.shape == (3, 1000)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert 281 <= probs[0].argmax() <= 285 and probs[2].argmax() == 967
+    # the evaluation's one pass through the shared network gives both, as the two models give them
+    classifier = B.load_frame_classifier(None, device="cpu")
+    both = B.classify_and_embed(classifier, standin, frames, batch_size=2)
+    np.testing.assert_allclose(both[0], probs, atol=1e-5)
+    np.testing.assert_allclose(both[1], images.numpy(), atol=1e-5)
 
 
 def test_folded_efficientnet_gives_the_packaged_models_outputs():

@@ -72,6 +72,12 @@ def test_train_generate_evaluate_report(setup, capsys):
     assert "Table 2" in table and "GLFA" in table and "fMRI-PTE-V" in table and "LEA" in table
     evaluation = json.loads((run / "evaluation" / "video.json").read_text())
     assert {r["method"] for r in evaluation["results"]} == {"glfa", "pte-v", "lea"}
+    assert all(set(r["brain_signal"]) >= {"frame-2way", "ssim", "psnr", "clip"} for r in evaluation["results"])
+    # retrieval from the trained stage-1 encoder, with the run's CLIP and the store recorded in the generations
+    assert evaluation["retrieval_skipped"] == []
+    retrieval = evaluation["retrieval"][0]
+    assert (retrieval["subject"], retrieval["count"], retrieval["train_subjects"]) == ("s3", 6, ["s1", "s2"])
+    assert set(retrieval["top"]) == {"1", "5"} and retrieval["top"]["5"]["chance"] == 5 / 6
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert html.count("data:image/gif;base64,") >= 6 and "https://" not in html

@@ -64,6 +64,16 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     glfa = next(r for r in evaluation["results"] if r["method"] == "glfa")
     assert glfa["protocol"] == "cross-subject" and glfa["summary"]["frame-2way"]["n"] == prep["windows_test"]
     assert 0 <= glfa["summary"]["frame-2way"]["std"] and "frame-2way" in steps["evaluate"]["glfa/03"]
+    # the mismatched baseline is computed for every method and metric (not that the quick demo decodes)
+    for result in evaluation["results"]:
+        for metric in ("frame-2way", "frame-2way-strict", "ssim", "psnr", "clip"):
+            signal = result["brain_signal"][metric]
+            assert len(signal["mismatched_scores"]) == prep["windows_test"] and 0 < signal["p"] <= 1
+            assert abs(signal["difference"] - (signal["matched"] - signal["mismatched"])) < 1e-9
+        assert len(result["extra_scores"]["clip-pcc"]) == prep["windows_test"]
+    retrieval = evaluation["retrieval"]
+    assert [(r["subject"], r["count"]) for r in retrieval] == [("03", prep["windows_test"])]
+    assert retrieval[0]["top"]["1"]["chance"] == 1 / prep["windows_test"]
     report = (run / "report.html").read_text()
     assert "Honest comparison" in report and "data:image/gif;base64," in report and "http://" not in report
     on_disk = json.loads((out / "summary.json").read_text())

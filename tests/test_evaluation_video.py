@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from glfa import backbones as B
 from glfa.config import validate_config
 from glfa.errors import BackboneError, DataError
 from glfa.evaluation import VideoEvaluation, combine_evaluations, evaluate_run, write_video_tables
-from glfa.metrics import fsc, isc
+from glfa.metrics import fsc, isc, n_way_top_k
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,11 +106,16 @@ def classifiers(tmp_path_factory) -> dict[str, str]:
     video = B.load_video_classifier(B.tiny_video_classifier(root / "videomae", image_size=SIZE, num_frames=FRAMES),
                                     "cpu")
     return {"frame_classifier": sharpen(frame, calibration.reshape(-1, SIZE, SIZE, 3), root / "vit-sharp"),
-            "video_classifier": sharpen(video, calibration, root / "videomae-sharp")}
+            "video_classifier": sharpen(video, calibration, root / "videomae-sharp"),
+            "clip_model": str(B.tiny_clip(root / "clip", dim=32, image_size=SIZE))}
 
 
 def eval_config(classifiers: dict[str, str], **evaluation):
-    return validate_config({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 50], **evaluation}})
+    """The evaluation settings with the tiny classifiers, and the tiny CLIP as stage 1's (32-d, the tiny preset's)."""
+    networks = {k: v for k, v in classifiers.items() if k != "clip_model"}
+    return validate_config({"device": "cpu", "model": {"preset": "tiny"},
+                            "contrastive": {"clip_model": classifiers.get("clip_model")},
+                            "evaluation": {**networks, "n_ways": [2, 50], **evaluation}})
 
 
 def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers, monkeypatch):
@@ -175,7 +181,8 @@ def test_protocols_recorded_config_and_missing_video_classifier(tmp_path, classi
     run = tmp_path / "run"
     clips = planted_clips(4, seed=1)
     recorded = {"evaluation": {"frame_classifier": classifiers["frame_classifier"], "n_ways": [2, 5],
-                               "trials": 20}, "device": "cpu"}
+                               "trials": 20}, "device": "cpu", "model": {"preset": "tiny"},
+                "contrastive": {"clip_model": classifiers["clip_model"]}}
     # within-subject: a model trained on s1 alone decodes s1's test clips
     write_model(run, "within", train=["s1"], held_out=[], store="/data/study", config=recorded)
     write_generations(run, "within", "s1", clips[::-1].copy(), clips, store="/data/study")
@@ -316,3 +323,131 @@ def test_combine_runs_into_the_leave_one_subject_out_table(tmp_path, classifiers
         combine_evaluations([first, tmp_path / "never-evaluated"], out)
     with pytest.raises(DataError, match="at least two"):
         combine_evaluations([first], out)
+
+
+def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
+    """Exact decoding carries a brain signal on every metric; the next clip's video instead carries none."""
+    import yaml
+
+    from glfa.cli import main
+    from glfa.metrics.baseline import mismatched_partners
+
+    run = tmp_path / "run"
+    truth = write_planted_run(run)
+    ev = evaluate_run(run, config=eval_config(classifiers, seed=3, permutations=2000), progress=False)
+    good, bad = ev.results
+    partners = mismatched_partners([f"test{i}" for i in range(CLIPS)], 8, seed=3)  # the stimuli of the planted run
+    decoded = np.roll(truth, 1, axis=0)
+    for result, clips in ((good, truth), (bad, decoded)):
+        ssim = result.brain_signal["ssim"]
+        # each clip's mismatched SSIM: the mean of skimage's SSIM against its partners' truths
+        expected = [np.mean([np.mean([structural_similarity(a, b, data_range=255, channel_axis=-1)
+                                      for a, b in zip(clips[i], truth[j])]) for j in partners[i]])
+                    for i in range(CLIPS)]
+        np.testing.assert_allclose(ssim["mismatched_scores"], expected, rtol=1e-9)
+        assert ssim["mismatched"] == pytest.approx(np.mean(expected))
+        assert ssim["matched"] == pytest.approx(np.mean(result.scores["ssim"]))
+        assert ssim["difference"] == pytest.approx(ssim["matched"] - ssim["mismatched"])
+        assert ssim["partners"] == 8 and ssim["permutations"] == 2000 and ssim["seed"] == 3
+    assert set(good.brain_signal) == {"video-2way", "video-50way", "frame-2way", "frame-50way", "ssim",
+                                      "video-2way-strict", "video-50way-strict", "frame-2way-strict",
+                                      "frame-50way-strict", "psnr", "clip"}
+    assert set(good.extra_scores) == set(good.brain_signal) - set(good.scores) | {"clip-pcc"}
+    np.testing.assert_allclose(good.extra_scores["psnr"], 100.0)  # decoded == truth: PSNR capped
+    np.testing.assert_allclose(good.extra_scores["clip"], 1.0, rtol=1e-6)
+    for metric in ("ssim", "frame-2way", "psnr", "clip"):
+        assert good.brain_signal[metric]["difference"] > 0 and good.brain_signal[metric]["p"] < 0.01, metric
+    # strict N-way and CLIP similarity of LEA's clips, matched and mismatched, computed here
+    frames = B.load_frame_classifier(classifiers["frame_classifier"], "cpu")
+    clip = B.load_clip(classifiers["clip_model"], "cpu", dim=32)
+    pred, real = (frames.probabilities(v.reshape(-1, SIZE, SIZE, 3)).reshape(CLIPS, FRAMES, -1)
+                  for v in (decoded, truth))
+    embed_pred, embed_real = (clip.embed_images(v.reshape(-1, SIZE, SIZE, 3)).numpy().reshape(CLIPS, FRAMES, -1)
+                              for v in (decoded, truth))
+    pairings = [np.arange(CLIPS), *partners.T]  # the matched truth, then each partner's
+    strict = [n_way_top_k(pred, real[p], n_way=2, trials=100, ground_truth_top=1, seed=3).mean(1) for p in pairings]
+    np.testing.assert_allclose(bad.extra_scores["frame-2way-strict"], strict[0])
+    np.testing.assert_allclose(bad.brain_signal["frame-2way-strict"]["mismatched_scores"], np.mean(strict[1:], 0))
+    cosine = [(embed_pred * embed_real[p]).sum(-1).mean(1) for p in pairings]  # unit vectors
+    np.testing.assert_allclose(bad.extra_scores["clip"], cosine[0], rtol=1e-5)
+    np.testing.assert_allclose(bad.brain_signal["clip"]["mismatched_scores"], np.mean(cosine[1:], 0), rtol=1e-5)
+    # LEA's clip i is the truth of clip i - 1, one of the partners of some clips: no brain signal
+    assert bad.brain_signal["ssim"]["difference"] < 0.05 and bad.brain_signal["ssim"]["p"] > 0.05
+    assert "ssim" in bad.not_significant() and good.not_significant() == []
+
+    signal = ev.to_markdown().split("## Cross-subject decoding (Table 2): matched against mismatched")[1]
+    lines = [line for line in signal.split("##")[0].splitlines() if line.startswith("|")]
+    assert lines[0] == "| Task | Method | Metric | Matched | Mismatched | Brain signal | p |"
+    glfa = next(i for i, line in enumerate(lines) if "| GLFA |" in line)  # LEA's rows first, then GLFA's
+    glfa_ssim = next(line for line in lines[glfa:] if "| SSIM |" in line)
+    assert glfa_ssim.startswith(f"|  |  | SSIM | 1.000 ± 0.000 | {good.brain_signal['ssim']['mismatched']:.3f} | ")
+    assert any("| GLFA | video 2-way (top-3 rule) |" in line for line in lines)
+    assert any("| frame 50-way strict (top-1 rule) |" in line for line in lines)
+    assert any("| CLIP-pcc |" in line for line in lines)
+
+    # the command line: one warning line for LEA, none for GLFA
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(eval_config(classifiers, seed=3, permutations=2000).to_dict()))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "-c", str(config), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("glfa: warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("glfa: warning: lea on s1,s2 -> s3: no significant brain signal")
+    assert "SSIM" in warnings[0]
+
+
+def test_brain_to_video_retrieval_from_the_stage1_encoder(tmp_path, classifiers):
+    from glfa.data.store import StudyStore
+    from glfa.metrics.baseline import mismatched_partners
+    from glfa.models.encoder import FmriEncoder
+    from fixtures import write_decoding_store
+
+    store_dir = write_decoding_store(tmp_path / "store")
+    store = StudyStore.open(store_dir)
+    run = tmp_path / "run"
+    config = eval_config(classifiers, n_ways=[2], seed=1, permutations=500)
+    torch.manual_seed(0)
+    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames).eval()
+    encoder.save_pretrained(run / "contrastive" / "encoder")
+    (run / "contrastive" / "config.json").write_text(json.dumps({"train_subjects": ["s1", "s2"]}))
+    windows = store.windows("test")  # 2 stimuli, 3 overlapping windows each
+    truth = np.stack([store.frames(w) for w in windows])  # [6, 4, 16, 16, 3]
+    write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store=store_dir)
+    folder = write_generations(run, "glfa", "s3", truth.copy(), truth, store=store_dir)
+    index = json.loads((folder / "index.json").read_text())
+    for item, w in zip(index["items"], windows):
+        item["window"], item["stimulus_id"] = w.index, w.stimulus_id
+    (folder / "index.json").write_text(json.dumps(index))
+
+    ev = evaluate_run(run, config=config, progress=False)
+    assert ev.retrieval_skipped == [] and len(ev.retrieval) == 1
+    record = ev.retrieval[0]
+    assert (record["subject"], record["split"], record["count"], record["train_subjects"]) == ("s3", "test", 6,
+                                                                                               ["s1", "s2"])
+    # brute force: embed each window's fMRI and each true frame, rank the clips by mean cosine, count
+    clip = B.load_clip(classifiers["clip_model"], "cpu", dim=32)
+    with torch.no_grad():
+        fmri = [encoder(torch.from_numpy(store.fmri("s3", w))[None], heads=("clip",))["clip"][0] for w in windows]
+    frames = [clip.embed_images(video) for video in truth]
+    similarity = np.array([[float(torch.nn.functional.cosine_similarity(f[None], e).mean()) for e in frames]
+                           for f in fmri])
+    rank = [[int((similarity[i] > similarity[i, j]).sum() + (similarity[i] == similarity[i, j]).sum() - 1)
+             for j in range(6)] for i in range(6)]
+    assert len({tuple(r) for r in rank}) > 1  # the ranking differs between windows
+    partners = mismatched_partners([w.stimulus_id for w in windows], 8, seed=1)
+    assert partners.shape == (6, 3)  # 3 windows of the other stimulus
+    for top in (1, 5):
+        signal = record["top"][str(top)]
+        assert signal["chance"] == pytest.approx(top / 6)
+        assert signal["matched"] == pytest.approx(np.mean([rank[i][i] < top for i in range(6)]))
+        assert signal["mismatched"] == pytest.approx(np.mean([[rank[i][j] < top for j in partners[i]]
+                                                              for i in range(6)]))
+    table = next(t for t in ev.signal_tables() if t.key == "retrieval")
+    assert table.header[:6] == ["Subject", "Split", "Stage-1 subjects", "Clips", "top-1", "top-1 chance"]
+    assert [c.text for c in table.rows[0][:6]] == ["s3", "test", "s1,s2", "6",
+                                                   f"{record['top']['1']['matched']:.3f}", "0.167"]
+    assert "## Brain-to-video retrieval (stage-1 encoder)" in ev.to_markdown()
+    # without a stage-1 encoder: not measured, and said why
+    shutil.rmtree(run / "contrastive")
+    ev = evaluate_run(run, config=config, progress=False)
+    assert ev.retrieval == [] and "no stage-1 encoder" in ev.retrieval_skipped[0]
+    assert "Retrieval not measured: no stage-1 encoder" in ev.to_markdown()

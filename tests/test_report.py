@@ -25,6 +25,7 @@ from glfa.evaluation import (
     GlfaAlignment,
     VideoEvaluation,
     evaluate_run,
+    method_label,
     method_ttests,
     write_video_tables,
 )
@@ -213,3 +214,21 @@ def test_check_report_in_a_headless_browser(report_run, tmp_path):
     (tmp_path / "blank.html").write_text("<!DOCTYPE html><html><body></body></html>")
     result = _check(tmp_path / "blank.html", tmp_path / "blank.png")
     assert result.returncode == 1 and "blank" in result.stderr
+
+
+def test_honest_comparison_puts_matched_beside_mismatched(report_run):
+    """Chance is the mismatched baseline: every method's scores beside the same against other clips' truth."""
+    run, path = report_run
+    ev = VideoEvaluation.load(run / "evaluation" / "video.json")
+    words = " ".join(parse(path).text)
+    good, bad = (next(r for r in ev.results if r.method == m) for m in ("glfa", "lea"))
+    for r in (good, bad):
+        ssim = r.brain_signal["ssim"]
+        assert (f"{method_label(r.method)}, matched vs mismatched (against other clips' ground truth): " in words)
+        assert f"SSIM {ssim['matched']:.3f} vs {ssim['mismatched']:.3f} ({ssim['difference']:+.3f}, " in words
+    assert "GLFA, matched vs mismatched" in words and ": a significant brain signal on every metric." in words
+    frame = good.brain_signal["frame-2way"]
+    assert (f"frame 2-way {good.summary['frame-2way']['mean']:.3f} ± 0.000 (above chance, i.e. its mismatched "
+            f"baseline {frame['mismatched']:.3f}, p = {frame['p']:.2g}; 1/N = 0.50)") in words
+    assert re.search(r"LEA, matched vs mismatched .*: no significant brain signal on \d+ of 11 metrics\.", words)
+    assert "Not measured: no stage-1 encoder" in words  # the planted run has training logs, no encoder

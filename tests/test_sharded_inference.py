@@ -80,11 +80,16 @@ def test_evaluate_shares_the_classifier_batches(tmp_path, classifiers):  # noqa:
     write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store="/data/study")
     write_generations(run, "glfa", "s3", np.roll(truth, 1, axis=0), truth, store="/data/study")
     config = tmp_path / "evaluation.yaml"
-    config.write_text(yaml.safe_dump({"device": "cpu", "evaluation": {**classifiers, "n_ways": [2, 5], "seed": 3}}))
+    networks = {k: v for k, v in classifiers.items() if k != "clip_model"}
+    config.write_text(yaml.safe_dump({"device": "cpu", "model": {"preset": "tiny"},
+                                      "contrastive": {"clip_model": classifiers["clip_model"]},
+                                      "evaluation": {**networks, "n_ways": [2, 5], "seed": 3}}))
     single = evaluate_run(run, config=load_config(config), progress=False).to_dict()["results"]
 
     outs = _launch(["evaluate", "run", str(run), "-c", str(config), "--quiet"], 2)
     assert "written to" in outs[0] and outs[1] == ""  # the main process writes the tables
     sharded = json.loads((run / "evaluation" / "video.json").read_text())["results"]
     assert [r["scores"] for r in sharded] == [r["scores"] for r in single]
+    for key in ("extra_scores", "brain_signal"):  # CLIP embeddings and the mismatched pairings too
+        assert [r[key] for r in sharded] == [r[key] for r in single]
     assert set(single[0]["scores"]) == {"video-2way", "video-5way", "frame-2way", "frame-5way", "ssim"}

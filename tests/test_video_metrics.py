@@ -7,6 +7,7 @@ from skimage.metrics import structural_similarity
 from glfa.backbones import load_frame_classifier, load_video_classifier, tiny_frame_classifier, tiny_video_classifier
 from glfa.errors import DataError
 from glfa.metrics import frame_n_way_scores, n_way_top_k, ssim_scores, summarize, video_n_way_scores
+from glfa.metrics.video import n_way_top_k_pairings
 from glfa.metrics import video as video_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,6 +59,21 @@ def test_n_way_matches_brute_force(n_way, top_k, ground_truth_top, monkeypatch):
     monkeypatch.setattr(video_metrics, "_CHUNK_DRAWS", 1)  # one row per chunk: the same random stream
     np.testing.assert_array_equal(n_way_top_k(pred, truth, **options), expected)
     assert 0 < expected.mean() < 1
+
+
+def test_n_way_pairings_are_n_way_of_each_pairing():
+    """Every pairing scored on the decoded rows' own draws: as n_way_top_k against the paired truths."""
+    rng = np.random.default_rng(6)
+    truth = random_probs(rng, (5, 3, 40))  # 5 samples of 3 frames
+    pred = 0.2 * truth + 0.8 * random_probs(rng, (5, 3, 40))
+    pairings = [np.arange(5), np.array([1, 2, 3, 4, 0]), np.array([4, 4, 0, 1, 2])]
+    for options in (dict(n_way=2, ground_truth_top=3), dict(n_way=10, top_k=2, ground_truth_top=1)):
+        got = n_way_top_k_pairings(pred, truth, pairings, trials=30, seed=2, **options)
+        assert got.shape == (3, 5, 3)
+        for k, pairing in enumerate(pairings):
+            np.testing.assert_array_equal(got[k], n_way_top_k(pred, truth[pairing], trials=30, seed=2, **options))
+    with pytest.raises(DataError, match="samples"):
+        n_way_top_k_pairings(pred[0, 0], truth[0, 0], [np.arange(1)], n_way=2)
 
 
 def test_n_way_known_answers():

@@ -3,9 +3,12 @@
 - Structure: :func:`ssim_scores`, SSIM of every decoded frame against the real frame
   (``skimage.metrics.structural_similarity``, ``data_range=255``, ``channel_axis=-1``), averaged
   over the frames of each sample.
+- Pixels: :func:`psnr_scores`, PSNR per frame averaged over the frames of each sample.
 - Semantics: N-way top-K classification accuracy, frame-based (:func:`frame_n_way_scores`, an
   ImageNet classifier on every frame, averaged over frames) and video-based
-  (:func:`video_n_way_scores`, a Kinetics-400 VideoMAE on the whole clip).
+  (:func:`video_n_way_scores`, a Kinetics-400 VideoMAE on the whole clip); CLIP similarity
+  (:func:`clip_similarity_scores`, decoded against real frame embeddings) and CLIP-pcc
+  (:func:`clip_pcc`, consecutive decoded frames against each other).
 
 N-way top-K (:func:`n_way_top_k`) follows MinD-Video's ``n_way_top_k_acc`` / ``img_classify_metric``
 (``eval_metrics.py`` of the MinD-Video code):
@@ -41,6 +44,8 @@ from glfa.errors import DataError
 
 # (row, trial, step) uniforms drawn per chunk of rows, to bound memory (8 bytes each)
 _CHUNK_DRAWS = 1 << 22
+#: PSNR (dB) recorded for a frame equal to its truth, whose PSNR is infinite
+PSNR_CAP = 100.0
 
 
 def _check_videos(decoded, truth) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +87,68 @@ def ssim_scores(decoded: np.ndarray, truth: np.ndarray) -> np.ndarray:
     for i, (video, real) in enumerate(zip(decoded, truth)):
         out[i] = np.mean([structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(video, real)])
     return out
+
+
+def psnr_scores(decoded: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-sample PSNR (dB, peak 255): the mean over frames of each frame's PSNR.
+
+    A frame's PSNR is ``10 log10(255^2 / MSE)`` over its pixels and channels, as skimage's
+    ``peak_signal_noise_ratio(data_range=255)``; a frame equal to its truth (MSE 0, infinite
+    PSNR) counts as :data:`PSNR_CAP` dB, so that means and differences stay finite.
+
+    Parameters
+    ----------
+    decoded, truth : uint8 array ``[N, f, h, w, 3]``
+
+    Returns
+    -------
+    float64 array ``[N]``
+    """
+    decoded, truth = _check_videos(decoded, truth)
+    diff = decoded.astype(np.float64) - truth  # [N, f, h, w, 3]
+    mse = (diff * diff).reshape(*diff.shape[:2], -1).mean(-1)  # [N, f]
+    with np.errstate(divide="ignore"):
+        psnr = 10 * np.log10(255.0**2 / mse)
+    return np.minimum(psnr, PSNR_CAP).mean(axis=1)
+
+
+def clip_similarity_scores(decoded: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-sample CLIP similarity: the mean over frames of the cosine between decoded and true frame embeddings.
+
+    Parameters
+    ----------
+    decoded, truth : array ``[N, f, D]``
+        CLIP image embeddings of the decoded frames and of the true frames.
+
+    Returns
+    -------
+    float64 array ``[N]``
+    """
+    x, y = _unit(decoded, "decoded"), _unit(truth, "truth")
+    if x.shape != y.shape:
+        raise DataError(f"decoded embeddings {x.shape} and true embeddings {y.shape} differ in shape "
+                        "[clips, frames, dim]", field="truth")
+    return (x * y).sum(-1).mean(axis=1)
+
+
+def clip_pcc(decoded: np.ndarray) -> np.ndarray:
+    """CLIP-pcc of every video: the mean cosine between the CLIP embeddings of consecutive frames.
+
+    ``decoded`` ``[N, f, D]`` (f >= 2) -> float64 ``[N]``. It measures temporal consistency,
+    not decoding: it has no ground truth, hence no mismatched baseline.
+    """
+    x = _unit(decoded, "decoded")
+    if x.shape[1] < 2:
+        raise DataError(f"CLIP-pcc needs at least 2 frames per clip, got {x.shape[1]}", field="decoded")
+    return (x[:, :-1] * x[:, 1:]).sum(-1).mean(axis=1)
+
+
+def _unit(x, name: str) -> np.ndarray:
+    """Embeddings ``[n, f, D]`` as float64 unit vectors; DataError when not finite or not 3-D."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3 or not np.all(np.isfinite(x)):
+        raise DataError(f"expected finite embeddings [clips, frames, dim], got shape {x.shape}", field=name)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _check_probs(pred_probs, truth_probs, *, n_way: int, top_k: int, trials: int,
@@ -139,30 +206,66 @@ def n_way_top_k(pred_probs: np.ndarray, truth_probs: np.ndarray, *, n_way: int, 
         The fraction of correct trials of every row (``[N]`` for ``[N, C]`` input).
     """
     pred, truth = _check_probs(pred_probs, truth_probs, n_way=n_way, top_k=top_k, trials=trials,
-                               ground_truth_top=ground_truth_top)
+                               ground_truth_top=ground_truth_top)  # [rows, C] each, rows in order
+    return n_way_top_k_pairings(pred, truth, [np.arange(len(pred))], n_way=n_way, top_k=top_k, trials=trials,
+                                ground_truth_top=ground_truth_top, seed=seed)[0].reshape(np.shape(pred_probs)[:-1])
+
+
+def n_way_top_k_pairings(pred_probs: np.ndarray, truth_probs: np.ndarray, pairings: list[np.ndarray], *,
+                         n_way: int, top_k: int = 1, trials: int = 100, ground_truth_top: int = 3,
+                         seed: int = 0) -> np.ndarray:
+    """N-way top-K accuracy of every decoded row against the truth each pairing gives it.
+
+    Parameters
+    ----------
+    pred_probs, truth_probs : arrays ``[N, ..., C]`` of the same shape
+        Probabilities on N decoded and N true samples (``...``: e.g. their frames).
+    pairings : list of int arrays ``[N]``
+        Decoded sample ``i`` is scored against true sample ``pairing[i]`` (``[i, t]`` against
+        ``[pairing[i], t]``).
+    n_way, top_k, trials, ground_truth_top, seed
+        As :func:`n_way_top_k`.
+
+    Returns
+    -------
+    float64 array ``[len(pairings), N, ...]``
+        Each pairing is scored on the same random trials of each decoded row (the draws depend on
+        the row, not on the truth), so pairing ``arange(N)`` gives exactly :func:`n_way_top_k`.
+        The ground-truth classes of each true row are found once for every pairing.
+    """
+    if np.ndim(pred_probs) < 2:
+        raise DataError(f"expected probabilities [samples, ..., classes], got shape {np.shape(pred_probs)}",
+                        field="pred_probs")
+    pred, truth = _check_probs(pred_probs, truth_probs, n_way=n_way, top_k=top_k, trials=trials,
+                               ground_truth_top=ground_truth_top)  # [(N r), C] each
+    shape = np.shape(pred_probs)[:-1]
     rows, classes = pred.shape
-    gt = np.argsort(-truth, axis=1, kind="stable")[:, :ground_truth_top]  # [r, g]
-    gt_pred = np.take_along_axis(pred, gt, axis=1)  # [r, g]
-    best = gt_pred.max(axis=1, keepdims=True)  # [r, 1]
-    # drawable classes that the decoded frame ranks at or above its best ground-truth class
-    outranking = (pred >= best).sum(axis=1) - (gt_pred >= best).sum(axis=1)  # [r]
+    gt = np.argsort(-truth, axis=1, kind="stable")[:, :ground_truth_top]  # [(N r), g]
+    gt = gt.reshape(shape[0], -1, ground_truth_top)  # [N, r, g]
+    outranking = []  # per pairing [(N r)]: drawable classes the decoded row ranks at or above its best truth class
+    for pairing in pairings:
+        paired = gt[pairing].reshape(rows, ground_truth_top)  # [(N r), g]
+        gt_pred = np.take_along_axis(pred, paired, axis=1)  # [r, g]
+        best = gt_pred.max(axis=1, keepdims=True)  # [r, 1]
+        outranking.append((pred >= best).sum(axis=1) - (gt_pred >= best).sum(axis=1))
     pool = classes - ground_truth_top
     draws = n_way - 1
     rng = np.random.default_rng(seed)
     step = max(1, _CHUNK_DRAWS // (trials * draws))
-    out = np.empty(rows)
+    out = np.empty((len(pairings), rows))
     for start in range(0, rows, step):
         u = rng.random((min(step, rows - start), trials, draws))  # [r, t, n-1]
-        left = np.broadcast_to(outranking[start:start + len(u), None], u.shape[:2]).copy()  # [r, t]
-        above = np.zeros(u.shape[:2], dtype=np.int64)  # [r, t] drawn classes outranking the ground truth
-        for j in range(draws):
-            size = pool - j
-            picked = np.minimum((u[:, :, j] * size).astype(np.int64), size - 1)
-            hit = picked < left
-            left -= hit
-            above += hit
-        out[start:start + len(u)] = (above < top_k).mean(axis=1)
-    return out.reshape(np.shape(pred_probs)[:-1])
+        for k, counts in enumerate(outranking):
+            left = np.broadcast_to(counts[start:start + len(u), None], u.shape[:2]).copy()  # [r, t]
+            above = np.zeros(u.shape[:2], dtype=np.int64)  # [r, t] drawn classes outranking the ground truth
+            for j in range(draws):
+                size = pool - j
+                picked = np.minimum((u[:, :, j] * size).astype(np.int64), size - 1)
+                hit = picked < left
+                left -= hit
+                above += hit
+            out[k, start:start + len(u)] = (above < top_k).mean(axis=1)
+    return out.reshape(len(pairings), *shape)
 
 
 def frame_n_way_scores(classifier, decoded: np.ndarray, truth: np.ndarray, *, n_way: int, top_k: int = 1,
