@@ -41,20 +41,26 @@ VIDEOS = "videos.npz"
 TIMING = "generation.json"
 
 
+#: Methods whose model folder is ``RUN/<method>/model`` (every other one is ``RUN/cotrain-<method>/model``).
+OWN_FOLDER = ("lea", "blurry")
+#: Suffix of the generations folder of a method started from the blurry decoder's latents.
+BLURRY_SUFFIX = "+blurry"
+
+
 def available_methods(run_dir: str | Path) -> list[str]:
-    """The methods with a decoder model in ``run_dir``: ``cotrain-<method>/model`` names, then ``lea``."""
+    """The methods with a decoder model in ``run_dir``: ``cotrain-<method>/model`` names, then ``lea``, ``blurry``."""
     run_dir = Path(run_dir)
     methods = sorted(p.parent.name.removeprefix("cotrain-") for p in run_dir.glob("cotrain-*/model")
                      if (p / MODEL_INFO).is_file())
-    return methods + (["lea"] if (run_dir / "lea" / "model" / MODEL_INFO).is_file() else [])
+    return methods + [m for m in OWN_FOLDER if (run_dir / m / "model" / MODEL_INFO).is_file()]
 
 
 def model_dir_for(run_dir: str | Path, method: str) -> Path:
-    """``RUN/lea/model`` for ``"lea"``, else ``RUN/cotrain-<method>/model``; CheckpointError if it holds no model."""
+    """``RUN/lea/model`` or ``RUN/blurry/model``, else ``RUN/cotrain-<method>/model``; CheckpointError if empty."""
     run_dir = Path(run_dir)
     if not method or "/" in method or method.startswith("."):
         raise DataError(f"expected a method name such as 'glfa', 'pte-v' or 'lea', got {method!r}", field="method")
-    path = run_dir / "lea" / "model" if method == "lea" else run_dir / f"cotrain-{method}" / "model"
+    path = run_dir / method / "model" if method in OWN_FOLDER else run_dir / f"cotrain-{method}" / "model"
     if not (path / MODEL_INFO).is_file():
         found = available_methods(run_dir)
         raise CheckpointError(f"no model for method {method!r} (no {path / MODEL_INFO}); this run holds "
@@ -107,7 +113,7 @@ def _write_npz(path: Path, arrays: dict[str, Path]) -> None:
 
 def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "test",
              store: StudyStore | str | Path | None = None, config: GlfaConfig | GenerationConfig | None = None,
-             device: str | None = None, dtype: str | None = None, batch_size: int = 8,
+             device: str | None = None, dtype: str | None = None, batch_size: int = 8, init: str | None = None,
              progress: bool = True) -> Path:
     """Decode every ``split`` window of ``subject`` with ``method``'s model; returns the generations folder.
 
@@ -116,7 +122,8 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     run_dir
         The experiment's run folder (``output_dir/name``).
     method
-        ``"lea"`` for ``RUN/lea/model``, else the name of ``RUN/cotrain-<method>/model``.
+        ``"lea"`` for ``RUN/lea/model``, ``"blurry"`` for ``RUN/blurry/model`` (its predicted
+        latents decoded by the VAE, no diffusion), else the name of ``RUN/cotrain-<method>/model``.
     subject, split
         Whose fMRI, and which windows (``test`` or ``train``; a training subject's ``train``
         windows are allowed and recorded as ``seen_in_training`` in the index).
@@ -129,6 +136,10 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
         Where and in which precision the generator runs (CUDA if available and float32 by default).
     batch_size
         Windows per UNet batch (the UNet sees twice as many under guidance).
+    init
+        ``"noise"`` or ``"blurry"``, overriding ``generation.init``. With ``blurry`` a diffusion
+        method starts from ``RUN/blurry/model``'s latents noised to ``generation.init_strength``
+        and writes ``generations/<method>+blurry/``.
     progress
         Show a progress bar over the clips.
     """
@@ -138,16 +149,21 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     model_dir = model_dir_for(run_dir, method)
     info = read_model_info(model_dir)
     gen = generation_config(info, config, model_dir)
+    if init is not None:
+        if init not in ("noise", "blurry"):
+            raise DataError(f"expected 'noise' or 'blurry', got {init!r}", field="init")
+        gen = gen.model_copy(update={"init": init})
+    name = method + BLURRY_SUFFIX if gen.init == "blurry" and info["kind"] != "blurry" else method
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store if store is not None else info["store"])
     windows = _subject_windows(store, subject, split)
-    out = run_dir / "generations" / method / f"{subject}-{split}"
+    out = run_dir / "generations" / name / f"{subject}-{split}"
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale)  # left by a killed run
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        _generate_into(tmp, run_dir, method, subject, split, store, windows, model_dir, info, gen,
+        _generate_into(tmp, run_dir, name, subject, split, store, windows, model_dir, info, gen,
                        device, dtype, batch_size, progress)
         replace_dir(tmp, out)
     finally:
@@ -156,12 +172,58 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     return out
 
 
+def _blurry_decoder(model_dir: Path, generator, generator_path: str, gen: GenerationConfig):
+    """The :class:`~glfa.baselines.blurry.BlurryDecoder` of ``model_dir``, checked against the generator and ``gen``."""
+    from glfa.baselines.blurry import BlurryDecoder
+
+    info = read_model_info(model_dir)
+    if info["generator"] != generator_path:
+        raise CheckpointError(f"the blurry decoder predicts latents of the generator {info['generator']}, but the "
+                              f"method decodes with {generator_path}", path=model_dir / MODEL_INFO, field="generator")
+    decoder = BlurryDecoder.load(model_dir, generator.device)
+    factor = generator.vae_scale_factor
+    expected = (generator.latent_channels, gen.num_frames, gen.height // factor, gen.width // factor)
+    if decoder.shape != expected:
+        raise DataError(f"the blurry decoder predicts latents {list(decoder.shape)} (the stored frames), generation "
+                        f"asks for {gen.num_frames} frames of {gen.height} x {gen.width} pixels, latents "
+                        f"{list(expected)}; set generation.num_frames/height/width to the stored window's",
+                        path=model_dir, field="generation")
+    return decoder
+
+
+def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, device, dtype):
+    """``(decode(fmri [b, n, H, W], seeds) -> uint8 videos [b, f, h, w, 3], the VideoGenerator)`` for one method."""
+    from glfa.backbones import load_video_generator
+
+    if info["kind"] == "blurry":  # the predicted latents decoded as they are: no diffusion, no seeds
+        generator = load_video_generator(info["generator"], device=device, dtype=dtype, with_text_encoder=False)
+        decoder = _blurry_decoder(model_dir, generator, info["generator"], gen)
+        return lambda fmri, seeds: generator.decode_latents(decoder.latents(fmri)), generator
+    pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
+    blurry = None
+    if gen.init == "blurry":
+        try:
+            blurry_dir = model_dir_for(run_dir, "blurry")
+        except CheckpointError:
+            raise CheckpointError("generation.init is 'blurry' but this run has no blurry decoder (RUN/blurry/model); "
+                                  "train it first: glfa train blurry -c CONFIG --store STORE", path=run_dir,
+                                  field="generation.init") from None
+        blurry = _blurry_decoder(blurry_dir, pipe.generator, info["generator"], gen)
+
+    def decode(fmri, seeds):
+        return pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
+                    num_frames=gen.num_frames, height=gen.height, width=gen.width, seed=seeds,
+                    init_latents=None if blurry is None else blurry.latents(fmri).cpu(),
+                    init_strength=gen.init_strength)
+    return decode, pipe.generator
+
+
 def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: str, store: StudyStore,
                    windows: list, model_dir: Path, info: dict, gen: GenerationConfig, device, dtype,
                    batch_size: int, progress: bool) -> None:
-    """Write the whole generations folder into ``tmp`` (index.json last)."""
+    """Write the whole generations folder into ``tmp`` (index.json last); ``method`` names the folder."""
     started = time.perf_counter()
-    pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
+    decode, generator = _decoder(run_dir, model_dir, info, gen, device, dtype)
     loaded = time.perf_counter()
     for part in ("decoded", "truth"):
         (tmp / part).mkdir(parents=True)
@@ -176,9 +238,7 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
             batch = windows[start:start + batch_size]
             fmri = np.stack([store.fmri(subject, w) for w in batch])  # [b, n, H, W]
             tick = time.perf_counter()
-            videos = pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
-                          num_frames=gen.num_frames, height=gen.height, width=gen.width,
-                          seed=[gen.seed + w.index for w in batch]).numpy()  # [b, f, h, w, 3]
+            videos = decode(fmri, [gen.seed + w.index for w in batch]).numpy()  # [b, f, h, w, 3]
             decoding += time.perf_counter() - tick
             for j, (w, video) in enumerate(zip(batch, videos)):
                 i = start + j
@@ -202,7 +262,7 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
     write_json_atomic(tmp / TIMING, {
         "clips": len(windows), "seconds": seconds, "load_seconds": loaded - started,
         "decode_seconds": decoding, "clips_per_second": len(windows) / decoding if decoding else None,
-        "batch_size": batch_size, "device": str(pipe.device), "dtype": str(pipe.generator.dtype).removeprefix("torch."),
+        "batch_size": batch_size, "device": str(generator.device), "dtype": str(generator.dtype).removeprefix("torch."),
     })
     write_json_atomic(tmp / INDEX, {
         "method": method, "kind": info["kind"], "subject": subject, "split": split,
