@@ -243,8 +243,13 @@ class LeaConfig(_Strict):
 
 
 class BlurryConfig(LeaConfig):
-    """The low-level decoder (``glfa train blurry``): ridge, with LEA's settings, from the stage-1 encoder's
-    latent to the generator's VAE latents of the window's stored frames."""
+    """The low-level decoder (``glfa train blurry``): ridge, with LEA's settings, from fMRI features to the
+    generator's VAE latents of the window's stored frames."""
+
+    features: Literal["aligned", "latent"] = Field(
+        "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
+        "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
+    pool: int = Field(16, gt=0, description="side of the pooled aligned images")
 
 
 class DemoGeneratorConfig(_Strict):

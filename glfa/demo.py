@@ -286,33 +286,23 @@ def _fresh(output: Path, inputs: list[Path]) -> bool:
     return output.is_file() and all(output.stat().st_mtime >= p.stat().st_mtime for p in inputs)
 
 
-def _start_settings(gen) -> dict[str, Any]:
-    """The generation settings that change a clip: ``init_strength`` only matters for a blurry start."""
-    settings = gen.model_dump(mode="json")
-    if settings["init"] == "noise":
-        settings.pop("init_strength")
-    return settings
-
-
 def step_generate(ctx: DemoContext) -> dict[str, Any]:
     """Decode every test window of each held-out subject with every method (mp4 + gif beside the truth).
 
     A method's clips are reused when they were written after its decoder (and the blurry decoder it
     starts from) with the same generation settings.
     """
-    from glfa.config import GenerationConfig
-    from glfa.generate import BLURRY_SUFFIX, generate, model_dir_for
+    from glfa.generate import BLURRY_SUFFIX, clip_settings, generate, model_dir_for
 
     run_dir = ctx.paths["run"]
     written, reused = {}, []
     for subject in ctx.config.subjects.held_out:
         for method, init in (*DEMO_METHODS, (f"within-{subject}", "noise")):
-            settings = _start_settings(ctx.config.generation.model_copy(update={"init": init}))
+            settings = clip_settings(ctx.config.generation.model_copy(update={"init": init}))
             name = method + BLURRY_SUFFIX if init == "blurry" else method
             index_path = run_dir / "generations" / name / f"{subject}-test" / "index.json"
             models = [model_dir_for(run_dir, m) / "model.json" for m in {method, "blurry" if init == "blurry" else method}]
-            if _fresh(index_path, models) and \
-                    _start_settings(GenerationConfig(**json.loads(index_path.read_text())["generation"])) == settings:
+            if _fresh(index_path, models) and json.loads(index_path.read_text())["generation"] == settings:
                 reused.append(name)
             else:
                 generate(run_dir, method=method, subject=subject, split="test", config=ctx.config, init=init,

@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
@@ -81,6 +82,14 @@ def generation_config(info: dict, config: GlfaConfig | GenerationConfig | None, 
         first = exc.errors()[0]
         raise CheckpointError(f"invalid saved generation config ({first['msg']})", path=model_dir / MODEL_INFO,
                               field="config.generation." + ".".join(map(str, first["loc"]))) from None
+
+
+def clip_settings(gen: GenerationConfig) -> dict:
+    """The generation settings a clip depends on, as index.json records them: the start's only for a blurry start."""
+    settings = gen.model_dump(mode="json")
+    if settings["init"] == "noise":
+        del settings["init"], settings["init_strength"]
+    return settings
 
 
 def truth_clip(frames: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -172,23 +181,40 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     return out
 
 
-def _blurry_decoder(model_dir: Path, generator, generator_path: str, gen: GenerationConfig):
-    """The :class:`~glfa.baselines.blurry.BlurryDecoder` of ``model_dir``, checked against the generator and ``gen``."""
-    from glfa.baselines.blurry import BlurryDecoder
+class BlurryStart:
+    """The blurry decoder's clips and initial latents at the generation's frame count and size.
 
-    info = read_model_info(model_dir)
-    if info["generator"] != generator_path:
-        raise CheckpointError(f"the blurry decoder predicts latents of the generator {info['generator']}, but the "
-                              f"method decodes with {generator_path}", path=model_dir / MODEL_INFO, field="generator")
-    decoder = BlurryDecoder.load(model_dir, generator.device)
-    factor = generator.vae_scale_factor
-    expected = (generator.latent_channels, gen.num_frames, gen.height // factor, gen.width // factor)
-    if decoder.shape != expected:
-        raise DataError(f"the blurry decoder predicts latents {list(decoder.shape)} (the stored frames), generation "
-                        f"asks for {gen.num_frames} frames of {gen.height} x {gen.width} pixels, latents "
-                        f"{list(expected)}; set generation.num_frames/height/width to the stored window's",
-                        path=model_dir, field="generation")
-    return decoder
+    The decoder predicts latents of the stored window (``[c, m, h', w']``); when the generation
+    asks for another frame count or size, its VAE-decoded clip is resampled as the ground truth
+    is (:func:`truth_clip`) and, for a start, encoded again.
+    """
+
+    def __init__(self, model_dir: Path, generator, generator_path: str, gen: GenerationConfig):
+        from glfa.baselines.blurry import BlurryDecoder
+
+        info = read_model_info(model_dir)
+        if info["generator"] != generator_path:
+            raise CheckpointError(f"the blurry decoder predicts latents of the generator {info['generator']}, but "
+                                  f"the method decodes with {generator_path}", path=model_dir / MODEL_INFO,
+                                  field="generator")
+        self.decoder = BlurryDecoder.load(model_dir, generator.device)
+        self.generator, self.gen = generator, gen
+        factor = generator.vae_scale_factor
+        self.resampled = self.decoder.shape[1:] != (gen.num_frames, gen.height // factor, gen.width // factor)
+
+    def videos(self, fmri) -> torch.Tensor:
+        """fMRI ``[b, n, H, W]`` -> uint8 clips ``[b, f, h, w, 3]`` (CPU)."""
+        clips = self.generator.decode_latents(self.decoder.latents(fmri))  # [b, m, h, w, 3]
+        if not self.resampled:
+            return clips
+        gen = self.gen
+        return torch.from_numpy(np.stack([truth_clip(c, gen.num_frames, gen.height, gen.width) for c in clips.numpy()]))
+
+    def latents(self, fmri) -> torch.Tensor:
+        """fMRI ``[b, n, H, W]`` -> scaled latents ``[b, c, f, h/s, w/s]`` (CPU) to start the solver from."""
+        if not self.resampled:
+            return self.decoder.latents(fmri).cpu()
+        return self.generator.encode_videos(self.videos(fmri)).float().cpu()
 
 
 def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, device, dtype):
@@ -197,8 +223,8 @@ def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, 
 
     if info["kind"] == "blurry":  # the predicted latents decoded as they are: no diffusion, no seeds
         generator = load_video_generator(info["generator"], device=device, dtype=dtype, with_text_encoder=False)
-        decoder = _blurry_decoder(model_dir, generator, info["generator"], gen)
-        return lambda fmri, seeds: generator.decode_latents(decoder.latents(fmri)), generator
+        start = BlurryStart(model_dir, generator, info["generator"], gen)
+        return lambda fmri, seeds: start.videos(fmri), generator
     pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
     blurry = None
     if gen.init == "blurry":
@@ -208,13 +234,12 @@ def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, 
             raise CheckpointError("generation.init is 'blurry' but this run has no blurry decoder (RUN/blurry/model); "
                                   "train it first: glfa train blurry -c CONFIG --store STORE", path=run_dir,
                                   field="generation.init") from None
-        blurry = _blurry_decoder(blurry_dir, pipe.generator, info["generator"], gen)
+        blurry = BlurryStart(blurry_dir, pipe.generator, info["generator"], gen)
 
     def decode(fmri, seeds):
         return pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
                     num_frames=gen.num_frames, height=gen.height, width=gen.width, seed=seeds,
-                    init_latents=None if blurry is None else blurry.latents(fmri).cpu(),
-                    init_strength=gen.init_strength)
+                    init_latents=None if blurry is None else blurry.latents(fmri), init_strength=gen.init_strength)
     return decode, pipe.generator
 
 
@@ -271,5 +296,5 @@ def _generate_into(tmp: Path, run_dir: Path, method: str, subject: str, split: s
         "seen_in_training": split == "train" and subject in info["train_subjects"],
         "model_dir": str(model_dir.resolve()), "run_dir": str(run_dir.resolve()), "store": str(store.path.resolve()),
         "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
-        "generation": gen.model_dump(mode="json"), "count": len(items), "items": items,
+        "generation": clip_settings(gen), "count": len(items), "items": items,
     })

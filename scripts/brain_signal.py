@@ -53,12 +53,12 @@ def signal(scores: np.ndarray, permutations: int, seed: int = 0) -> dict[str, fl
     return {"matched": matched, "mismatched": mismatched, "signal": matched - mismatched, "p": p}
 
 
-def retrieval(run: Path, subject: str, truth: np.ndarray, dim: int) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of finding each window's frames from its fMRI among the test windows."""
+def retrieval(run: Path, folder: Path, subject: str, truth: np.ndarray, dim: int) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of finding each window's frames from its fMRI among the test windows (of ``folder``)."""
     from glfa.data.store import StudyStore
     from glfa.models.encoder import FmriEncoder
 
-    index = json.loads((run / "generations" / "glfa" / f"{subject}-test" / "index.json").read_text())
+    index = json.loads((folder / "index.json").read_text())
     store = StudyStore.open(index["store"])
     windows = {w.index: w for w in store.windows("test")}
     fmri = torch.from_numpy(np.stack([store.fmri(subject, windows[it["window"]]) for it in index["items"]]))
@@ -103,7 +103,7 @@ def main() -> None:
         print(f"{method:>16}: {line}", flush=True)
     if truth is not None and (args.run / "contrastive" / "encoder").is_dir():
         config = json.loads((args.run / "contrastive" / "config.json").read_text())
-        results["retrieval"] = retrieval(args.run, args.subject, truth, config["model"]["heads"]["clip_dim"])
+        results["retrieval"] = retrieval(args.run, folders[-1].parent, args.subject, truth, config["model"]["heads"]["clip_dim"])
         print("retrieval (stage-1 encoder):", json.dumps(results["retrieval"]))
     print(json.dumps(results, indent=1))
 

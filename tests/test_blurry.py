@@ -18,7 +18,7 @@ from glfa.config import GenerationConfig, validate_config
 from glfa.data.features import LatentFeatures, vae_latents
 from glfa.data.store import StudyStore
 from glfa.errors import CheckpointError, ConfigError, DataError
-from glfa.generate import generate
+from glfa.generate import generate, truth_clip
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline
 from tests.fixtures import write_decoding_store
@@ -34,7 +34,7 @@ def blurry_config(root, generator, **overrides):
     data = {"name": "blurry-test", "output_dir": str(root / "runs"), "device": "cpu",
             "model": {"preset": "tiny", "glfa": {"enabled": False}}, "subjects": {"held_out": ["s3"]},
             "cotrain": {"generator": str(generator) if generator else None},
-            "blurry": {"alphas": [1e-3, 1.0], "cv_folds": 2}, "generation": STORED}
+            "blurry": {"alphas": [1e-3, 1.0], "cv_folds": 2, "pool": 8}, "generation": STORED}
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value}
     return validate_config(data)
@@ -77,6 +77,8 @@ def test_fit_blurry_writes_the_model_folder(run):
     assert sorted(p.name for p in model_dir.iterdir()) == ["encoder", "model.json", "ridge.safetensors"]
     info = json.loads((model_dir / "model.json").read_text())
     assert (info["kind"], info["method"]) == ("blurry", "blurry")
+    assert (info["features"], info["pool"]) == ("aligned", 8)
+    assert info["encoder_source"] == str((run["run_dir"] / "cotrain-glfa" / "model" / "encoder").resolve())
     assert (info["train_subjects"], info["held_out"]) == (["s1", "s2"], ["s3"])
     assert info["samples"] == 2 * 4 * 3 and info["alpha"] in (1e-3, 1.0)
     assert set(run["read"]) == {("s1", "train"), ("s2", "train")}  # never a held-out subject or a test window
@@ -89,6 +91,12 @@ def test_fit_blurry_writes_the_model_folder(run):
     fmri = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
     latents = decoder.latents(fmri)
     assert latents.shape == (len(fmri), *info["latent_shape"]) and latents.dtype == torch.float32
+    # it reads GLFA's aligned images pooled to 8 x 8 through the saved ridge weights
+    encoder = FmriEncoder.from_pretrained(run["run_dir"] / "cotrain-glfa" / "model" / "encoder").eval()
+    with torch.no_grad():
+        x = torch.nn.functional.avg_pool2d(encoder.align(fmri), 2).reshape(len(fmri), -1)  # 16 -> 8 pixels a side
+    expected = (x - ridge["x_mean"]) @ ridge["coef"].T + ridge["intercept"]
+    torch.testing.assert_close(latents.reshape(len(fmri), -1), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_ridge_recovers_planted_linear_latents(tmp_path, monkeypatch):
@@ -96,7 +104,7 @@ def test_the_ridge_recovers_planted_linear_latents(tmp_path, monkeypatch):
     generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=32, sample_size=16)
     store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=16))  # 48 windows > 32 features
     config = blurry_config(tmp_path, generator, subjects={"train": ["s1"], "held_out": ["s3"]},
-                           blurry={"alphas": [1e-8, 1e2], "cv_folds": 2})
+                           blurry={"alphas": [1e-8, 1e2], "cv_folds": 2, "features": "latent"})
     encoder = save_encoder(config, store, tmp_path / "run")
     shape = (4, 4, 8, 8)
     rng = np.random.default_rng(0)
@@ -127,6 +135,8 @@ def test_fit_blurry_bad_input(run, tmp_path):
     root, store = run["root"], run["store"]
     with pytest.raises(CheckpointError, match="no fMRI encoder here"):
         fit_blurry(run["config"], store, tmp_path / "empty-run", progress=False)
+    with pytest.raises(ConfigError, match="blurry.features"):
+        blurry_config(root, run["generator"], blurry={"features": "tokens"})
     with pytest.raises(ConfigError, match="cotrain.generator"):
         fit_blurry(blurry_config(root, None), store, run["run_dir"], progress=False)
     with pytest.raises(ConfigError, match="blurry.cv_folds"):
@@ -180,6 +190,23 @@ def test_blurry_init_at_strength_zero_is_the_blurry_clip_and_one_is_the_noise_st
     assert np.abs(half - _clips(blurry)[0]).mean() < np.abs(_clips(noise)[0] - _clips(blurry)[0]).mean()
 
 
+def test_blurry_clips_are_resampled_to_another_generation_size(run):
+    """Generation asks for 6 frames of 8 x 8: the 4-frame 16 x 16 blurry clips are resampled as the truth is."""
+    gen = GenerationConfig(**{**STORED, "num_frames": 6, "height": 8, "width": 8})
+    store = run["store"]
+    fmri = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
+    generator = B.load_video_generator(run["generator"], device="cpu")
+    stored = generator.decode_latents(BlurryDecoder.load(run["model_dir"], "cpu").latents(fmri)).numpy()
+    out = generate(run["run_dir"], method="blurry", subject="s3", config=gen, device="cpu", progress=False)
+    decoded, truth = _clips(out)
+    assert decoded.shape == truth.shape == (len(fmri), 6, 8, 8, 3)
+    np.testing.assert_array_equal(decoded, np.stack([truth_clip(c, 6, 8, 8) for c in stored]))
+    started = generate(run["run_dir"], method="glfa", subject="s3", config=gen.model_copy(update={"init_strength": 0.0}),
+                       init="blurry", device="cpu", progress=False)
+    again = generator.decode_latents(generator.encode_videos(decoded)).numpy()  # strength 0: the re-encoded clip
+    np.testing.assert_array_equal(_clips(started)[0], again)
+
+
 def test_blurry_init_errors(run, tmp_path, capsys):
     run_dir = run["run_dir"]
     bare = tmp_path / "bare"
@@ -187,9 +214,6 @@ def test_blurry_init_errors(run, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="no blurry decoder.*glfa train blurry"):
         generate(bare, method="glfa", subject="s3", config=run["config"], init="blurry", device="cpu", progress=False)
     assert not (bare / "generations" / "glfa+blurry" / "s3-test").exists()
-    with pytest.raises(DataError, match=r"predicts latents \[4, 4, 4, 4\].*6 frames"):
-        generate(run_dir, method="glfa", subject="s3", config=GenerationConfig(**GENERATION), init="blurry",
-                 device="cpu", progress=False)
     with pytest.raises(DataError, match="'noise' or 'blurry'"):
         generate(run_dir, method="glfa", subject="s3", init="zeros", progress=False)
     assert main(["generate", str(bare), "--subject", "s3", "--init", "blurry", "--quiet"]) == 2
@@ -201,7 +225,7 @@ def test_train_blurry_cli(run, tmp_path, capsys):
     import yaml
 
     run_dir = tmp_path / "cli-run"
-    shutil.copytree(run["run_dir"] / "contrastive", run_dir / "contrastive")
+    shutil.copytree(run["run_dir"] / "cotrain-glfa", run_dir / "cotrain-glfa")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(run["config"].to_dict()))
     assert main(["train", "blurry", "-c", str(config), "--store", str(run["store"].path), "--out", str(run_dir),

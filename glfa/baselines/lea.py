@@ -235,6 +235,26 @@ def encoder_latent(encoder, fmri: torch.Tensor) -> torch.Tensor:
     return captured[0]
 
 
+def aligned_images(encoder, fmri: torch.Tensor, pool: int) -> torch.Tensor:
+    """The encoder's GLFA-aligned flat images, average-pooled to ``pool x pool``: ``[B, n, H, W]`` -> ``[B, n*pool*pool]``.
+
+    The raw images when the encoder has no GLFA layer. Pooling keeps the coarse retinotopic
+    layout a low-level readout needs and averages out what alignment leaves misregistered.
+    """
+    with torch.no_grad():
+        aligned = encoder.align(fmri.float())  # [b, n, H, W]
+    return torch.nn.functional.adaptive_avg_pool2d(aligned, pool).flatten(1)
+
+
+def readout_features(encoder, fmri: torch.Tensor, features: str = "latent", pool: int | None = None) -> torch.Tensor:
+    """What a ridge readout reads from fMRI ``[B, n, H, W]``: :func:`encoder_latent` or :func:`aligned_images`."""
+    if features == "latent":
+        return encoder_latent(encoder, fmri)
+    if features == "aligned":
+        return aligned_images(encoder, fmri, int(pool))
+    raise DataError(f"expected 'latent' or 'aligned', got {features!r}", field="features")
+
+
 def window_caption(store, window) -> str:
     """The caption LEA regresses onto: the caption of the window's middle video frame."""
     captions = store.captions(window)
@@ -284,10 +304,11 @@ class RidgeProblem:
     @classmethod
     def prepare(cls, config: GlfaConfig, section: str, store, run_dir: str | Path | None,
                 encoder_dir: str | Path | None, generator: str | Path | None, *, predicts: str,
-                with_text_encoder: bool) -> RidgeProblem:
+                with_text_encoder: bool, default_encoder: Path = STAGE1_ENCODER) -> RidgeProblem:
         """Open the store, load the encoder and generator, list the samples; errors name what is wrong.
 
-        ``predicts`` completes the error for a missing generator ("... whose <predicts> it predicts").
+        ``predicts`` completes the error for a missing generator ("... whose <predicts> it predicts");
+        the encoder is ``encoder_dir``, else ``RUN/default_encoder``.
         """
         from glfa.backbones import load_video_generator, resolve_device
         from glfa.data.store import StudyStore
@@ -301,7 +322,7 @@ class RidgeProblem:
         if generator_path is None:
             raise config.error("cotrain.generator", "no video generator: set cotrain.generator to the diffusers "
                                f"text-to-video folder whose {predicts} it predicts, or pass --generator DIR")
-        encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / STAGE1_ENCODER
+        encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / default_encoder
         device = resolve_device(config.device)
         encoder = load_encoder(encoder_dir, store, device)
         gen = load_video_generator(generator_path, device=device, with_text_encoder=with_text_encoder)
@@ -321,7 +342,8 @@ class RidgeProblem:
         settings = getattr(self.config, self.section)
         return RidgeCV(settings.alphas, cv=settings.cv_folds).fit(x, y, groups=self.groups, y_rows=y_rows)
 
-    def info(self, kind: str, ridge: RidgeCV, target: str) -> dict[str, Any]:
+    def info(self, kind: str, ridge: RidgeCV, target: str,
+             latent: str = "clip_head input: LayerNorm(mean of the spatiotemporal tokens)") -> dict[str, Any]:
         """The ``model.json`` of the fitted readout (the keys every decoder model folder holds, and the fit's)."""
         generator = str(Path(self.generator.path).resolve())
         resolved = self.config.to_dict()
@@ -331,7 +353,7 @@ class RidgeProblem:
             "train_subjects": self.train_subjects, "held_out": self.held_out, "config": resolved,
             "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
             "encoder_source": str(self.encoder_dir.resolve()),
-            "latent": "clip_head input: LayerNorm(mean of the spatiotemporal tokens)", "target": target,
+            "latent": latent, "target": target,
             "samples": len(self.samples), "stimuli": len(set(self.groups)), "alpha": ridge.alpha_,
             "cv_mse": {f"{a:g}": float(e) for a, e in
                        zip(np.ravel(getattr(self.config, self.section).alphas), ridge.cv_scores_)},
@@ -398,8 +420,9 @@ def _targets(generator, captions: list[str], batch_size: int, store_path) -> tup
     return targets.reshape(len(unique), -1), np.array([row[c] for c in captions]), targets.shape[1:]
 
 
-def sample_latents(encoder, store, samples: list, batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 latents ``[N, D]`` of the (subject, window) samples, float32 mean window ``[n, H, W]``)."""
+def sample_latents(encoder, store, samples: list, batch_size: int, progress: bool, features: str = "latent",
+                   pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 :func:`readout_features` ``[N, D]`` of the (subject, window) samples, float32 mean window ``[n, H, W]``)."""
     from tqdm.auto import tqdm
 
     device = next(encoder.parameters()).device
@@ -407,7 +430,7 @@ def sample_latents(encoder, store, samples: list, batch_size: int, progress: boo
     for start in tqdm(range(0, len(samples), batch_size), desc="lea latents", disable=not progress):
         fmri = np.stack([store.fmri(s, w) for s, w in samples[start:start + batch_size]])  # [b, n, H, W]
         total += fmri.sum(axis=0)
-        latents.append(encoder_latent(encoder, torch.from_numpy(fmri).to(device)).double().cpu().numpy())
+        latents.append(readout_features(encoder, torch.from_numpy(fmri).to(device), features, pool).double().cpu().numpy())
     return np.concatenate(latents), (total / len(samples)).astype(np.float32)
 
 
@@ -456,6 +479,8 @@ class EncoderRidge:
     coef : ``[P, D]``, intercept : ``[P]``, x_mean : ``[D]`` (float32 tensors, see :class:`RidgeCV`)
     shape : tuple of int
         The shape of one prediction (its product is P).
+    features, pool
+        What it reads (:func:`readout_features`; ``model.json``'s ``features`` and ``pool``).
     """
 
     #: ``model.json``'s kind and the ridge file's shape tensor, set by each subclass.
@@ -463,10 +488,11 @@ class EncoderRidge:
     shape_key = ""
 
     def __init__(self, encoder, coef: torch.Tensor, intercept: torch.Tensor, x_mean: torch.Tensor,
-                 shape: tuple[int, ...]):
+                 shape: tuple[int, ...], features: str = "latent", pool: int | None = None):
         self.encoder = encoder.eval().requires_grad_(False)
         self.coef, self.intercept, self.x_mean = coef, intercept, x_mean
         self.shape = tuple(int(v) for v in shape)
+        self.features, self.pool = features, pool
 
     @property
     def device(self) -> torch.device:
@@ -490,7 +516,8 @@ class EncoderRidge:
             if not path.is_file():
                 raise CheckpointError(f"missing; expected {what} of a {cls.kind} model folder written by "
                                       f"`glfa train {cls.kind}`", path=path)
-        kind = read_json_object(info_path).get("kind")
+        info = read_json_object(info_path)
+        kind, features, pool = info.get("kind"), info.get("features", "latent"), info.get("pool")
         if kind != cls.kind:
             raise CheckpointError(f"kind is {kind!r}, expected {cls.kind!r}", path=info_path, field="kind")
         try:
@@ -505,17 +532,19 @@ class EncoderRidge:
         encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device)
         coef, intercept, x_mean = (tensors[k].float().to(device) for k in ("coef", "intercept", "x_mean"))
         shape = tuple(int(v) for v in tensors[cls.shape_key])
-        size, dim = int(np.prod(shape)), encoder.config.pte.embed_dim
+        size = int(np.prod(shape))
+        dim = encoder.config.pte.embed_dim if features == "latent" else encoder.num_frames * int(pool or 0) ** 2
         if coef.shape != (size, dim) or intercept.shape != (size,) or x_mean.shape != (dim,):
             raise CheckpointError(f"ridge shapes coef {list(coef.shape)}, intercept {list(intercept.shape)}, x_mean "
-                                  f"{list(x_mean.shape)} do not fit predictions {list(shape)} from latents of width "
-                                  f"{dim}", path=ridge_path)
-        return cls(encoder, coef, intercept, x_mean, shape)
+                                  f"{list(x_mean.shape)} do not fit predictions {list(shape)} from {features} "
+                                  f"features of width {dim}", path=ridge_path)
+        return cls(encoder, coef, intercept, x_mean, shape, features, pool)
 
     @torch.no_grad()
     def predict(self, fmri: torch.Tensor) -> torch.Tensor:
         """fMRI ``[B, n, H, W]`` -> float32 predictions ``[B, *shape]`` on :attr:`device`."""
-        latent = encoder_latent(self.encoder, torch.as_tensor(fmri).float().to(self.device))  # [b, d]
+        latent = readout_features(self.encoder, torch.as_tensor(fmri).float().to(self.device), self.features,
+                                  self.pool)  # [b, d]
         flat = (latent - self.x_mean) @ self.coef.T + self.intercept  # [b, prod(shape)]
         return flat.reshape(len(flat), *self.shape)
 
