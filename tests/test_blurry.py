@@ -233,3 +233,19 @@ def test_train_blurry_cli(run, tmp_path, capsys):
     assert f"saved to {run_dir / 'blurry' / 'model'}" in capsys.readouterr().out
     fitted, again = (load_file(d / "ridge.safetensors") for d in (run["model_dir"], run_dir / "blurry" / "model"))
     assert all(torch.equal(fitted[k], again[k]) for k in fitted)  # the same fit: deterministic, saved and loaded
+
+
+def test_pipeline_start_arguments_are_checked_and_seeded(run):
+    pipe = FmriToVideoPipeline.from_model_dir(run["run_dir"] / "cotrain-glfa" / "model", device="cpu")
+    store = run["store"]
+    fmri = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")[:2]])
+    settings = dict(num_inference_steps=4, guidance_scale=2.0, num_frames=4, height=16, width=16, output_type="latent")
+    init = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    first = pipe(fmri, **settings, seed=3, init_latents=init, init_strength=0.5)
+    torch.testing.assert_close(pipe(fmri, **settings, seed=3, init_latents=init, init_strength=0.5), first, rtol=0,
+                               atol=0)
+    assert not torch.equal(pipe(fmri, **settings, seed=4, init_latents=init, init_strength=0.5), first)
+    with pytest.raises(DataError, match=r"strength in \[0, 1\]"):
+        pipe(fmri, **settings, init_latents=init, init_strength=1.5)
+    with pytest.raises(DataError, match="init latents of shape"):
+        pipe(fmri, **settings, init_latents=init[:1], init_strength=0.5)
