@@ -168,6 +168,17 @@ def _cmd_train_lea(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_blurry(args: argparse.Namespace) -> int:
+    from glfa.baselines.blurry import fit_blurry
+
+    config = _config(args)
+    if args.generator:
+        config.cotrain.generator = args.generator
+    path = fit_blurry(config, Path(args.store), args.out, encoder_dir=args.encoder, progress=not args.quiet)
+    print(f"blurry decoder (ridge from fMRI features to the generator's VAE latents) saved to {path}")
+    return 0
+
+
 def _train_parser(stages, name: str, help: str, func) -> argparse.ArgumentParser:
     """A ``glfa train NAME`` parser with the options every stage takes."""
     q = stages.add_parser(name, help=help)
@@ -202,6 +213,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
                       "generator's text tokens", _cmd_train_lea)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
+    q = _train_parser(stages, "blurry", "the low-level decoder: ridge from fMRI features (blurry.features) to the "
+                      "generator's VAE latents of the window's frames (RUN/blurry/model)", _cmd_train_blurry)
+    q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
+    q.add_argument("--encoder", default=None,
+                   help="the fMRI encoder folder it reads (default: RUN/cotrain-glfa/model/encoder for "
+                        "blurry.features 'aligned', RUN/contrastive/encoder for 'latent')")
 
 
 # ----------------------------------------------------------------------------- import-weights
@@ -249,7 +266,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = _config(args) if args.config else None
     out = generate(Path(args.run), method=args.method, subject=args.subject, split=args.split,
                    store=args.store, config=config, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                   progress=not args.quiet)
+                   init=args.init, progress=not args.quiet)
     print(f"decoded clips, their ground truth and index.json written to {out}")
     return 0
 
@@ -258,7 +275,10 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="decode a subject's fMRI windows into videos (mp4 + gif beside the truth)")
     p.add_argument("run", help="the run folder (holding cotrain-METHOD/model or lea/model)")
     p.add_argument("--subject", required=True, help="the subject whose fMRI is decoded")
-    p.add_argument("--method", default="glfa", help="which trained decoder: glfa (default), pte-v, lea, ...")
+    p.add_argument("--method", default="glfa", help="which trained decoder: glfa (default), pte-v, lea, blurry, ...")
+    p.add_argument("--init", choices=["noise", "blurry"], default=None,
+                   help="start from pure noise or from RUN/blurry/model's latents (writes generations/METHOD+blurry); "
+                        "default: generation.init")
     p.add_argument("--split", choices=["train", "test"], default="test", help="windows to decode (default: test)")
     p.add_argument("--store", default=None, help="study store (default: the one the decoder was trained on)")
     p.add_argument("-c", "--config", help="YAML config whose 'generation' section overrides the trained one")

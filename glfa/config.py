@@ -252,6 +252,16 @@ class LeaConfig(_Strict):
     cv_folds: int = Field(5, ge=2)
 
 
+class BlurryConfig(LeaConfig):
+    """The low-level decoder (``glfa train blurry``): ridge, with LEA's settings, from fMRI features to the
+    generator's VAE latents of the window's stored frames."""
+
+    features: Literal["aligned", "latent"] = Field(
+        "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
+        "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
+    pool: int = Field(16, gt=0, description="side of the pooled aligned images")
+
+
 class DemoGeneratorConfig(_Strict):
     """The demo's tiny text-to-video model, trained on the synthetic clips (cached once per machine)."""
 
@@ -274,6 +284,11 @@ class GenerationConfig(_Strict):
     width: int = Field(576, gt=0)
     fps: float = Field(3.0, gt=0)
     seed: int = 0
+    init: Literal["noise", "blurry"] = Field("noise", description="noise: DPM-Solver starts from pure noise; blurry: "
+                                             "from the blurry decoder's latents (RUN/blurry/model) noised to "
+                                             "init_strength (methods then write generations/METHOD+blurry)")
+    init_strength: float = Field(0.6, ge=0, le=1, description="blurry init: the share of the denoising steps run; "
+                                 "0 = the blurry latents decoded as they are, 1 = the pure-noise start")
 
 
 class EvaluationConfig(_Strict):
@@ -367,6 +382,7 @@ class GlfaConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     align: AlignConfig = AlignConfig()
     lea: LeaConfig = LeaConfig()
+    blurry: BlurryConfig = BlurryConfig()
     simulation: SimulationConfig = SimulationConfig()
     demo_generator: DemoGeneratorConfig = DemoGeneratorConfig()
 

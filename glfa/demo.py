@@ -18,9 +18,12 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 8. ``lea``: the LEA baseline (ridge regression to the generator's caption tokens);
 9. ``within``: the within-subject baseline, stages 1 and 2 on the held-out subject's own
    training windows;
-10. ``generate``: every test window of the held-out subject decoded by each method;
-11. ``evaluate``: SSIM and N-way top-K per method with t-tests (``RUN/evaluation``);
-12. ``report``: ``RUN/report.html``.
+10. ``blurry``: the low-level decoder (ridge from the stage-1 encoder's latent to the generator's
+    VAE latents, ``RUN/blurry/model``);
+11. ``generate``: every test window of the held-out subject decoded by each method, by the blurry
+    decoder alone, and by GLFA started from the blurry latents (``glfa+blurry``);
+12. ``evaluate``: SSIM and N-way top-K per method with t-tests (``RUN/evaluation``);
+13. ``report``: ``RUN/report.html``.
 
 Training steps are reused when their run folder ``OUT/run-<hash>`` (keyed by the store and every
 training section of the config) holds a finished stage, and resumed when a killed demo left
@@ -234,6 +237,21 @@ def step_lea(ctx: DemoContext) -> dict[str, Any]:
     return {"path": str(model), "reused": reused, "alpha": info.get("alpha")}
 
 
+def step_blurry(ctx: DemoContext) -> dict[str, Any]:
+    """The blurry decoder: ridge from the stage-1 encoder's latent to the generator's VAE latents of the frames."""
+    from glfa.baselines.blurry import BLURRY_DIR, fit_blurry
+
+    model = ctx.paths["run"] / BLURRY_DIR
+    settings = ctx.config.blurry.model_dump(mode="json")
+    reused = (model / "model.json").is_file() and \
+        json.loads((model / "model.json").read_text())["config"]["blurry"] == settings
+    if not reused:
+        fit_blurry(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
+    info = json.loads((model / "model.json").read_text())
+    return {"path": str(model), "reused": reused, "alpha": info["alpha"],
+            "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"]), "target_variance": _round(info["target_variance"])}
+
+
 def step_within(ctx: DemoContext) -> dict[str, Any]:
     """Within-subject baselines: stages 1 and 2 (no GLFA) on each held-out subject's own training windows."""
     from glfa.config import SubjectsConfig
@@ -257,9 +275,10 @@ def step_within(ctx: DemoContext) -> dict[str, Any]:
             "reused": all(r["reused"] for r in results.values())}
 
 
-#: The cross-subject decoders the demo compares, by method name (RUN/cotrain-<method> or RUN/lea);
-#: each held-out subject S is also decoded by its own within-subject model ``within-S``.
-DEMO_METHODS = ("glfa", "pte-v", "lea")
+#: The cross-subject decoders the demo compares, by method name (RUN/cotrain-<method>, RUN/lea or
+#: RUN/blurry) and how each starts: ``glfa`` also from the blurry latents (``glfa+blurry``). Each
+#: held-out subject S is also decoded by its own within-subject model ``within-S``.
+DEMO_METHODS = (("glfa", "noise"), ("pte-v", "noise"), ("lea", "noise"), ("blurry", "noise"), ("glfa", "blurry"))
 
 
 def _fresh(output: Path, inputs: list[Path]) -> bool:
@@ -270,22 +289,25 @@ def _fresh(output: Path, inputs: list[Path]) -> bool:
 def step_generate(ctx: DemoContext) -> dict[str, Any]:
     """Decode every test window of each held-out subject with every method (mp4 + gif beside the truth).
 
-    A method's clips are reused when they were written after its decoder with the same generation settings.
+    A method's clips are reused when they were written after its decoder (and the blurry decoder it
+    starts from) with the same generation settings.
     """
-    from glfa.generate import generate, model_dir_for
+    from glfa.generate import BLURRY_SUFFIX, clip_settings, generate, model_dir_for
 
-    run_dir, settings = ctx.paths["run"], ctx.config.generation.model_dump(mode="json")
+    run_dir = ctx.paths["run"]
     written, reused = {}, []
     for subject in ctx.config.subjects.held_out:
-        for method in (*DEMO_METHODS, f"within-{subject}"):
-            index_path = run_dir / "generations" / method / f"{subject}-test" / "index.json"
-            model = model_dir_for(run_dir, method) / "model.json"
-            if _fresh(index_path, [model]) and json.loads(index_path.read_text())["generation"] == settings:
-                reused.append(method)
+        for method, init in (*DEMO_METHODS, (f"within-{subject}", "noise")):
+            settings = clip_settings(ctx.config.generation.model_copy(update={"init": init}))
+            name = method + BLURRY_SUFFIX if init == "blurry" else method
+            index_path = run_dir / "generations" / name / f"{subject}-test" / "index.json"
+            models = [model_dir_for(run_dir, m) / "model.json" for m in {method, "blurry" if init == "blurry" else method}]
+            if _fresh(index_path, models) and json.loads(index_path.read_text())["generation"] == settings:
+                reused.append(name)
             else:
-                generate(run_dir, method=method, subject=subject, split="test", config=ctx.config,
+                generate(run_dir, method=method, subject=subject, split="test", config=ctx.config, init=init,
                          progress=ctx.progress)
-            written[f"{method}/{subject}"] = json.loads(index_path.read_text())["count"]
+            written[f"{name}/{subject}"] = json.loads(index_path.read_text())["count"]
     return {"path": str(run_dir / "generations"), "clips": written, "reused": len(reused) == len(written)}
 
 
@@ -352,6 +374,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("cotrain-pte-v", _cotrain_step("pte-v", glfa=False)),
     ("lea", step_lea),
     ("within", step_within),
+    ("blurry", step_blurry),
     ("generate", step_generate),
     ("evaluate", step_evaluate),
     ("report", step_report),

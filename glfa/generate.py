@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
@@ -44,20 +45,26 @@ TIMING = "generation.json"
 SHARES = ".shares"  # each process's items and timing, merged by the main process and removed
 
 
+#: Methods whose model folder is ``RUN/<method>/model`` (every other one is ``RUN/cotrain-<method>/model``).
+OWN_FOLDER = ("lea", "blurry")
+#: Suffix of the generations folder of a method started from the blurry decoder's latents.
+BLURRY_SUFFIX = "+blurry"
+
+
 def available_methods(run_dir: str | Path) -> list[str]:
-    """The methods with a decoder model in ``run_dir``: ``cotrain-<method>/model`` names, then ``lea``."""
+    """The methods with a decoder model in ``run_dir``: ``cotrain-<method>/model`` names, then ``lea``, ``blurry``."""
     run_dir = Path(run_dir)
     methods = sorted(p.parent.name.removeprefix("cotrain-") for p in run_dir.glob("cotrain-*/model")
                      if (p / MODEL_INFO).is_file())
-    return methods + (["lea"] if (run_dir / "lea" / "model" / MODEL_INFO).is_file() else [])
+    return methods + [m for m in OWN_FOLDER if (run_dir / m / "model" / MODEL_INFO).is_file()]
 
 
 def model_dir_for(run_dir: str | Path, method: str) -> Path:
-    """``RUN/lea/model`` for ``"lea"``, else ``RUN/cotrain-<method>/model``; CheckpointError if it holds no model."""
+    """``RUN/lea/model`` or ``RUN/blurry/model``, else ``RUN/cotrain-<method>/model``; CheckpointError if empty."""
     run_dir = Path(run_dir)
     if not method or "/" in method or method.startswith("."):
         raise DataError(f"expected a method name such as 'glfa', 'pte-v' or 'lea', got {method!r}", field="method")
-    path = run_dir / "lea" / "model" if method == "lea" else run_dir / f"cotrain-{method}" / "model"
+    path = run_dir / method / "model" if method in OWN_FOLDER else run_dir / f"cotrain-{method}" / "model"
     if not (path / MODEL_INFO).is_file() and (path / "config.json").is_file():
         raise CheckpointError("holds an fMRI encoder only, not a decoder model (an authors' stage-2 checkpoint "
                               "imported without its pipeline?): run glfa import-weights CHECKPOINT OUT --pipeline DIR "
@@ -82,6 +89,14 @@ def generation_config(info: dict, config: GlfaConfig | GenerationConfig | None, 
         first = exc.errors()[0]
         raise CheckpointError(f"invalid saved generation config ({first['msg']})", path=model_dir / MODEL_INFO,
                               field="config.generation." + ".".join(map(str, first["loc"]))) from None
+
+
+def clip_settings(gen: GenerationConfig) -> dict:
+    """The generation settings a clip depends on, as index.json records them: the start's only for a blurry start."""
+    settings = gen.model_dump(mode="json")
+    if settings["init"] == "noise":
+        del settings["init"], settings["init_strength"]
+    return settings
 
 
 def truth_clip(frames: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -114,7 +129,7 @@ def _write_npz(path: Path, arrays: dict[str, Path]) -> None:
 
 def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "test",
              store: StudyStore | str | Path | None = None, config: GlfaConfig | GenerationConfig | None = None,
-             device: str | None = None, dtype: str | None = None, batch_size: int = 8,
+             device: str | None = None, dtype: str | None = None, batch_size: int = 8, init: str | None = None,
              progress: bool = True) -> Path:
     """Decode every ``split`` window of ``subject`` with ``method``'s model; returns the generations folder.
 
@@ -129,7 +144,8 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     run_dir
         The experiment's run folder (``output_dir/name``).
     method
-        ``"lea"`` for ``RUN/lea/model``, else the name of ``RUN/cotrain-<method>/model``.
+        ``"lea"`` for ``RUN/lea/model``, ``"blurry"`` for ``RUN/blurry/model`` (its predicted
+        latents decoded by the VAE, no diffusion), else the name of ``RUN/cotrain-<method>/model``.
     subject, split
         Whose fMRI, and which windows (``test`` or ``train``; a training subject's ``train``
         windows are allowed and recorded as ``seen_in_training`` in the index).
@@ -142,6 +158,10 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
         Where and in which precision the generator runs (CUDA if available and float32 by default).
     batch_size
         Windows per UNet batch (the UNet sees twice as many under guidance).
+    init
+        ``"noise"`` or ``"blurry"``, overriding ``generation.init``. With ``blurry`` a diffusion
+        method starts from ``RUN/blurry/model``'s latents noised to ``generation.init_strength``
+        and writes ``generations/<method>+blurry/``.
     progress
         Show a progress bar over the clips (the main process's).
     """
@@ -151,29 +171,34 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
     model_dir = model_dir_for(run_dir, method)
     info = read_model_info(model_dir)
     gen = generation_config(info, config, model_dir)
+    if init is not None:
+        if init not in ("noise", "blurry"):
+            raise DataError(f"expected 'noise' or 'blurry', got {init!r}", field="init")
+        gen = gen.model_copy(update={"init": init})
+    name = method + BLURRY_SUFFIX if gen.init == "blurry" and info["kind"] != "blurry" else method
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store if store is not None else info["store"])
     store.check_geometry(info.get("geometry"), model_dir)
     windows = _subject_windows(store, subject, split)
-    out = run_dir / "generations" / method / f"{subject}-{split}"
+    out = run_dir / "generations" / name / f"{subject}-{split}"
     procs = Processes(device)
-    name = None
+    tmp_name = None
     if procs.is_main:
         check_output(out, "dir")
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)  # only those of killed runs: never a living run's folder
-        name = temporary_name(out).name
-        _start_folder(out.with_name(name), len(windows), gen)
-    tmp = out.with_name(procs.main_value(name))  # the main process's folder, shared by every process
+        tmp_name = temporary_name(out).name
+        _start_folder(out.with_name(tmp_name), len(windows), gen)
+    tmp = out.with_name(procs.main_value(tmp_name))  # the main process's folder, shared by every process
     procs.wait()
     try:
         batches = [(start, windows[start:start + batch_size]) for start in range(0, len(windows), batch_size)]
         started = time.perf_counter()
-        _decode_share(tmp, procs.rank, batches[procs.rank::procs.count], subject, store, model_dir, method, gen,
-                      procs.device(device), dtype, progress and procs.is_main)
+        _decode_share(tmp, procs.rank, batches[procs.rank::procs.count], run_dir, subject, store, model_dir, info,
+                      name, gen, procs.device(device), dtype, progress and procs.is_main)
         procs.wait()
         if procs.is_main:
-            _finish_folder(tmp, run_dir, method, subject, split, store, len(windows), model_dir, info, gen,
+            _finish_folder(tmp, run_dir, name, subject, split, store, len(windows), model_dir, info, gen,
                            batch_size, procs.count, started)
             replace_dir(tmp, out)
     finally:
@@ -181,6 +206,68 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
             shutil.rmtree(tmp, ignore_errors=True)
     procs.wait()  # the others return once the folder is in place
     return out
+
+
+class BlurryStart:
+    """The blurry decoder's clips and initial latents at the generation's frame count and size.
+
+    The decoder predicts latents of the stored window (``[c, m, h', w']``); when the generation
+    asks for another frame count or size, its VAE-decoded clip is resampled as the ground truth
+    is (:func:`truth_clip`) and, for a start, encoded again.
+    """
+
+    def __init__(self, model_dir: Path, generator, generator_path: str, gen: GenerationConfig):
+        from glfa.baselines.blurry import BlurryDecoder
+
+        info = read_model_info(model_dir)
+        if info["generator"] != generator_path:
+            raise CheckpointError(f"the blurry decoder predicts latents of the generator {info['generator']}, but "
+                                  f"the method decodes with {generator_path}", path=model_dir / MODEL_INFO,
+                                  field="generator")
+        self.decoder = BlurryDecoder.load(model_dir, generator.device)
+        self.generator, self.gen = generator, gen
+        factor = generator.vae_scale_factor
+        self.resampled = self.decoder.shape[1:] != (gen.num_frames, gen.height // factor, gen.width // factor)
+
+    def videos(self, fmri) -> torch.Tensor:
+        """fMRI ``[b, n, H, W]`` -> uint8 clips ``[b, f, h, w, 3]`` (CPU)."""
+        clips = self.generator.decode_latents(self.decoder.latents(fmri))  # [b, m, h, w, 3]
+        if not self.resampled:
+            return clips
+        gen = self.gen
+        return torch.from_numpy(np.stack([truth_clip(c, gen.num_frames, gen.height, gen.width) for c in clips.numpy()]))
+
+    def latents(self, fmri) -> torch.Tensor:
+        """fMRI ``[b, n, H, W]`` -> scaled latents ``[b, c, f, h/s, w/s]`` (CPU) to start the solver from."""
+        if not self.resampled:
+            return self.decoder.latents(fmri).cpu()
+        return self.generator.encode_videos(self.videos(fmri)).float().cpu()
+
+
+def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, device, dtype):
+    """``(decode(fmri [b, n, H, W], seeds) -> uint8 videos [b, f, h, w, 3], the VideoGenerator)`` for one method."""
+    from glfa.backbones import load_video_generator
+
+    if info["kind"] == "blurry":  # the predicted latents decoded as they are: no diffusion, no seeds
+        generator = load_video_generator(info["generator"], device=device, dtype=dtype, with_text_encoder=False)
+        start = BlurryStart(model_dir, generator, info["generator"], gen)
+        return lambda fmri, seeds: start.videos(fmri), generator
+    pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
+    blurry = None
+    if gen.init == "blurry":
+        try:
+            blurry_dir = model_dir_for(run_dir, "blurry")
+        except CheckpointError:
+            raise CheckpointError("generation.init is 'blurry' but this run has no blurry decoder (RUN/blurry/model); "
+                                  "train it first: glfa train blurry -c CONFIG --store STORE", path=run_dir,
+                                  field="generation.init") from None
+        blurry = BlurryStart(blurry_dir, pipe.generator, info["generator"], gen)
+
+    def decode(fmri, seeds):
+        return pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
+                    num_frames=gen.num_frames, height=gen.height, width=gen.width, seed=seeds,
+                    init_latents=None if blurry is None else blurry.latents(fmri), init_strength=gen.init_strength)
+    return decode, pipe.generator
 
 
 def _arrays(tmp: Path, mode: str, shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
@@ -197,11 +284,11 @@ def _start_folder(tmp: Path, n: int, gen: GenerationConfig) -> None:
         array.flush()  # the zero-filled files, opened "r+" by every process
 
 
-def _decode_share(tmp: Path, rank: int, batches: list, subject: str, store: StudyStore, model_dir: Path,
-                  method: str, gen: GenerationConfig, device, dtype, progress: bool) -> None:
+def _decode_share(tmp: Path, rank: int, batches: list, run_dir: Path, subject: str, store: StudyStore,
+                  model_dir: Path, info: dict, method: str, gen: GenerationConfig, device, dtype, progress: bool) -> None:
     """Decode ``batches`` ((first index, windows) each) into ``tmp``: clip files, array rows, a share record."""
     started = time.perf_counter()
-    pipe = FmriToVideoPipeline.from_model_dir(model_dir, device=device, dtype=dtype)
+    decode, generator = _decoder(run_dir, model_dir, info, gen, device, dtype)
     loaded = time.perf_counter()
     arrays = _arrays(tmp, "r+")
     items, decoding = [], 0.0
@@ -210,9 +297,7 @@ def _decode_share(tmp: Path, rank: int, batches: list, subject: str, store: Stud
         for start, batch in batches:
             fmri = np.stack([store.fmri(subject, w) for w in batch])  # [b, n, H, W]
             tick = time.perf_counter()
-            videos = pipe(fmri, num_inference_steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale,
-                          num_frames=gen.num_frames, height=gen.height, width=gen.width,
-                          seed=[gen.seed + w.index for w in batch]).numpy()  # [b, f, h, w, 3]
+            videos = decode(fmri, [gen.seed + w.index for w in batch]).numpy()  # [b, f, h, w, 3]
             decoding += time.perf_counter() - tick
             for j, (w, video) in enumerate(zip(batch, videos)):
                 i = start + j
@@ -230,7 +315,7 @@ def _decode_share(tmp: Path, rank: int, batches: list, subject: str, store: Stud
         array.flush()
     write_json_atomic(tmp / SHARES / f"{rank}.json", {
         "items": items, "load_seconds": loaded - started, "decode_seconds": decoding,
-        "device": str(pipe.device), "dtype": str(pipe.generator.dtype).removeprefix("torch."),
+        "device": str(generator.device), "dtype": str(generator.dtype).removeprefix("torch."),
     })
 
 
@@ -261,5 +346,5 @@ def _finish_folder(tmp: Path, run_dir: Path, method: str, subject: str, split: s
         "seen_in_training": split == "train" and subject in info["train_subjects"],
         "model_dir": str(model_dir.resolve()), "run_dir": str(run_dir.resolve()), "store": str(store.path.resolve()),
         "store_identity": store.identity, "seed": gen.seed, "seeds": "generation.seed + window", "fps": gen.fps,
-        "generation": gen.model_dump(mode="json"), "count": n, "items": items,
+        "generation": clip_settings(gen), "count": n, "items": items,
     })

@@ -32,7 +32,7 @@ MODEL_INFO = "model.json"
 NEGATIVE = "negative.safetensors"
 UNET_TRAINABLE = "unet_trainable.safetensors"
 ENCODER_DIR = "encoder"
-KINDS = ("cotrain", "lea")
+KINDS = ("cotrain", "lea", "blurry")
 # Keys every model.json must hold, with the type expected.
 _INFO_KEYS = {"kind": str, "method": str, "generator": str, "store": str, "train_subjects": list,
               "held_out": list, "config": dict, "num_frames": int, "image_size": int}
@@ -173,6 +173,11 @@ class FmriToVideoPipeline:
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir)
+        if info["kind"] == "blurry":
+            raise CheckpointError("a blurry decoder predicts VAE latents and conditions no diffusion: decode them "
+                                  "with glfa.baselines.blurry.BlurryDecoder (glfa generate --method blurry), or "
+                                  "start a diffusion method from them (generation.init: blurry)",
+                                  path=model_dir / MODEL_INFO, field="kind")
         negative = read_negative_tokens(model_dir)
         generator = load_video_generator(info["generator"], device=device, dtype=dtype, with_text_encoder=False)
         if info["kind"] == "cotrain":
@@ -213,7 +218,8 @@ class FmriToVideoPipeline:
     @torch.no_grad()
     def __call__(self, fmri: np.ndarray | torch.Tensor, *, num_inference_steps: int, guidance_scale: float,
                  num_frames: int, height: int, width: int, seed: int | Sequence[int] = 0,
-                 batch_size: int | None = None, output_type: str = "video", progress: bool = False) -> torch.Tensor:
+                 batch_size: int | None = None, output_type: str = "video", init_latents: torch.Tensor | None = None,
+                 init_strength: float = 1.0, progress: bool = False) -> torch.Tensor:
         """Decode fMRI windows ``[B, n, H, W]`` into uint8 videos ``[B, num_frames, height, width, 3]`` (CPU).
 
         Each sample's initial noise is drawn on the CPU from its own generator, seeded with
@@ -222,6 +228,12 @@ class FmriToVideoPipeline:
         (samples per UNet batch; all at once when None). ``guidance_scale`` 1 runs the
         conditional branch alone. ``output_type="latent"`` returns the final scaled latents
         ``[B, c, f, h/s, w/s]`` (float32, CPU) instead of decoding them.
+
+        ``init_latents`` (scaled latents ``[B, c, f, h/s, w/s]``, e.g. the blurry decoder's) start
+        the solver part-way, as image-to-image diffusion does: the first ``round(steps * (1 -
+        init_strength))`` of the ``num_inference_steps`` timesteps are skipped and the latents are
+        noised to the first timestep run with the sample's own seeded noise. ``init_strength`` 0
+        returns ``init_latents`` as they are; 1 is the pure-noise start (``init_latents`` unused).
         """
         if output_type not in ("video", "latent"):
             raise DataError(f"expected 'video' or 'latent', got {output_type!r}", field="output_type")
@@ -231,6 +243,15 @@ class FmriToVideoPipeline:
         seeds = [seed + i for i in range(b)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
         if len(seeds) != b:
             raise DataError(f"expected one seed per sample ({b}), got {len(seeds)}", field="seed")
+        if not 0.0 <= init_strength <= 1.0:
+            raise DataError(f"expected a strength in [0, 1], got {init_strength}", field="init_strength")
+        if init_latents is not None:
+            init_latents = torch.as_tensor(init_latents, dtype=torch.float32)
+            factor = self.generator.vae_scale_factor
+            expected = (b, self.generator.latent_channels, num_frames, height // factor, width // factor)
+            if tuple(init_latents.shape) != expected:
+                raise DataError(f"expected init latents of shape {list(expected)} (one per fMRI window, at the "
+                                f"generation size), got {list(init_latents.shape)}", field="init_latents")
         size = b if batch_size is None else batch_size
         if size <= 0:
             raise DataError(f"must be positive, got {size}", field="batch_size")
@@ -241,12 +262,15 @@ class FmriToVideoPipeline:
         with bar:
             for start in parts:
                 noise = self.initial_noise(seeds[start:start + size], num_frames, height, width)
-                latents = self._denoise(fmri[start:start + size], noise, num_inference_steps, guidance_scale, bar)
+                init = None if init_latents is None or init_strength == 1.0 else init_latents[start:start + size]
+                latents = self._denoise(fmri[start:start + size], noise, num_inference_steps, guidance_scale, bar,
+                                        init, init_strength)
                 out.append(latents.cpu() if output_type == "latent" else self.generator.decode_latents(latents))
         return torch.cat(out)
 
-    def _denoise(self, fmri: torch.Tensor, noise: torch.Tensor, steps: int, scale: float, bar) -> torch.Tensor:
-        """Run the scheduler's loop from ``noise`` [b, c, f, h', w'] under guidance; float32 latents."""
+    def _denoise(self, fmri: torch.Tensor, noise: torch.Tensor, steps: int, scale: float, bar,
+                 init: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """Run the scheduler's loop from ``noise`` [b, c, f, h', w'] (or ``init`` noised to ``strength``); float32."""
         device, dtype = self.device, self.generator.dtype
         tokens = self.condition(fmri.to(device)).to(device, dtype)  # [b, k, c]
         if tokens.ndim != 3 or tokens.shape[1:] != self.negative_tokens.shape:
@@ -260,8 +284,18 @@ class FmriToVideoPipeline:
         template = self.generator.inference_scheduler
         scheduler = type(template).from_config(template.config)  # fresh multistep state per batch
         scheduler.set_timesteps(steps, device=device)
-        latents = noise.to(device) * scheduler.init_noise_sigma  # [b, c, f, h', w'] float32
-        for t in scheduler.timesteps:
+        timesteps = scheduler.timesteps
+        if init is None:
+            latents = noise.to(device) * scheduler.init_noise_sigma  # [b, c, f, h', w'] float32
+        else:
+            skip = steps - int(round(steps * strength))
+            timesteps = timesteps[skip:]
+            bar.update(skip)
+            if not len(timesteps):
+                return init.to(device)
+            scheduler.set_begin_index(skip)
+            latents = scheduler.add_noise(init.to(device), noise.to(device), timesteps[:1])
+        for t in timesteps:
             x = scheduler.scale_model_input(latents, t)
             x = torch.cat([x, x]) if guided else x
             eps = self.unet(x.to(dtype), t, encoder_hidden_states=tokens).sample.float()

@@ -59,7 +59,7 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
         info = json.loads((run / f"cotrain-{method}" / "model" / "model.json").read_text())
         assert info["train_subjects"] == (["03"] if method == "within-03" else ["01", "02"])
     assert steps["generate"]["clips"] == {f"{m}/03": prep["windows_test"]
-                                          for m in ("glfa", "pte-v", "lea", "within-03")}
+                                          for m in ("glfa", "pte-v", "lea", "blurry", "glfa+blurry", "within-03")}
     evaluation = json.loads((run / "evaluation" / "video.json").read_text())
     glfa = next(r for r in evaluation["results"] if r["method"] == "glfa")
     assert glfa["protocol"] == "cross-subject" and glfa["summary"]["frame-2way"]["n"] == prep["windows_test"]
@@ -74,6 +74,8 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     retrieval = evaluation["retrieval"]
     assert [(r["subject"], r["count"]) for r in retrieval] == [("03", prep["windows_test"])]
     assert retrieval[0]["top"]["1"]["chance"] == 1 / prep["windows_test"]
+    blurry = next(r for r in evaluation["results"] if r["method"] == "glfa+blurry")
+    assert blurry["model_dir"] == glfa["model_dir"] and steps["blurry"]["path"] == str(run / "blurry" / "model")
     report = (run / "report.html").read_text()
     assert "Honest comparison" in report and "data:image/gif;base64," in report and "http://" not in report
     on_disk = json.loads((out / "summary.json").read_text())
@@ -86,7 +88,8 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     again = json.loads((out / "summary.json").read_text())
     assert again["steps"]["simulate"]["reused"] and again["steps"]["prepare"]["reused"]
     assert again["steps"]["pretrain"]["reused"]
-    trained = ("contrastive", "generator", "cotrain-glfa", "cotrain-pte-v", "lea", "within", "generate", "evaluate")
+    trained = ("contrastive", "generator", "cotrain-glfa", "cotrain-pte-v", "lea", "within", "blurry", "generate",
+               "evaluate")
     assert all(again["steps"][name]["reused"] for name in trained)
     assert again["steps"]["generator"]["path"] == steps["generator"]["path"]
     assert again["steps"]["simulate"]["path"] == sim["path"]

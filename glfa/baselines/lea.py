@@ -25,13 +25,13 @@ model folder, ``RUN/lea/model/``::
     encoder/              the encoder whose latent LEA reads (FmriEncoder.save_pretrained)
     ridge.safetensors     coef [K*C, n*D], intercept [K*C], x_mean [n*D], alpha [1], token_shape [2] = (K, C)
 
-:class:`LeaDecoder` loads it and predicts tokens for fMRI windows.
+:class:`LeaDecoder` loads it and predicts tokens for fMRI windows; :mod:`glfa.baselines.blurry` reuses
+the ridge, the latent and the folder layout for VAE latents.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ ENCODER_DIR = "encoder"
 RIDGE = "ridge.safetensors"
 LEA_DIR = Path("lea") / "model"
 STAGE1_ENCODER = Path("contrastive") / "encoder"
-_RIDGE_KEYS = ("coef", "intercept", "x_mean", "alpha", "token_shape")
+_RIDGE_KEYS = ("coef", "intercept", "x_mean", "alpha")
 
 
 # ----------------------------------------------------------------------------- ridge regression
@@ -226,6 +226,26 @@ def encoder_latent(encoder, fmri: torch.Tensor) -> torch.Tensor:
     return cls.flatten(1)
 
 
+def aligned_images(encoder, fmri: torch.Tensor, pool: int) -> torch.Tensor:
+    """The encoder's GLFA-aligned flat images, average-pooled to ``pool x pool``: ``[B, n, H, W]`` -> ``[B, n*pool*pool]``.
+
+    The raw images when the encoder has no GLFA layer. Pooling keeps the coarse retinotopic
+    layout a low-level readout needs and averages out what alignment leaves misregistered.
+    """
+    with torch.no_grad():
+        aligned = encoder.align(fmri.float())  # [b, n, H, W]
+    return torch.nn.functional.adaptive_avg_pool2d(aligned, pool).flatten(1)
+
+
+def readout_features(encoder, fmri: torch.Tensor, features: str = "latent", pool: int | None = None) -> torch.Tensor:
+    """What a ridge readout reads from fMRI ``[B, n, H, W]``: :func:`encoder_latent` or :func:`aligned_images`."""
+    if features == "latent":
+        return encoder_latent(encoder, fmri)
+    if features == "aligned":
+        return aligned_images(encoder, fmri, int(pool))
+    raise DataError(f"expected 'latent' or 'aligned', got {features!r}", field="features")
+
+
 def window_caption(store, window) -> str:
     """The caption LEA regresses onto: the caption of the window's middle video frame."""
     captions = store.captions(window)
@@ -235,7 +255,7 @@ def window_caption(store, window) -> str:
 # ----------------------------------------------------------------------------- fitting
 
 
-def _load_encoder(encoder_dir: Path, store, device: torch.device):
+def load_encoder(encoder_dir: Path, store, device: torch.device):
     """The saved FmriEncoder, checked against the store's image size and window length."""
     from glfa.models.encoder import FmriEncoder
 
@@ -249,6 +269,89 @@ def _load_encoder(encoder_dir: Path, store, device: torch.device):
                               f"{store.image_size}]", path=encoder_dir)
     store.check_geometry(encoder.geometry, encoder_dir)
     return encoder
+
+
+@dataclass
+class RidgeProblem:
+    """A ridge readout of the stage-1 encoder's latent, ready to fit: the loaded parts and the samples.
+
+    The samples are every training subject's response to every training window (held-out
+    subjects and test windows are never read); ``groups`` (their stimulus ids) keep a stimulus
+    in one cross-validation fold. :meth:`prepare` loads and checks everything; :meth:`fit` and
+    :meth:`info` use the config section ``section`` (``lea`` or ``blurry``: alphas, cv_folds).
+    """
+
+    config: GlfaConfig
+    section: str
+    store: Any
+    run_dir: Path
+    encoder_dir: Path
+    encoder: Any
+    generator: Any
+    train_subjects: list[str]
+    held_out: list[str]
+    samples: list
+    groups: np.ndarray
+
+    @classmethod
+    def prepare(cls, config: GlfaConfig, section: str, store, run_dir: str | Path | None,
+                encoder_dir: str | Path | None, generator: str | Path | None, *, predicts: str,
+                with_text_encoder: bool, default_encoder: Path = STAGE1_ENCODER) -> RidgeProblem:
+        """Open the store, load the encoder and generator, list the samples; errors name what is wrong.
+
+        ``predicts`` completes the error for a missing generator ("... whose <predicts> it predicts");
+        the encoder is ``encoder_dir``, else ``RUN/default_encoder``.
+        """
+        from glfa.backbones import load_video_generator
+        from glfa.data.store import StudyStore
+        from glfa.devices import resolve_device
+        from glfa.training.pretrain import default_run_dir
+
+        if isinstance(store, (str, Path)):
+            store = StudyStore.open(store)
+        train_subjects, held_out = config.check_subjects(store.subjects)
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        generator_path = generator if generator is not None else config.cotrain.generator
+        if generator_path is None:
+            raise config.error("cotrain.generator", "no video generator: set cotrain.generator to the diffusers "
+                               f"text-to-video folder whose {predicts} it predicts, or pass --generator DIR")
+        encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / default_encoder
+        device = resolve_device(config.device)
+        encoder = load_encoder(encoder_dir, store, device)
+        gen = load_video_generator(generator_path, device=device, with_text_encoder=with_text_encoder)
+        samples = [(s, w) for s in train_subjects for w in store.windows("train") if store.has(s, w.stimulus_id)]
+        if not samples:
+            raise DataError(f"no training window for subjects {train_subjects}", path=store.path)
+        groups = np.array([w.stimulus_id for _, w in samples])
+        folds = getattr(config, section).cv_folds
+        if len(set(groups)) < folds:
+            raise config.error(f"{section}.cv_folds", f"is {folds}, but the training split has "
+                               f"{len(set(groups))} stimuli (folds split by stimulus)")
+        return cls(config, section, store, run_dir, encoder_dir, encoder, gen, train_subjects, held_out, samples,
+                   groups)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, y_rows: np.ndarray) -> RidgeCV:
+        """:class:`RidgeCV` of the samples' latents ``x`` onto the target table ``y`` (sample i's row ``y_rows[i]``)."""
+        settings = getattr(self.config, self.section)
+        return RidgeCV(settings.alphas, cv=settings.cv_folds).fit(x, y, groups=self.groups, y_rows=y_rows)
+
+    def info(self, kind: str, ridge: RidgeCV, target: str,
+             latent: str = "the fMRI-PTE [CLS] tokens of the window's frames, concatenated") -> dict[str, Any]:
+        """The ``model.json`` of the fitted readout (the keys every decoder model folder holds, and the fit's)."""
+        generator = str(Path(self.generator.path).resolve())
+        resolved = self.config.to_dict()
+        resolved["cotrain"]["generator"] = generator
+        return {
+            "kind": kind, "method": kind, "generator": generator, "store": str(Path(self.store.path).resolve()),
+            "store_identity": self.store.identity, "train_subjects": self.train_subjects, "held_out": self.held_out,
+            "config": resolved, "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
+            "geometry": self.store.geometry,
+            "encoder_source": str(self.encoder_dir.resolve()),
+            "latent": latent, "target": target,
+            "samples": len(self.samples), "stimuli": len(set(self.groups)), "alpha": ridge.alpha_,
+            "cv_mse": {f"{a:g}": float(e) for a, e in
+                       zip(np.ravel(getattr(self.config, self.section).alphas), ridge.cv_scores_)},
+        }
 
 
 def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, encoder_dir: str | Path | None = None,
@@ -273,54 +376,22 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     progress
         Show a progress bar.
     """
-    from glfa.backbones import load_video_generator
-    from glfa.devices import resolve_device
-    from glfa.data.store import StudyStore
-    from glfa.training.pretrain import default_run_dir
-
-    if isinstance(store, (str, Path)):
-        store = StudyStore.open(store)
-    train_subjects, held_out = config.check_subjects(store.subjects)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    generator_path = generator if generator is not None else config.cotrain.generator
-    if generator_path is None:
-        raise config.error("cotrain.generator", "no video generator: set cotrain.generator to the diffusers "
-                           "text-to-video folder whose text tokens LEA predicts, or pass --generator DIR")
-    encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / STAGE1_ENCODER
-    device = resolve_device(config.device)
-    encoder = _load_encoder(encoder_dir, store, device)
-    gen = load_video_generator(generator_path, device=device)
+    problem = RidgeProblem.prepare(config, "lea", store, run_dir, encoder_dir, generator, predicts="text tokens",
+                                   with_text_encoder=True)
+    store, gen, encoder, samples = problem.store, problem.generator, problem.encoder, problem.samples
     if gen.text_encoder is None:
         raise BackboneError("the generator has no text_encoder/ and tokenizer/: LEA predicts its text tokens",
                             path=gen.path)
-
-    samples = [(s, w) for s in train_subjects for w in store.windows("train") if store.has(s, w.stimulus_id)]
-    if not samples:
-        raise DataError(f"no training window for subjects {train_subjects}", path=store.path)
-    groups = np.array([w.stimulus_id for _, w in samples])
-    if len(set(groups)) < config.lea.cv_folds:
-        raise config.error("lea.cv_folds", f"is {config.lea.cv_folds}, but the training split has "
-                           f"{len(set(groups))} stimuli (folds split by stimulus)")
     y, y_rows, token_shape = _targets(gen, [window_caption(store, w) for _, w in samples], batch_size, store.path)
-    x, mean_fmri = _latents(encoder, store, samples, batch_size, progress)
-    ridge = RidgeCV(config.lea.alphas, cv=config.lea.cv_folds).fit(x, y, groups=groups, y_rows=y_rows)
+    x, mean_fmri = sample_latents(encoder, store, samples, batch_size, progress)
+    ridge = problem.fit(x, y, y_rows)
+    device = next(encoder.parameters()).device
     negative_latent = encoder_latent(encoder, torch.from_numpy(mean_fmri)[None].to(device)).double().cpu().numpy()
     negative = ridge.predict(negative_latent).reshape(token_shape)  # [K, C]
-
-    resolved = config.to_dict()
-    resolved["cotrain"]["generator"] = str(Path(gen.path).resolve())
-    info: dict[str, Any] = {
-        "kind": "lea", "method": "lea", "generator": str(Path(gen.path).resolve()),
-        "store": str(Path(store.path).resolve()), "store_identity": store.identity, "train_subjects": train_subjects,
-        "held_out": held_out, "config": resolved, "num_frames": store.fmri_frames, "image_size": store.image_size,
-        "geometry": store.geometry, "encoder_source": str(encoder_dir.resolve()),
-        "latent": "the fMRI-PTE [CLS] tokens of the window's frames, concatenated",
-        "target": "generator text tokens of the middle frame's caption", "samples": len(samples),
-        "stimuli": len(set(groups)), "alpha": ridge.alpha_,
-        "cv_mse": {f"{a:g}": float(e) for a, e in zip(np.ravel(config.lea.alphas), ridge.cv_scores_)},
-    }
-    target = run_dir / LEA_DIR
-    _write_model(target, info, encoder, mean_fmri, negative, ridge, token_shape)
+    target = problem.run_dir / LEA_DIR
+    write_ridge_model(target, problem.info("lea", ridge, "generator text tokens of the middle frame's caption"),
+                      encoder, ridge, "token_shape", token_shape,
+                      extra={NEGATIVE: {"mean_fmri": mean_fmri, "tokens": negative}})
     return target
 
 
@@ -343,8 +414,9 @@ def _targets(generator, captions: list[str], batch_size: int, store_path) -> tup
     return targets.reshape(len(unique), -1), np.array([row[c] for c in captions]), targets.shape[1:]
 
 
-def _latents(encoder, store, samples: list, batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 latents ``[N, D]`` of the (subject, window) samples, float32 mean window ``[n, H, W]``)."""
+def sample_latents(encoder, store, samples: list, batch_size: int, progress: bool, features: str = "latent",
+                   pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 :func:`readout_features` ``[N, D]`` of the (subject, window) samples, float32 mean window ``[n, H, W]``)."""
     from tqdm.auto import tqdm
 
     device = next(encoder.parameters()).device
@@ -352,54 +424,62 @@ def _latents(encoder, store, samples: list, batch_size: int, progress: bool) -> 
     for start in tqdm(range(0, len(samples), batch_size), desc="lea latents", disable=not progress):
         fmri = np.stack([store.fmri(s, w) for s, w in samples[start:start + batch_size]])  # [b, n, H, W]
         total += fmri.sum(axis=0)
-        latents.append(encoder_latent(encoder, torch.from_numpy(fmri).to(device)).double().cpu().numpy())
+        latents.append(readout_features(encoder, torch.from_numpy(fmri).to(device), features, pool).double().cpu().numpy())
     return np.concatenate(latents), (total / len(samples)).astype(np.float32)
 
 
-def _write_model(target: Path, info: dict[str, Any], encoder, mean_fmri: np.ndarray, negative: np.ndarray,
-                 ridge: RidgeCV, token_shape: tuple[int, int]) -> None:
-    """Write the LEA model folder into a temporary folder beside ``target``, then move it into place."""
+def write_ridge_model(target: Path, info: dict[str, Any], encoder, ridge: RidgeCV, shape_key: str,
+                      shape: tuple[int, ...], extra: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """Write a model folder that reads ``encoder``'s latent through ``ridge``, atomically.
+
+    ``target`` receives ``model.json`` (``info``), ``encoder/``, ``ridge.safetensors`` (coef,
+    intercept, x_mean, alpha and ``shape_key`` = ``shape``, the shape of one prediction) and one
+    safetensors file per ``extra`` entry (file name -> arrays), all written into a temporary
+    folder beside ``target`` that is then moved into place.
+    """
     from safetensors.torch import save_file
 
-    from glfa.training.checkpoint import replace_dir
-    from glfa.training.checkpoint import write_json_atomic
+    from glfa.io import install_dir, write_json_atomic
 
     arrays = {"coef": ridge.coef_, "intercept": ridge.intercept_, "x_mean": ridge.x_mean_,
               "alpha": np.array([ridge.alpha_])}
     weights = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    weights["token_shape"] = torch.tensor(token_shape, dtype=torch.int64)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    weights[shape_key] = torch.tensor(shape, dtype=torch.int64)
+    with install_dir(target) as tmp:
         encoder.save_pretrained(tmp / ENCODER_DIR)
-        save_file({"mean_fmri": torch.from_numpy(mean_fmri),
-                   "tokens": torch.from_numpy(negative.astype(np.float32))}, str(tmp / NEGATIVE))
+        for name, tensors in (extra or {}).items():
+            save_file({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()},
+                      str(tmp / name))
         save_file(weights, str(tmp / RIDGE))
         write_json_atomic(tmp / MODEL_INFO, info)
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-class LeaDecoder:
-    """fMRI windows -> predicted text tokens: the saved encoder's latent through the saved ridge map.
+class EncoderRidge:
+    """fMRI windows -> a ridge prediction of shape ``shape`` from the saved encoder's latent.
 
     Parameters
     ----------
     encoder : FmriEncoder
-    coef : ``[K*C, D]``, intercept : ``[K*C]``, x_mean : ``[D]`` (float32 tensors, see :class:`RidgeCV`)
-    token_shape : (K, C)
+    coef : ``[P, D]``, intercept : ``[P]``, x_mean : ``[D]`` (float32 tensors, see :class:`RidgeCV`)
+    shape : tuple of int
+        The shape of one prediction (its product is P).
+    features, pool
+        What it reads (:func:`readout_features`; ``model.json``'s ``features`` and ``pool``).
     """
 
+    #: ``model.json``'s kind and the ridge file's shape tensor, set by each subclass.
+    kind = ""
+    shape_key = ""
+
     def __init__(self, encoder, coef: torch.Tensor, intercept: torch.Tensor, x_mean: torch.Tensor,
-                 token_shape: tuple[int, int]):
+                 shape: tuple[int, ...], features: str = "latent", pool: int | None = None):
         self.encoder = encoder.eval().requires_grad_(False)
         self.coef, self.intercept, self.x_mean = coef, intercept, x_mean
-        self.token_shape = (int(token_shape[0]), int(token_shape[1]))
+        self.shape = tuple(int(v) for v in shape)
+        self.features, self.pool = features, pool
 
     @property
     def device(self) -> torch.device:
@@ -407,8 +487,8 @@ class LeaDecoder:
         return self.coef.device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device | None = None) -> LeaDecoder:
-        """Load ``RUN/lea/model`` (written by :func:`fit_lea`); CheckpointError naming what is missing."""
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None):
+        """Load a model folder of :attr:`kind` (written by :func:`write_ridge_model`); CheckpointError naming what is missing."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -421,32 +501,53 @@ class LeaDecoder:
         for path, what in ((info_path, "the model description"), (ridge_path, "the ridge weights"),
                            (model_dir / ENCODER_DIR / "config.json", "the saved fMRI encoder")):
             if not path.is_file():
-                raise CheckpointError(f"missing; expected {what} of an LEA model folder written by `glfa train lea`",
-                                      path=path)
-        kind = read_json_object(info_path).get("kind")
-        if kind != "lea":
-            raise CheckpointError(f"kind is {kind!r}, expected 'lea'", path=info_path, field="kind")
+                raise CheckpointError(f"missing; expected {what} of a {cls.kind} model folder written by "
+                                      f"`glfa train {cls.kind}`", path=path)
+        info = read_json_object(info_path)
+        kind, features, pool = info.get("kind"), info.get("features", "latent"), info.get("pool")
+        if kind != cls.kind:
+            raise CheckpointError(f"kind is {kind!r}, expected {cls.kind!r}", path=info_path, field="kind")
         try:
             tensors = load_file(ridge_path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"corrupt safetensors ({exc.__class__.__name__}: {exc})", path=ridge_path) from None
-        missing = [k for k in _RIDGE_KEYS if k not in tensors]
+        keys = (*_RIDGE_KEYS, cls.shape_key)
+        missing = [k for k in keys if k not in tensors]
         if missing:
-            raise CheckpointError(f"missing tensors {missing}; expected {list(_RIDGE_KEYS)}", path=ridge_path)
+            raise CheckpointError(f"missing tensors {missing}; expected {list(keys)}", path=ridge_path)
         device = resolve_device(device)
         encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device)
         coef, intercept, x_mean = (tensors[k].float().to(device) for k in ("coef", "intercept", "x_mean"))
-        k, c = (int(v) for v in tensors["token_shape"])
-        dim = encoder.num_frames * encoder.config.pte.embed_dim  # the n frames' [CLS] tokens
-        if coef.shape != (k * c, dim) or intercept.shape != (k * c,) or x_mean.shape != (dim,):
+        shape = tuple(int(v) for v in tensors[cls.shape_key])
+        size = int(np.prod(shape))
+        per_frame = encoder.config.pte.embed_dim if features == "latent" else int(pool or 0) ** 2  # [CLS] or pooled image
+        dim = encoder.num_frames * per_frame
+        if coef.shape != (size, dim) or intercept.shape != (size,) or x_mean.shape != (dim,):
             raise CheckpointError(f"ridge shapes coef {list(coef.shape)}, intercept {list(intercept.shape)}, x_mean "
-                                  f"{list(x_mean.shape)} do not fit tokens [{k}, {c}] from latents of width {dim}",
-                                  path=ridge_path)
-        return cls(encoder, coef, intercept, x_mean, (k, c))
+                                  f"{list(x_mean.shape)} do not fit predictions {list(shape)} from {features} "
+                                  f"features of width {dim}", path=ridge_path)
+        return cls(encoder, coef, intercept, x_mean, shape, features, pool)
 
     @torch.no_grad()
+    def predict(self, fmri: torch.Tensor) -> torch.Tensor:
+        """fMRI ``[B, n, H, W]`` -> float32 predictions ``[B, *shape]`` on :attr:`device`."""
+        latent = readout_features(self.encoder, torch.as_tensor(fmri).float().to(self.device), self.features,
+                                  self.pool)  # [b, d]
+        flat = (latent - self.x_mean) @ self.coef.T + self.intercept  # [b, prod(shape)]
+        return flat.reshape(len(flat), *self.shape)
+
+
+class LeaDecoder(EncoderRidge):
+    """fMRI windows -> predicted text tokens ``[B, K, C]`` (``RUN/lea/model``, written by :func:`fit_lea`)."""
+
+    kind = "lea"
+    shape_key = "token_shape"
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """(K, C)."""
+        return self.shape
+
     def tokens(self, fmri: torch.Tensor) -> torch.Tensor:
         """fMRI ``[B, n, H, W]`` -> float32 tokens ``[B, K, C]`` on :attr:`device`."""
-        latent = encoder_latent(self.encoder, torch.as_tensor(fmri).float().to(self.device))  # [b, d]
-        flat = (latent - self.x_mean) @ self.coef.T + self.intercept  # [b, k*c]
-        return flat.reshape(len(flat), *self.token_shape)
+        return self.predict(fmri)
