@@ -369,8 +369,9 @@ class GenerationsFolder:
     @staticmethod
     def _find_model(path: Path, run_dir: Path, index: dict[str, Any]) -> Path:
         """The recorded model folder, else the run's own folder of that method (a run moved since)."""
-        method = str(index["method"])
-        candidates = [run_dir / ("lea/model" if method == "lea" else f"cotrain-{method}/model")]
+        from glfa.generate import decoder_folder
+
+        candidates = [decoder_folder(run_dir, str(index["method"]))]
         if index.get("model_dir"):
             candidates.insert(0, Path(index["model_dir"]))
         for candidate in candidates:

@@ -59,12 +59,21 @@ def available_methods(run_dir: str | Path) -> list[str]:
     return methods + [m for m in OWN_FOLDER if (run_dir / m / "model" / MODEL_INFO).is_file()]
 
 
+def decoder_folder(run_dir: Path, method: str) -> Path:
+    """Where a method's decoder model lives in ``run_dir`` (``METHOD+blurry`` decodes with METHOD's)."""
+    method = method.removesuffix(BLURRY_SUFFIX)
+    return run_dir / method / "model" if method in OWN_FOLDER else run_dir / f"cotrain-{method}" / "model"
+
+
 def model_dir_for(run_dir: str | Path, method: str) -> Path:
     """``RUN/lea/model`` or ``RUN/blurry/model``, else ``RUN/cotrain-<method>/model``; CheckpointError if empty."""
     run_dir = Path(run_dir)
     if not method or "/" in method or method.startswith("."):
         raise DataError(f"expected a method name such as 'glfa', 'pte-v' or 'lea', got {method!r}", field="method")
-    path = run_dir / method / "model" if method in OWN_FOLDER else run_dir / f"cotrain-{method}" / "model"
+    if method.endswith(BLURRY_SUFFIX):
+        raise DataError(f"names a generations folder, not a decoder: use --method "
+                        f"{method.removesuffix(BLURRY_SUFFIX)} --init blurry", field="method")
+    path = decoder_folder(run_dir, method)
     if not (path / MODEL_INFO).is_file() and (path / "config.json").is_file():
         raise CheckpointError("holds an fMRI encoder only, not a decoder model (an authors' stage-2 checkpoint "
                               "imported without its pipeline?): run glfa import-weights CHECKPOINT OUT --pipeline DIR "

@@ -102,19 +102,20 @@ def test_fit_blurry_writes_the_model_folder(run):
 def test_the_ridge_recovers_planted_linear_latents(tmp_path, monkeypatch):
     """Targets that are a linear map of the encoder's latent: the fit predicts them for unseen windows of a new subject."""
     generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=32, sample_size=16)
-    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=16))  # 48 windows > 32 features
+    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=32))  # 96 windows > 64 features
     config = blurry_config(tmp_path, generator, subjects={"train": ["s1"], "held_out": ["s3"]},
                            blurry={"alphas": [1e-8, 1e2], "cv_folds": 2, "features": "latent"})
     encoder = save_encoder(config, store, tmp_path / "run")
     shape = (4, 4, 8, 8)
     rng = np.random.default_rng(0)
-    weights, bias = torch.from_numpy(rng.normal(size=(32, int(np.prod(shape))))).float(), 0.5
+    windows = store.windows("train")
+    fmri = torch.stack([torch.from_numpy(store.fmri("s1", w)) for w in windows])
+    width = encoder_latent(encoder, fmri[:1]).shape[1]  # the n frames' [CLS] tokens: 2 x 32
+    weights, bias = torch.from_numpy(rng.normal(size=(width, int(np.prod(shape))))).float(), 0.5
 
     def planted(fmri):  # [b, n, H, W] -> [b, *shape]
         return (encoder_latent(encoder, fmri) @ weights + bias).reshape(len(fmri), *shape)
 
-    windows = store.windows("train")
-    fmri = torch.stack([torch.from_numpy(store.fmri("s1", w)) for w in windows])
     targets = planted(fmri)
 
     def fake_cache(store_, generator_, *, split, progress):
