@@ -194,6 +194,44 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+# ----------------------------------------------------------------------------- adapt
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    import json
+
+    from glfa.adapt import adapt_model
+
+    config = _config(args) if args.config else None
+    out = adapt_model(Path(args.run), subject=args.subject, minutes=args.minutes, method=args.method, name=args.name,
+                      base=args.base, config=config, store=args.store, progress=not args.quiet)
+    record = json.loads((out / "model.json").read_text())["adaptation"]
+    print(f"{args.base} adapted to subject {args.subject} ({args.method}) on {len(record['windows'])} training "
+          f"windows ({record['minutes_used']:.2f} of the {args.minutes:g} minutes asked) in "
+          f"{record['fit_seconds']:.1f} s")
+    print(f"saved to {out}; decode with `glfa generate {args.run} --method {out.parent.name.removeprefix('cotrain-')} "
+          f"--subject {args.subject}`")
+    return 0
+
+
+def _register_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="adapt a trained cross-subject model to a new subject from its first minutes "
+                       "of data (a new decoder model RUN/cotrain-NAME)")
+    p.add_argument("run", help="the run folder holding the trained model (cotrain-BASE/model, with GLFA)")
+    p.add_argument("--subject", required=True, help="the new subject (not one the model was trained on)")
+    p.add_argument("--minutes", type=float, required=True,
+                   help="fit on the first MINUTES of the subject's training-split fMRI")
+    p.add_argument("--method", choices=["glfa", "linear", "full"], default="glfa",
+                   help="glfa: the subject's own GLFA layer (default); linear: per-parcel ridge into the trained "
+                        "subjects' mean response; full: glfa plus the token projector")
+    p.add_argument("--name", default=None, help="the new method's name (default: adapt-METHOD-SUBJECT-MINUTESmin)")
+    p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
+    p.add_argument("--store", default=None, help="study store (default: the one the model was trained on)")
+    p.add_argument("-c", "--config", help="YAML config whose 'adapt' section is used (default: the trained one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_adapt)
+
+
 # ----------------------------------------------------------------------------- align
 
 
@@ -456,8 +494,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
-_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_generate,
-             _register_align, _register_evaluate, _register_report, _register_caption]
+_REGISTRY = [_register_prepare, _register_simulate, _register_demo, _register_train, _register_adapt,
+             _register_generate, _register_align, _register_evaluate, _register_report, _register_caption]
 
 
 def _protocol_names() -> set[str]:

@@ -714,17 +714,6 @@ def _glfa_layer(model_dir: Path):
     return FmriEncoder.from_pretrained(encoder_dir).glfa.eval()
 
 
-def _apply_frames(layer, images: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """A frame-wise layer on ``[T, H, W]`` images, in chunks, without gradients -> float32 ``[T, H, W]``."""
-    import torch
-
-    out = np.empty(images.shape, dtype=np.float32)
-    with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            out[i:i + chunk] = layer(torch.from_numpy(np.asarray(images[i:i + chunk], np.float32))).numpy()
-    return out
-
-
 def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list[GlfaAlignment], str | None]:
     """fSC and ISC before and after a co-trained model's GLFA layer, one table per held-out subject.
 
@@ -733,12 +722,15 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     tables; or no table and None for a model without a GLFA layer (LEA, fMRI-PTE-V); or no table
     and the reason it cannot be measured (no held-out subject, store not found).
     """
-    from glfa.align import responses_from_store
+    from glfa.align import apply_frames, responses_from_store
 
     model_dir = Path(model_dir)
     model = _json_object(model_dir / "model.json", CheckpointError)
     if model.get("kind") != "cotrain":
         return [], None
+    if isinstance(model.get("adaptation"), dict):  # glfa adapt: the layer is one subject's, not the shared one
+        return [], (f"{method}: adapted to subject {model['adaptation'].get('subject')!r} alone (glfa adapt); its "
+                    "GLFA layer is not shared by the other subjects")
     if not (model_dir / "encoder").is_dir():
         return [], f"{method}: the co-trained model has no encoder/ folder ({model_dir})"
     layer = _glfa_layer(model_dir)
@@ -754,7 +746,7 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     for held in held_out:
         subjects = train + [held]
         responses = responses_from_store(opened, subjects, "test")  # {s: [t, h, w]}
-        aligned = {s: _apply_frames(layer, x) for s, x in responses.items()}
+        aligned = {s: apply_frames(layer, x) for s, x in responses.items()}
         table = AlignmentTable(subjects=subjects, split="test", n_timepoints=int(len(responses[held])))
         table.rows.append(alignment_row("identity", responses, opened.mask))
         table.rows.append(alignment_row(f"{','.join(train)} -> {held}", aligned, opened.mask, held_out=held,

@@ -360,6 +360,10 @@ class StudyStore:
     def _fmri_ds(self, subject: str):
         return self._dataset(f"fmri/s{self._subjects.index(subject)}/frames")
 
+    def response_length(self, subject: str, stimulus_id: str) -> int:
+        """How many fMRI frames ``subject``'s stored response to a stimulus holds (read from the tables only)."""
+        return self._offset(subject, stimulus_id)[1]
+
     def response(self, subject: str, stimulus_id: str) -> np.ndarray:
         """The whole stored response of ``subject`` to a stimulus, float32 ``[T_s, H, W]``."""
         start, length = self._offset(subject, stimulus_id)
