@@ -91,3 +91,122 @@ def test_adapted_model_folder_decodes_like_any_other(run, method):
         torch.testing.assert_close(pipe.condition(fmri), encoder(x, heads=("tokens",))["tokens"])
     generated = generate(run, method=info["method"], subject="s3", device="cpu", batch_size=4, progress=False)
     assert json.loads((generated / "index.json").read_text())["count"] == len(store.windows("test"))
+
+
+# ----------------------------------------------------------------------------- bad input, command line
+
+
+def _store_without_shared_stimuli(path: Path) -> Path:
+    """s1 and s2 watched train0; s3 watched only train1 (also a training stimulus) and the test clip."""
+    from glfa.data.store import StoreWriter
+    from glfa.data.windows import Window
+
+    rng = np.random.default_rng(0)
+    seen = {"train0": ("s1", "s2"), "train1": ("s3",), "test0": ("s1", "s2", "s3")}
+    with StoreWriter(path, image_size=16, video_size=(16, 16), fmri_dtype="float32") as writer:
+        for stim, subjects in seen.items():
+            writer.add_stimulus(stim, stim[:-1] if stim.startswith("test") else "train",
+                                np.zeros((4, 16, 16, 3), np.uint8), ["a clip"] * 4, 4.0)
+            for s in subjects:
+                writer.add_response(s, stim, rng.normal(size=(4, 16, 16)).astype(np.float32))
+        writer.set_mask(np.ones((16, 16), bool))
+        writer.finish([Window(stim, "test" if stim == "test0" else "train", 0.0, 0, 0, i)
+                       for i, stim in enumerate(seen)],
+                      {"tr": 1.0, "fps": 1.0, "fmri_frames": 2, "video_frames": 4, "config": {}})
+    return path
+
+
+def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
+    import yaml
+
+    from glfa.cli import main
+
+    config = tmp_path / "adapt.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "model": {"preset": "tiny", "glfa": {"parcel_size": 8,
+                                                                                   "kernel_size": 5}}}))
+    args = ["adapt", str(run), "--subject", "s3", "-c", str(config), "--quiet"]
+    assert main([*args, "--minutes", "0.2", "--name", "mine"]) == 0
+    assert "on 6 training windows (0.17 of the 0.2 minutes asked)" in capsys.readouterr().out
+    assert json.loads((run / "cotrain-mine" / "model" / "model.json").read_text())["adaptation"]["settings"][
+        "steps"] == FAST["adapt"]["steps"]
+    for extra, message in [
+        (["--minutes", "1", "--subject", "s1"], "one of the model's training subjects"),
+        (["--minutes", "0"], "positive number of minutes"),
+        (["--minutes", "0.01"], "hold no whole window"),
+        (["--minutes", "1", "--base", "pte-v"], "no model for method 'pte-v'"),
+        (["--minutes", "1", "--name", "glfa"], "not the base model's name"),
+        (["--minutes", "1", "--store", str(_store_without_shared_stimuli(tmp_path / "store"))],
+         "watched none of the training stimuli that the trained subjects"),
+    ]:
+        assert main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    # a linear map in store order: parcels of 8 x 8 pixels, identity at the start
+    m = ParcelLinearMap(height=16, width=16, parcel_size=8)
+    x = torch.randn(3, 2, 16, 16)
+    torch.testing.assert_close(m(x), x)
+
+
+# ----------------------------------------------------------------------------- planted truth
+
+
+@pytest.fixture(scope="module")
+def synthetic_store(tmp_path_factory) -> Path:
+    """A small synthetic study (3 subjects with planted deformations, gains, delays and parcel mixing; 20 training
+    clips, about 3.5 minutes of training fMRI each) prepared into a 32 x 32 store."""
+    from glfa.config import validate_config
+    from glfa.data.prepare import prepare_study
+    from glfa.data.synthetic import simulate_study
+
+    root = tmp_path_factory.mktemp("synthetic")
+    config = validate_config({
+        "data": {"layout": "generic", "image_size": 32, "fmri_dtype": "float32",
+                 "preprocess": {"drop_initial_trs": 0, "detrend_order": 1, "zscore": True, "hrf_lag_seconds": 4.0,
+                                "average_repeats": True},
+                 "windows": {"fmri_seconds": 4.0, "video_seconds": 2.0, "stride_seconds": 2.0, "fps": 3,
+                             "video_height": 16, "video_width": 16}},
+        "simulation": {"n_subjects": 3, "n_categories": 4, "train_clips_per_category": 5,
+                       "test_clips_per_category": 1, "test_repeats": 1, "clip_seconds": 8.0, "blank_seconds": 2.4,
+                       "clips_per_run": 12, "frame_size": 16, "snr": 2.0}})
+    study = simulate_study(root / "study", config, progress=False)
+    return prepare_study(study, root / "store", config, progress=False)
+
+
+def test_more_minutes_recover_more_of_the_planted_differences(synthetic_store):
+    """Subject 03 differs from 01 and 02 by the generator's planted deformation, gain, delay and parcel mixing
+    (truth/subjects.json). On test windows, adapting to it brings its aligned responses closer to theirs
+    (fSC) the more minutes it sees, and at the most minutes beats the zero-shot layer (paired t-test over
+    test time points); the linear baseline is measured beside it."""
+    from glfa.adapt import SubjectAdapter, window_frames
+    from glfa.align import GLFAAligner, apply_frames, responses_from_store
+    from glfa.metrics.alignment import fsc_per_timepoint
+    from glfa.metrics.stats import two_sample_ttest
+
+    store = StudyStore.open(synthetic_store)
+    truth = json.loads((synthetic_store.parent / "study" / "truth" / "subjects.json").read_text())
+    assert truth["03"]["deformation_rms_mm"] > 0 and truth["03"]["mixing_off_diagonal_rms"] > 0
+    train, new = ["01", "02"], "03"
+    layer = GLFAAligner(parcel_size=8, kernel_size=5, n_steps=100, batch_size=16, device="cpu", mask=store.mask).fit(
+        responses_from_store(store, train, "train")).model_
+    test = responses_from_store(store, [*train, new], "test")
+    others = [apply_frames(layer, test[s]) for s in train]
+
+    def fsc_with_others(x):  # [T]: mean over the trained subjects of the spatial correlation at each time point
+        return np.mean([fsc_per_timepoint(x, o, store.mask) for o in others], axis=0)
+
+    zero_shot = fsc_with_others(apply_frames(layer, test[new]))
+    curves = {}
+    for method in ("glfa", "linear"):
+        for minutes in (0.5, 1, 2, 3.5):
+            windows, _ = adaptation_windows(store, new, train, minutes)
+            frames, groups = window_frames(store, [new, *train], windows)
+            x = frames.pop(new)
+            adapter = SubjectAdapter(method, steps=100, batch_size=16, learning_rate=0.02, device="cpu")
+            adapter.fit(x, frames, layer, groups)
+            curves.setdefault(method, []).append(fsc_with_others(adapter.transform(test[new])))
+    means = {m: [float(c.mean()) for c in curve] for m, curve in curves.items()}
+    for method, curve in curves.items():
+        assert np.all(np.diff(means[method]) > 0), (method, means[method])
+        test_ = two_sample_ttest(curve[-1], zero_shot, paired=True)
+        assert test_["t"] > 0 and test_["p"] < 0.05, (method, test_)
+    assert means["glfa"][-1] > float(zero_shot.mean()) + 0.1
