@@ -368,7 +368,13 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     config = _config(args)
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else None
-    table = evaluate_alignment(store, config, subjects=subjects, verbose=not args.quiet)
+    labels, labels_name = None, "clip id"
+    if args.labels:
+        from glfa.metrics.decoding import read_stimulus_labels
+
+        labels, labels_name = read_stimulus_labels(args.labels)
+    table = evaluate_alignment(store, config, subjects=subjects, labels=labels, labels_name=labels_name,
+                               verbose=not args.quiet)
     out = Path(args.output) if args.output else Path(config.output_dir) / config.name / "alignment"
     paths = write_alignment_table(table, out, config, store_path=store.path)
     print(f"fSC and ISC on the {table.split!r} split ({table.n_timepoints} time points); bold: the subject "
@@ -379,11 +385,14 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
 
 
 def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser("alignment", help="leave-one-subject-out fSC and ISC before and after GLFA (Table 1)")
+    p = esub.add_parser("alignment", help="leave-one-subject-out fSC and ISC before and after GLFA (Table 1), and "
+                        "inter-subject decoding of the stimulus after identity, tuned smoothing and GLFA")
     p.add_argument("store", help="a study store (written by glfa prepare)")
     p.add_argument("-c", "--config", help="YAML config: model.glfa and align sections")
     p.add_argument("-o", "--output", help="output folder (default: OUTPUT_DIR/NAME/alignment of the config)")
     p.add_argument("--subjects", help="comma-separated subjects of the table (default: all; at least 3)")
+    p.add_argument("--labels", help="JSON {stimulus: label} (or a synthetic study's truth/clips.json: categories) "
+                   "for the inter-subject decoding rows (default: every clip is its own class)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate_alignment)
 

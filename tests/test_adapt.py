@@ -210,3 +210,26 @@ def test_more_minutes_recover_more_of_the_planted_differences(synthetic_store):
         test_ = two_sample_ttest(curve[-1], zero_shot, paired=True)
         assert test_["t"] > 0 and test_["p"] < 0.05, (method, test_)
     assert means["glfa"][-1] > float(zero_shot.mean()) + 0.1
+
+
+def test_alignment_judged_by_decoding(synthetic_store, tmp_path, capsys):
+    """glfa evaluate alignment --labels: inter-subject decoding of the clip's category after identity, tuned
+    smoothing and GLFA. Smoothing wins on fSC with the others and loses on decoding (this study, this seed)."""
+    from glfa.cli import main
+
+    config = tmp_path / "align.yaml"
+    config.write_text("device: cpu\nmodel:\n  glfa:\n    parcel_size: 8\n    kernel_size: 5\n"
+                      "align:\n  steps: 100\n  batch_size: 16\n")
+    clips = synthetic_store.parent / "study" / "truth" / "clips.json"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "alignment", str(synthetic_store), "-c", str(config), "-o", str(out), "--labels",
+                 str(clips), "--quiet"]) == 0
+    assert "Inter-subject decoding of the category (Bazeille et al. 2021)" in capsys.readouterr().out
+    data = json.loads((out / "alignment.json").read_text())
+    assert data["labels"] == "category"
+    rows = {(r["held_out"], r["method"].split(",")[0]): r for r in data["decoding"]}
+    assert sorted(rows) == [(h, m) for h in ("01", "02", "03") for m in ("GLFA", "identity", "smoothing")]
+    for held in ("01", "02", "03"):
+        glfa, smooth = rows[held, "GLFA"], rows[held, "smoothing"]
+        assert glfa["accuracy"] > glfa["mismatched"] + 0.3 and glfa["chance"] == 0.25
+        assert smooth["fsc_held"] > glfa["fsc_held"] and smooth["accuracy"] < glfa["accuracy"], held
