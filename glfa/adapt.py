@@ -38,6 +38,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -498,3 +499,230 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ----------------------------------------------------------------------------- the data-efficiency sweep
+
+
+def subject_front_end(model_dir: str | Path) -> nn.Module | None:
+    """What takes a subject's frames ``[N, H, W]`` into a decoder's common space: its encoder's GLFA layer,
+    after the linear subject map of ``glfa adapt --method linear``; None for a model without GLFA."""
+    from glfa.models.encoder import FmriEncoder
+    from glfa.pipeline import ENCODER_DIR, read_model_info
+
+    model_dir = Path(model_dir)
+    layer = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR).glfa
+    if layer is None:
+        return None
+    if read_model_info(model_dir).get("adaptation", {}).get("method") == "linear":
+        return nn.Sequential(load_subject_map(model_dir / SUBJECT_MAP), layer).eval()
+    return layer.eval()
+
+
+@dataclass
+class AdaptationSetting:
+    """One row of the data-efficiency table: a decoder of the new subject and what it scored.
+
+    ``role`` is ``floor`` (the zero-shot model), ``adapted`` or ``ceiling`` (the within-subject
+    model); ``alignment`` holds ``fsc`` (``{"mean", "std", "n"}`` over test time points: the mean
+    fSC with the trained subjects), ``isc`` and ``decoding`` (:func:`~glfa.metrics.decoding.inter_subject_decoding`),
+    empty for a model without GLFA; ``video`` the ``{"mean", "std", "n"}`` over clips of every metric
+    that :func:`glfa.evaluation.score_clips` computes, ``scores`` the per-clip values.
+    """
+
+    role: str
+    method: str
+    minutes: float | None
+    model: str
+    minutes_used: float | None
+    windows: int | None
+    fit_seconds: float | None
+    alignment: dict[str, Any]
+    video: dict[str, dict[str, float]]
+    scores: dict[str, list[float]]
+    not_computed: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        """``zero-shot (floor)``, ``glfa, 10 min``, ``within-subject (ceiling)``."""
+        if self.role == "adapted":
+            return f"{self.method}, {self.minutes:g} min"
+        return f"{self.method} ({self.role})"
+
+
+@dataclass
+class AdaptationTable:
+    """The data-efficiency sweep of one new subject: floor, adapted settings in order, ceiling."""
+
+    run_dir: str
+    subject: str
+    base: str
+    train_subjects: list[str]
+    labels: str
+    settings: list[AdaptationSetting]
+    config: dict[str, Any]
+    skipped: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return {**{k: v for k, v in asdict(self).items() if k != "settings"},
+                "settings": [{**asdict(s), "label": s.label} for s in self.settings]}
+
+    def to_markdown(self) -> str:
+        """The table: one row per setting, mean ± std (over test time points or clips), and notes."""
+        metrics = list(dict.fromkeys(k for s in self.settings for k in s.video))
+        head = ["Setting", "minutes used", "windows", "fSC with trained", "ISC", f"decoding {self.labels}",
+                "mismatched", *metrics, "fit (s)"]
+        lines = [f"## Adapting to subject {self.subject} ({','.join(self.train_subjects)} -> {self.subject})", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for s in self.settings:
+            a = s.alignment
+            cells = [s.label, _fmt(s.minutes_used), _fmt(s.windows), _mean_std(a.get("fsc")), _fmt(a.get("isc")),
+                     _fmt(a.get("decoding", {}).get("accuracy")), _fmt(a.get("decoding", {}).get("mismatched")),
+                     *[_mean_std(s.video.get(m)) for m in metrics], _fmt(s.fit_seconds, 1)]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"Test windows of subject {self.subject}. fSC: mean ± std over test time points of its spatial "
+                 "correlation with the trained subjects (their responses through the base model's GLFA layer, "
+                 "its through the setting's own); decoding: inter-subject decoding (Bazeille et al. 2021), "
+                 "mismatched beside it; video metrics: mean ± std over clips. —: not applicable."]
+        reasons = dict.fromkeys(f"{m}: {why}" for s in self.settings for m, why in s.not_computed.items())
+        return "\n".join(lines) + "\n\n" + "\n\n".join(notes + list(reasons) + self.skipped) + "\n"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _mean_std(summary: dict[str, float] | None) -> str:
+    return "—" if not summary else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _generations(run_dir: Path, method: str, subject: str, store, config, device, progress: bool) -> Path:
+    """``RUN/generations/<method>/<subject>-test``, decoded again unless it is newer than its model."""
+    from glfa.generate import generate, model_dir_for
+
+    folder = run_dir / "generations" / method / f"{subject}-test"
+    index, model = folder / "index.json", model_dir_for(run_dir, method) / "model.json"
+    if index.is_file() and index.stat().st_mtime >= model.stat().st_mtime:
+        return folder
+    return generate(run_dir, method=method, subject=subject, split="test", store=store, config=config,
+                    device=device, progress=progress)
+
+
+def _adapted(run_dir: Path, *, subject: str, minutes: float, method: str, base: str, config, store,
+             progress: bool) -> Path:
+    """The adapted model folder of one setting: reused when its record matches, else fitted."""
+    from glfa.pipeline import read_model_info
+
+    target = run_dir / f"cotrain-{default_name(method, subject, minutes)}" / "model"
+    if (target / "model.json").is_file():
+        record = read_model_info(target).get("adaptation", {})
+        if (record.get("settings") == config.adapt.model_dump(mode="json") and record.get("base_method") == base
+                and record.get("method") == method and record.get("minutes") == minutes):
+            return target
+    return adapt_model(run_dir, subject=subject, minutes=minutes, method=method, base=base, config=config,
+                       store=store, progress=progress)
+
+
+def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[float], methods: list[str],
+                        base: str = "glfa", ceiling: str = "within", config=None, store=None,
+                        labels: dict[str, str] | None = None, labels_name: str = "clip id",
+                        device: str | None = None, progress: bool = True) -> AdaptationTable:
+    """The data-efficiency sweep: adapt -> generate -> score for every method and number of minutes.
+
+    Parameters
+    ----------
+    run_dir : the run folder with the trained cross-subject model ``cotrain-<base>``.
+    subject : the new subject (its training-split windows adapt, its test windows are scored).
+    minutes : the data sizes; 0 is the zero-shot base model (the floor).
+    methods : adaptation methods (``glfa``, ``linear``, ``full``).
+    ceiling : the run's within-subject method (a model trained on ``subject`` alone); reported when present.
+    config : its ``adapt``, ``generation`` and ``evaluation`` sections (default: the base model's saved config).
+    labels : {stimulus: class} of the decoding column (default: every clip its own class).
+    """
+    from glfa.align import apply_frames, responses_from_store, timepoint_stimuli
+    from glfa.backbones import load_frame_classifier, load_video_classifier, resolve_device
+    from glfa.config import validate_config
+    from glfa.data.store import StudyStore
+    from glfa.evaluation import CachedClassifier, GenerationsFolder, score_clips, timepoint_labels
+    from glfa.generate import available_methods, model_dir_for
+    from glfa.metrics.alignment import fsc_per_timepoint, isc
+    from glfa.metrics.decoding import inter_subject_decoding
+    from glfa.metrics.video import summarize
+    from glfa.pipeline import read_model_info
+
+    run_dir = Path(run_dir)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"expected adaptation methods among {list(METHODS)}, got {methods}", field="--methods")
+    if any(not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0) for m in minutes) or not minutes:
+        raise DataError(f"expected minutes >= 0, got {minutes}", field="--minutes")
+    base_dir = model_dir_for(run_dir, base)
+    info = read_model_info(base_dir)
+    config = config if config is not None else validate_config(info["config"], str(base_dir / "model.json"))
+    store = store if isinstance(store, StudyStore) else StudyStore.open(store if store is not None else info["store"])
+    train = [str(s) for s in info["train_subjects"]]
+    for m in sorted(set(minutes) - {0}):  # every data size must fit before anything is fitted
+        adaptation_windows(store, subject, train, m)
+
+    plan: list[tuple[str, str, float | None, Path]] = []  # (role, method, minutes, model folder)
+    if 0 in minutes:
+        plan.append(("floor", "zero-shot", 0.0, base_dir))
+    for method in methods:
+        for m in sorted(set(minutes) - {0}):
+            plan.append(("adapted", method, float(m), _adapted(run_dir, subject=subject, minutes=float(m),
+                                                                  method=method, base=base, config=config,
+                                                                  store=store, progress=progress)))
+    skipped = []
+    if ceiling in available_methods(run_dir):
+        plan.append(("ceiling", "within-subject", None, model_dir_for(run_dir, ceiling)))
+    else:
+        skipped.append(f"ceiling: no `{ceiling}` model in this run; train the within-subject model on subject "
+                       f"{subject} (README, the within-subject protocol) to add it")
+
+    mask = store.mask
+    test = responses_from_store(store, [*train, subject], "test")  # {s: [t, h, w]}
+    stimuli = timepoint_stimuli(store, [*train, subject], "test")
+    classes = timepoint_labels(stimuli, labels)
+    base_layer = subject_front_end(base_dir)
+    trained = {s: apply_frames(base_layer, test[s]) for s in train}
+    device_ = resolve_device(config.device)
+    ev = config.evaluation
+    frame_classifier = CachedClassifier(load_frame_classifier(ev.frame_classifier, device_))
+    video_classifier = None if ev.video_classifier is None else CachedClassifier(
+        load_video_classifier(ev.video_classifier, device_))
+    settings = []
+    for role, method, m, model_dir in plan:
+        name = model_dir.parent.name.removeprefix("cotrain-") if model_dir.parent.name != "lea" else "lea"
+        folder = GenerationsFolder.open(_generations(run_dir, name, subject, store, config, device, progress), run_dir)
+        decoded, truth = folder.videos()
+        scores, not_computed = score_clips(decoded, truth, ev, frame_classifier, video_classifier)
+        record = read_model_info(model_dir).get("adaptation", {})
+        front = subject_front_end(model_dir)
+        alignment: dict[str, Any] = {}
+        if front is not None:
+            mine = apply_frames(front, test[subject])
+            alignment = {
+                "fsc": summarize(np.nanmean([fsc_per_timepoint(mine, x, mask) for x in trained.values()], axis=0)),
+                "isc": float(isc({**trained, subject: mine}, mask)[subject]),
+                "decoding": inter_subject_decoding(trained, mine, classes, stimuli, mask)}
+        settings.append(AdaptationSetting(
+            role=role, method=method, minutes=m, model=name, minutes_used=record.get("minutes_used"),
+            windows=len(record["windows"]) if record else None, fit_seconds=record.get("fit_seconds"),
+            alignment=alignment, video={k: summarize(v) for k, v in scores.items()}, scores=scores,
+            not_computed=not_computed))
+    return AdaptationTable(run_dir=str(run_dir), subject=subject, base=base, train_subjects=train, labels=labels_name,
+                           settings=settings, config=config.to_dict(), skipped=skipped)
+
+
+def write_adaptation_table(table: AdaptationTable, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``adaptation-<subject>.json`` and ``.md`` atomically (default ``RUN/evaluation``)."""
+    from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
+
+    out = Path(out_dir) if out_dir is not None else Path(table.run_dir) / "evaluation"
+    paths = {"json": out / f"adaptation-{table.subject}.json", "markdown": out / f"adaptation-{table.subject}.md"}
+    write_json_atomic(paths["json"], table.to_dict())
+    write_bytes_atomic(paths["markdown"], table.to_markdown().encode())
+    return paths

@@ -361,6 +361,15 @@ def _register_align(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- evaluate
 
 
+def _decoding_labels(args: argparse.Namespace) -> tuple[dict[str, str] | None, str]:
+    """``--labels FILE``'s {stimulus: label} and what they are; (None, "clip id") without it."""
+    if not args.labels:
+        return None, "clip id"
+    from glfa.metrics.decoding import read_stimulus_labels
+
+    return read_stimulus_labels(args.labels)
+
+
 def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     from glfa.data.store import StudyStore
     from glfa.evaluation import evaluate_alignment, write_alignment_table
@@ -368,11 +377,7 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     config = _config(args)
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else None
-    labels, labels_name = None, "clip id"
-    if args.labels:
-        from glfa.metrics.decoding import read_stimulus_labels
-
-        labels, labels_name = read_stimulus_labels(args.labels)
+    labels, labels_name = _decoding_labels(args)
     table = evaluate_alignment(store, config, subjects=subjects, labels=labels, labels_name=labels_name,
                                verbose=not args.quiet)
     out = Path(args.output) if args.output else Path(config.output_dir) / config.name / "alignment"
@@ -437,9 +442,49 @@ def _register_evaluate_combine(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_combine)
 
 
+def _cmd_evaluate_adaptation(args: argparse.Namespace) -> int:
+    from glfa.adapt import evaluate_adaptation, write_adaptation_table
+
+    config = _config(args) if args.config else None
+    try:
+        minutes = [float(m) for m in _subject_list(args.minutes)]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {args.minutes!r}", field="--minutes") from None
+    labels, labels_name = _decoding_labels(args)
+    table = evaluate_adaptation(Path(args.run), subject=args.subject, minutes=minutes,
+                                methods=_subject_list(args.methods), base=args.base, ceiling=args.ceiling,
+                                config=config, labels=labels, labels_name=labels_name, device=args.device,
+                                progress=not args.quiet)
+    paths = write_adaptation_table(table)
+    print(table.to_markdown())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    return 0
+
+
+def _register_evaluate_adaptation(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser("adaptation", help="the data-efficiency curve of a new subject: glfa adapt -> generate -> "
+                        "score at several data sizes, with the zero-shot floor and the within-subject ceiling")
+    p.add_argument("run", help="the run folder holding the trained model (cotrain-BASE/model, with GLFA)")
+    p.add_argument("--subject", required=True, help="the new subject")
+    p.add_argument("--minutes", default="0,5,10,20,40", help="comma-separated data sizes (0: zero-shot; default "
+                   "0,5,10,20,40)")
+    p.add_argument("--methods", default="glfa,linear", help="comma-separated adaptation methods among glfa, linear, "
+                   "full (default glfa,linear)")
+    p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
+    p.add_argument("--ceiling", default="within", help="the run's within-subject method (default: within)")
+    p.add_argument("--labels", help="JSON {stimulus: label} (or a synthetic study's truth/clips.json) of the "
+                   "decoding column (default: every clip is its own class)")
+    p.add_argument("-c", "--config", help="YAML config: adapt, generation and evaluation sections (default: the "
+                   "trained one)")
+    p.add_argument("--device", default=None, help="where the generator runs (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_adaptation)
+
+
 RUN_PROTOCOL = "run"
 # Each entry adds one evaluation protocol under `glfa evaluate`.
-_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment, _register_evaluate_combine]
+_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment, _register_evaluate_combine,
+                       _register_evaluate_adaptation]
 
 
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:

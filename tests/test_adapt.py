@@ -233,3 +233,55 @@ def test_alignment_judged_by_decoding(synthetic_store, tmp_path, capsys):
         glfa, smooth = rows[held, "GLFA"], rows[held, "smoothing"]
         assert glfa["accuracy"] > glfa["mismatched"] + 0.3 and glfa["chance"] == 0.25
         assert smooth["fsc_held"] > glfa["fsc_held"] and smooth["accuracy"] < glfa["accuracy"], held
+
+
+# ----------------------------------------------------------------------------- the data-efficiency sweep
+
+
+def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
+    import yaml
+
+    from glfa.cli import main
+    from glfa.metrics.alignment import fsc_per_timepoint
+    from tests.test_pipeline import GENERATION
+
+    base = json.loads((run / "cotrain-glfa" / "model" / "model.json").read_text())
+    store = StudyStore.open(base["store"])
+    # the ceiling: a model trained on s3 alone
+    within = write_cotrain_model(run / "cotrain-within" / "model", generator_dir=Path(base["generator"]),
+                                 store_dir=Path(base["store"]))
+    info = json.loads((within / "model.json").read_text())
+    (within / "model.json").write_text(json.dumps({**info, "train_subjects": ["s3"], "held_out": []}))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        **FAST, "device": "cpu", "model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}},
+        "generation": GENERATION, "evaluation": {"n_ways": [2], "trials": 5,
+                                                 "frame_classifier": str(B.tiny_frame_classifier(tmp_path / "vit"))}}))
+    args = ["evaluate", "adaptation", str(run), "--subject", "s3", "-c", str(config), "--device", "cpu", "--quiet"]
+    assert main([*args, "--minutes", "0,0.2,0.4", "--methods", "glfa,linear"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Adapting to subject s3 (s1,s2 -> s3)" in printed and "| glfa, 0.2 min | 0.167 | 6 |" in printed
+    data = json.loads((run / "evaluation" / "adaptation-s3.json").read_text())
+    assert [s["label"] for s in data["settings"]] == [
+        "zero-shot (floor)", "glfa, 0.2 min", "glfa, 0.4 min", "linear, 0.2 min", "linear, 0.4 min",
+        "within-subject (ceiling)"]
+    assert [s["windows"] for s in data["settings"]] == [None, 6, 12, 6, 12, None]
+    n_test = len(store.windows("test"))
+    for setting in data["settings"]:
+        assert {"ssim", "frame-2way"} <= set(setting["video"]) and setting["video"]["ssim"]["n"] == n_test
+        assert setting["alignment"]["decoding"]["n"] == 12  # 2 test stimuli x 6 frames
+    # the floor's fSC: the base layer on every subject's test responses, against an independent computation
+    layer = FmriEncoder.from_pretrained(run / "cotrain-glfa" / "model" / "encoder").glfa.eval()
+    test = {s: np.concatenate([store.response(s, st) for st in ("test0", "test1")]) for s in ("s1", "s2", "s3")}
+    with torch.no_grad():
+        aligned = {s: layer(torch.from_numpy(x)).numpy() for s, x in test.items()}
+    expected = np.mean([fsc_per_timepoint(aligned["s3"], aligned[s], store.mask) for s in ("s1", "s2")], axis=0)
+    assert data["settings"][0]["alignment"]["fsc"]["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    # a second sweep reuses the adapted models and their generations
+    model = run / "cotrain-adapt-glfa-s3-0.2min" / "model" / "model.json"
+    before = model.stat().st_mtime_ns
+    assert main([*args, "--minutes", "0.2", "--methods", "glfa"]) == 0
+    assert model.stat().st_mtime_ns == before
+    assert main([*args, "--minutes", "0,x"]) == 2 and "comma-separated numbers" in capsys.readouterr().err
+    assert main([*args, "--methods", "ridge"]) == 2 and "adaptation methods" in capsys.readouterr().err
+    assert main([*args, "--minutes", "0.01"]) == 2 and "no whole window" in capsys.readouterr().err
