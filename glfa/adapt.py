@@ -246,7 +246,7 @@ def fit_subject_layer(layer: nn.Module, x: np.ndarray, target: np.ndarray, *, co
     Parameters
     ----------
     layer : the trained :class:`~glfa.models.glfa.GLFA` (left unchanged).
-    x : float32 ``[F, H, W]`` the new subject's frames.
+    x : float32 ``[F, H, W]`` the new subject's frames (masked here, a batch at a time).
     target : float32 ``[F, H, W]`` the trained subjects' mean aligned response at the same time points.
     """
     from glfa.align import flush_denormals
@@ -255,14 +255,14 @@ def fit_subject_layer(layer: nn.Module, x: np.ndarray, target: np.ndarray, *, co
 
     model = copy.deepcopy(layer).to(device).train().requires_grad_(True)
     xs, ys = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(
-        np.ascontiguousarray(target, np.float32))
+        np.ascontiguousarray(target, np.float32))  # views of the arrays given when they are float32
     optimizer = adamw(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     history = []
     with flush_denormals():
         for _ in tqdm(range(steps), desc="adapting GLFA", disable=not progress, leave=False):
             idx = torch.randperm(len(xs), generator=generator)[:batch_size]
-            xb, yb = xs[idx].to(device), ys[idx].to(device)  # [b, h, w]
+            xb, yb = xs[idx].to(device) * model.mask, ys[idx].to(device)  # [b, h, w]
             loss = glfa_loss(torch.stack([model(xb), yb]), torch.stack([xb, yb]), model.mask, consistency_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -336,15 +336,17 @@ class SubjectAdapter(BaseEstimator):
         start = time.perf_counter()
         self.layer_ = copy.deepcopy(layer).eval().requires_grad_(False).cpu()
         mask = self.layer_.mask.numpy().astype(bool)
-        x = np.asarray(x, np.float32) * mask
+        mean = np.zeros(np.shape(x), np.float32)  # [F, H, W]: the trained subjects' mean response, masked
+        for v in others.values():
+            mean += v
+        mean *= mask / len(others)
         if self.method == "linear":
-            mean = np.mean([np.asarray(v, np.float32) for v in others.values()], axis=0)  # [F, H, W]
             self.subject_map_, self.alphas_ = ParcelLinearMap.fit(
-                x, mean, groups, mask, parcel_size=self.layer_.parcel_size, alphas=self.alphas,
-                cv_folds=self.cv_folds, seed=self.seed)
+                np.asarray(x, np.float32) * mask, mean, groups, mask, parcel_size=self.layer_.parcel_size,
+                alphas=self.alphas, cv_folds=self.cv_folds, seed=self.seed)
         else:
-            target = np.mean([apply_frames(self.layer_, np.asarray(v, np.float32) * mask) for v in others.values()],
-                             axis=0)  # [F, H, W]
+            # GLFA is linear in its input, so mean_t A(x_t) = A(mean_t x_t): one pass over the frames
+            target = apply_frames(self.layer_, mean, out=mean)  # in place
             self.subject_layer_, self.loss_history_ = fit_subject_layer(
                 self.layer_, x, target, consistency_weight=self.consistency_weight, steps=self.steps,
                 batch_size=self.batch_size, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
