@@ -232,38 +232,46 @@ def load_subject_map(path: str | Path, device: str | torch.device = "cpu") -> Pa
 # ----------------------------------------------------------------------------- glfa: the subject's own layer
 
 
-def fit_subject_layer(layer: nn.Module, x: np.ndarray, target: np.ndarray, *, consistency_weight: float,
+def fit_subject_layer(layer: nn.Module, x: np.ndarray, others: list[np.ndarray], *, consistency_weight: float,
                       steps: int, batch_size: int, learning_rate: float, weight_decay: float, seed: int,
                       device: torch.device, progress: bool = False) -> tuple[nn.Module, list[float]]:
     """A copy of the trained GLFA ``layer`` fitted to one new subject; returns it (on the CPU) and its losses.
 
     With the trained subjects' layer A frozen, the terms of L_GLFA that involve the new subject,
     averaged over the trained subjects t, are ``mean_t MSE(A_S x_S, A x_t) + lambda * MSE(A_S x_S, x_S)``
-    plus constants, and ``mean_t MSE(a, A x_t) = MSE(a, mean_t A x_t) + const``. So the loss is
-    L_GLFA of the pair (A_S x_S, ``target``) with ``target`` = mean_t A x_t, the target being its
-    own original (it has no consistency term).
+    plus constants, and ``mean_t MSE(a, A x_t) = MSE(a, mean_t A x_t) + const``, where
+    ``mean_t A x_t = A(mean_t x_t)`` (GLFA is linear in its input). So each step's loss is L_GLFA
+    of the pair (A_S x_S, y) with y = A(mean_t x_t) for the step's frames, y being its own
+    original (it has no consistency term). y is computed for the sampled frames only, so the
+    cost does not grow with the number of frames and nothing the size of the data is allocated.
 
     Parameters
     ----------
     layer : the trained :class:`~glfa.models.glfa.GLFA` (left unchanged).
-    x : float32 ``[F, H, W]`` the new subject's frames (masked here, a batch at a time).
-    target : float32 ``[F, H, W]`` the trained subjects' mean aligned response at the same time points.
+    x : ``[F, H, W]`` the new subject's frames (masked here, a batch at a time).
+    others : the trained subjects' frames ``[F, H, W]`` at the same time points.
     """
     from glfa.align import flush_denormals
     from glfa.losses import glfa_loss
     from glfa.optim import adamw
 
+    frozen = copy.deepcopy(layer).to(device).eval().requires_grad_(False)
     model = copy.deepcopy(layer).to(device).train().requires_grad_(True)
-    xs, ys = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(
-        np.ascontiguousarray(target, np.float32))  # views of the arrays given when they are float32
+    mask = model.mask
+
+    def frames(a: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a[idx], np.float32)).to(device) * mask  # [b, h, w]
+
     optimizer = adamw(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     history = []
     with flush_denormals():
         for _ in tqdm(range(steps), desc="adapting GLFA", disable=not progress, leave=False):
-            idx = torch.randperm(len(xs), generator=generator)[:batch_size]
-            xb, yb = xs[idx].to(device) * model.mask, ys[idx].to(device)  # [b, h, w]
-            loss = glfa_loss(torch.stack([model(xb), yb]), torch.stack([xb, yb]), model.mask, consistency_weight)
+            idx = np.sort(torch.randperm(len(x), generator=generator)[:batch_size].numpy())
+            xb = frames(x, idx)
+            with torch.no_grad():
+                yb = frozen(torch.stack([frames(o, idx) for o in others]).mean(0))  # A(mean_t x_t): [b, h, w]
+            loss = glfa_loss(torch.stack([model(xb), yb]), torch.stack([xb, yb]), mask, consistency_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -293,7 +301,7 @@ class SubjectAdapter(BaseEstimator):
     fit_seconds_ : float
     """
 
-    def __init__(self, method: str = "glfa", *, steps: int = 200, batch_size: int = 16, learning_rate: float = 1e-2,
+    def __init__(self, method: str = "glfa", *, steps: int = 100, batch_size: int = 8, learning_rate: float = 1e-2,
                  weight_decay: float = 0.0, consistency_weight: float = 0.5,
                  alphas=(0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), cv_folds: int = 5, seed: int = 0,
                  device: str = "auto"):
@@ -322,7 +330,7 @@ class SubjectAdapter(BaseEstimator):
 
         ``layer`` is the trained GLFA layer; ``groups`` (``[F]``) numbers each frame's stimulus.
         """
-        from glfa.align import apply_frames, resolve_device
+        from glfa.align import resolve_device
 
         if self.method not in METHODS:
             raise ConfigError(f"unknown adaptation method {self.method!r}; expected one of {list(METHODS)}",
@@ -336,19 +344,17 @@ class SubjectAdapter(BaseEstimator):
         start = time.perf_counter()
         self.layer_ = copy.deepcopy(layer).eval().requires_grad_(False).cpu()
         mask = self.layer_.mask.numpy().astype(bool)
-        mean = np.zeros(np.shape(x), np.float32)  # [F, H, W]: the trained subjects' mean response, masked
-        for v in others.values():
-            mean += v
-        mean *= mask / len(others)
         if self.method == "linear":
+            mean = np.zeros(np.shape(x), np.float32)  # [F, H, W]: the trained subjects' mean response, masked
+            for v in others.values():
+                mean += v
+            mean *= mask / len(others)
             self.subject_map_, self.alphas_ = ParcelLinearMap.fit(
                 np.asarray(x, np.float32) * mask, mean, groups, mask, parcel_size=self.layer_.parcel_size,
                 alphas=self.alphas, cv_folds=self.cv_folds, seed=self.seed)
         else:
-            # GLFA is linear in its input, so mean_t A(x_t) = A(mean_t x_t): one pass over the frames
-            target = apply_frames(self.layer_, mean, out=mean)  # in place
             self.subject_layer_, self.loss_history_ = fit_subject_layer(
-                self.layer_, x, target, consistency_weight=self.consistency_weight, steps=self.steps,
+                self.layer_, x, list(others.values()), consistency_weight=self.consistency_weight, steps=self.steps,
                 batch_size=self.batch_size, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                 seed=self.seed, device=resolve_device(self.device), progress=progress)
         self.fit_seconds_ = time.perf_counter() - start

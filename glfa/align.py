@@ -383,13 +383,11 @@ class GLFAAligner(BaseEstimator):
         return aligner
 
 
-def apply_frames(layer: torch.nn.Module, images: np.ndarray, chunk: int = 32,
-                 out: np.ndarray | None = None) -> np.ndarray:
+def apply_frames(layer: torch.nn.Module, images: np.ndarray, chunk: int = 32) -> np.ndarray:
     """A frame-wise layer (a GLFA layer, a subject map) on ``[T, H, W]`` images, in chunks, without
-    gradients, on the layer's device -> float32 ``[T, H, W]`` (CPU), written into ``out`` when given
-    (``out=images`` works in place: each chunk is read before it is overwritten)."""
+    gradients, on the layer's device -> float32 ``[T, H, W]`` (CPU)."""
     device = next(iter(layer.buffers()), torch.empty(0)).device
-    out = np.empty(images.shape, dtype=np.float32) if out is None else out
+    out = np.empty(images.shape, dtype=np.float32)
     with torch.no_grad():
         for i in range(0, len(images), chunk):
             x = torch.from_numpy(np.asarray(images[i:i + chunk], np.float32)).to(device)

@@ -305,8 +305,9 @@ class AdaptConfig(_Strict):
     token projector. ``linear``: cross-validated ridge per parcel (``model.glfa.parcel_size``).
     """
 
-    steps: int = Field(200, gt=0, description="AdamW steps fitting the subject's GLFA layer")
-    batch_size: int = Field(16, gt=0, description="fMRI frames per step")
+    steps: int = Field(100, gt=0, description="AdamW steps fitting the subject's GLFA layer (the cost does not "
+                       "grow with the minutes)")
+    batch_size: int = Field(8, gt=0, description="fMRI frames per step")
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="pulls the layer toward the identity, not toward the trained "
                                 "layer; off by default")
