@@ -8,8 +8,9 @@ The data (the new subject's frames and ``--subjects`` trained subjects' frames a
 points, float32 in a disc mask) are made first; then ``glfa.adapt.SubjectAdapter("glfa")`` with
 the default ``adapt`` config (steps, batch, learning rate) fits, from a GLFA layer that stands in
 for the trained one. Reported: the whole fit (the target pass over every frame, then the AdamW
-steps), and the peak resident memory during the fit beyond the resident size with the data
-loaded (VmHWM, Linux).
+steps), its CPU time (process time, all threads: on a shared machine, CPU time / threads is
+what the fit would take with the 2 cores to itself), the 1-minute load average at the end, and
+the peak resident memory during the fit beyond the resident size with the data loaded (VmHWM, Linux).
 
     python benchmarks/bench_adapt.py [--frames 4500] [--size 256] [--kernel 13] [--parcel 16]
         [--subjects 2] [--steps N] [--threads 2] [--json OUT]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -66,22 +68,24 @@ def main() -> None:
 
     base = status_kib("VmRSS")
     reset_peak()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     adapter = SubjectAdapter.from_config(config, "glfa")
     adapter.device = "cpu"
     adapter.fit(x, others, layer, groups)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = (status_kib("VmHWM") - base) / 2**20
     result = {"frames": args.frames, "size": args.size, "kernel": args.kernel, "parcel": args.parcel,
               "trained_subjects": args.subjects, "steps": adapter.steps, "batch_size": adapter.batch_size,
               "threads": args.threads, "data_gib": round(data_gib, 3), "fit_seconds": round(seconds, 1),
+              "cpu_seconds": round(cpu, 1), "load_average": os.getloadavg()[0],
               "peak_gib_beyond_data": round(peak, 3), "loss_first": adapter.loss_history_[0],
               "loss_last": adapter.loss_history_[-1]}
-    print("| frames | image | k | trained subjects | steps x batch | threads | data (GiB) | fit (s) | "
-          "peak beyond data (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| frames | image | k | trained subjects | steps x batch | threads | data (GiB) | fit (s) | CPU (s) | "
+          "load | peak beyond data (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.frames} | {args.size} x {args.size} | {args.kernel} | {args.subjects} | {adapter.steps} x "
-          f"{adapter.batch_size} | {args.threads} | {data_gib:.2f} | {seconds:.1f} | {peak:.2f} |")
+          f"{adapter.batch_size} | {args.threads} | {data_gib:.2f} | {seconds:.1f} | {cpu:.1f} | "
+          f"{result['load_average']:.1f} | {peak:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -457,6 +457,10 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
     if not _NAME.match(name) or name in (base, "lea"):
         raise ConfigError(f"the adapted model's name {name!r} names a new folder RUN/cotrain-<name>: use letters, "
                           f"digits, '.', '_' or '-', and not the base model's name", field="--name")
+    target = run_dir / f"cotrain-{name}" / "model"
+    if (target / MODEL_INFO).is_file() and not read_model_info(target).get("adaptation"):
+        raise ConfigError(f"RUN/cotrain-{name} holds a trained model that is not an adaptation; choose another name",
+                          path=target, field="--name")
     if config is None:
         config = validate_config(info["config"], str(base_dir / MODEL_INFO))
     if not isinstance(store, StudyStore):
@@ -492,7 +496,6 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
         record.update(projector_loss_first=losses[0], projector_loss_last=losses[-1],
                       projector_seconds=time.perf_counter() - start)
 
-    target = run_dir / f"cotrain-{name}" / "model"
     tmp = target.with_name(f".model.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

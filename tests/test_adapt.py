@@ -125,6 +125,10 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
     config.write_text(yaml.safe_dump({**FAST, "model": {"preset": "tiny", "glfa": {"parcel_size": 8,
                                                                                    "kernel_size": 5}}}))
     args = ["adapt", str(run), "--subject", "s3", "-c", str(config), "--quiet"]
+    within = run / "cotrain-within" / "model"  # a trained model an adaptation must not replace
+    if not within.exists():
+        base = json.loads((run / "cotrain-glfa" / "model" / "model.json").read_text())
+        write_cotrain_model(within, generator_dir=Path(base["generator"]), store_dir=Path(base["store"]))
     assert main([*args, "--minutes", "0.2", "--name", "mine"]) == 0
     assert "on 6 training windows (0.17 of the 0.2 minutes asked)" in capsys.readouterr().out
     assert json.loads((run / "cotrain-mine" / "model" / "model.json").read_text())["adaptation"]["settings"][
@@ -135,6 +139,7 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
         (["--minutes", "0.01"], "hold no whole window"),
         (["--minutes", "1", "--base", "pte-v"], "no model for method 'pte-v'"),
         (["--minutes", "1", "--name", "glfa"], "not the base model's name"),
+        (["--minutes", "1", "--name", "within"], "not an adaptation; choose another name"),
         (["--minutes", "1", "--store", str(_store_without_shared_stimuli(tmp_path / "store"))],
          "watched none of the training stimuli that the trained subjects"),
     ]:
@@ -277,6 +282,11 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
         aligned = {s: layer(torch.from_numpy(x)).numpy() for s, x in test.items()}
     expected = np.mean([fsc_per_timepoint(aligned["s3"], aligned[s], store.mask) for s in ("s1", "s2")], axis=0)
     assert data["settings"][0]["alignment"]["fsc"]["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    # the report draws the curves (one panel per metric, a line per method, the ceiling dashed)
+    from glfa.report import adaptation_html
+
+    html = "".join(adaptation_html(run))
+    assert "the data-efficiency curve" in html and html.count("<img") == 1 and "s1,s2 -&gt; s3" in html
     # a second sweep reuses the adapted models and their generations
     model = run / "cotrain-adapt-glfa-s3-0.2min" / "model" / "model.json"
     before = model.stat().st_mtime_ns
