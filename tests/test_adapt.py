@@ -146,10 +146,30 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
         assert main([*args, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
-    # a linear map in store order: parcels of 8 x 8 pixels, identity at the start
+
+
+def test_parcel_ridge_recovers_a_planted_linear_map():
     m = ParcelLinearMap(height=16, width=16, parcel_size=8)
     x = torch.randn(3, 2, 16, 16)
-    torch.testing.assert_close(m(x), x)
+    torch.testing.assert_close(m(x), x)  # the identity at the start, any leading shape
+    # planted: every 8 x 8 parcel of the target is its own affine map of the same parcel of x (mask: 3 rows out)
+    rng = np.random.default_rng(0)
+    mask = np.ones((16, 16), bool)
+    mask[:3] = False
+    planted = ParcelLinearMap(height=16, width=16, parcel_size=8, mask=mask)
+    planted.weight += 0.2 * torch.from_numpy(rng.normal(size=(4, 64, 64))).float()
+    planted.bias += torch.from_numpy(rng.normal(size=(4, 64))).float()
+    x = rng.normal(size=(400, 16, 16)).astype(np.float32) * mask
+    with torch.no_grad():
+        y = planted(torch.from_numpy(x)).numpy()
+    fitted, alphas = ParcelLinearMap.fit(x, y, np.arange(400) // 20, mask, parcel_size=8, alphas=[1e-4, 1e2],
+                                         cv_folds=4)
+    assert list(alphas) == [1e-4] * 4  # noise-free: the smallest penalty wins in cross-validation
+    x_new = rng.normal(size=(10, 16, 16)).astype(np.float32) * mask
+    with torch.no_grad():
+        np.testing.assert_allclose(fitted(torch.from_numpy(x_new)).numpy(), planted(torch.from_numpy(x_new)).numpy(),
+                                   atol=1e-3)
+    assert np.all(fitted(torch.from_numpy(x_new)).numpy()[:, ~mask] == 0)
 
 
 # ----------------------------------------------------------------------------- planted truth
