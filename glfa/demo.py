@@ -19,9 +19,9 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 9. ``within``: the within-subject baseline, stages 1 and 2 on the held-out subject's own
    training windows;
 10. ``generate``: every test window of the held-out subject decoded by each method;
-11. ``evaluate``: SSIM and N-way top-K per method with t-tests (``RUN/evaluation``);
-12. ``adapt``: the held-out subject adapted at two data sizes, decoded and scored, with the
+11. ``adapt``: the held-out subject adapted at two data sizes, decoded and scored, with the
     zero-shot floor and the within-subject ceiling (``RUN/evaluation/adaptation-<S>``; not with ``--quick``);
+12. ``evaluate``: SSIM and N-way top-K per method (the adapted ones included) with t-tests (``RUN/evaluation``);
 13. ``report``: ``RUN/report.html``.
 
 Training steps are reused when their run folder ``OUT/run-<hash>`` (keyed by the store and every
@@ -383,8 +383,8 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("lea", step_lea),
     ("within", step_within),
     ("generate", step_generate),
-    ("evaluate", step_evaluate),
     ("adapt", step_adapt),
+    ("evaluate", step_evaluate),
     ("report", step_report),
 ]
 
