@@ -439,8 +439,8 @@ def adaptation_plot(sweep: dict[str, Any]) -> str:
         for s in ceiling:
             if get(s):
                 ax.axhline(get(s)["mean"], color="k", linestyle="dashed", linewidth=1, label="within-subject")
-        ax.set_xlabel("minutes of the new subject (0: zero-shot)")
         ax.set_title(title)
+    fig.supxlabel("minutes of the new subject's training fMRI (0: zero-shot)", fontsize=10)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
