@@ -212,14 +212,14 @@ def decoding_rows(held: str, versions: dict[str, dict[str, np.ndarray]], labels:
     return rows
 
 
-def timepoint_labels(stimuli: np.ndarray, labels: dict[str, str] | None, source: str = "labels") -> np.ndarray:
+def timepoint_labels(stimuli: np.ndarray, labels: dict[str, str] | None) -> np.ndarray:
     """The label of every time point's stimulus (the stimulus id itself when ``labels`` is None)."""
     if labels is None:
         return np.asarray(stimuli)
     missing = sorted(set(stimuli) - set(labels))
     if missing:
-        raise DataError(f"no label for {len(missing)} stimulus/stimuli, e.g. {missing[:3]}", path=source,
-                        field="labels")
+        raise DataError(f"the labels name {len(missing)} of the measured stimuli nowhere, e.g. {missing[:3]}",
+                        field="--labels")
     return np.array([labels[st] for st in stimuli])
 
 
