@@ -258,6 +258,11 @@ def test_alignment_judged_by_decoding(synthetic_store, tmp_path, capsys):
         glfa, smooth = rows[held, "GLFA"], rows[held, "smoothing"]
         assert glfa["accuracy"] > glfa["mismatched"] + 0.3 and glfa["chance"] == 0.25
         assert smooth["fsc_held"] > glfa["fsc_held"] and smooth["accuracy"] < glfa["accuracy"], held
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"cat_test01": "cat"}))
+    assert main(["evaluate", "alignment", str(synthetic_store), "-c", str(config), "-o", str(out), "--labels",
+                 str(partial), "--quiet"]) == 2
+    assert "--labels: the labels name 3 of the measured stimuli nowhere" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the data-efficiency sweep
