@@ -353,9 +353,12 @@ def step_align(ctx: DemoContext) -> dict[str, Any]:
     from glfa.data.store import StudyStore
     from glfa.evaluation import evaluate_alignment, write_alignment_table
 
+    from glfa.metrics.decoding import read_stimulus_labels
+
+    labels, name = read_stimulus_labels(ctx.paths["study"] / "truth" / "clips.json")  # decoding rows: categories
     store = StudyStore.open(ctx.paths["store"])
     try:
-        table = evaluate_alignment(store, ctx.config)
+        table = evaluate_alignment(store, ctx.config, labels=labels, labels_name=name)
     finally:
         store.close()
     paths = write_alignment_table(table, ctx.out / "alignment", ctx.config, store_path=ctx.paths["store"])
