@@ -351,17 +351,20 @@ class GLFAAligner(BaseEstimator):
         return aligner
 
 
-def responses_from_store(store, subjects: list[str], split: str = "train") -> dict[str, np.ndarray]:
-    """Every subject's responses to the stimuli of ``split`` that all of them saw, concatenated in time.
+def apply_frames(layer: torch.nn.Module, images: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """A frame-wise layer (a GLFA layer, a subject map) on ``[T, H, W]`` images, in chunks, without
+    gradients, on the layer's device -> float32 ``[T, H, W]`` (CPU)."""
+    device = next(iter(layer.buffers()), torch.empty(0)).device
+    out = np.empty(images.shape, dtype=np.float32)
+    with torch.no_grad():
+        for i in range(0, len(images), chunk):
+            x = torch.from_numpy(np.asarray(images[i:i + chunk], np.float32)).to(device)
+            out[i:i + chunk] = layer(x).float().cpu().numpy()
+    return out
 
-    Stimuli are taken in the store's order; when the subjects' responses to one stimulus
-    differ in length (a run cut short), all are cut to the shortest, so time point t is the
-    same moment of the same stimulus for every subject.
 
-    Returns
-    -------
-    dict subject -> float32 ``[T, H, W]``
-    """
+def _shared_stimuli(store, subjects: list[str], split: str) -> list[str]:
+    """The ``split`` stimuli that every one of ``subjects`` saw, in store order (StoreError if none)."""
     from glfa.errors import StoreError
 
     missing = [s for s in subjects if s not in store.subjects]
@@ -371,10 +374,59 @@ def responses_from_store(store, subjects: list[str], split: str = "train") -> di
                if store.split_of(st) == split and all(store.has(s, st) for s in subjects)]
     if not stimuli:
         raise StoreError(f"no {split!r} stimulus was seen by every one of the subjects {subjects}", path=store.path)
+    return stimuli
+
+
+def responses_from_store(store, subjects: list[str], split: str = "train") -> dict[str, np.ndarray]:
+    """Every subject's responses to the stimuli of ``split`` that all of them saw, concatenated in time.
+
+    Stimuli are taken in the store's order; when the subjects' responses to one stimulus
+    differ in length (a run cut short), all are cut to the shortest, so time point t is the
+    same moment of the same stimulus for every subject (:func:`timepoint_stimuli` names it).
+
+    Returns
+    -------
+    dict subject -> float32 ``[T, H, W]``
+    """
     parts: dict[str, list[np.ndarray]] = {s: [] for s in subjects}
-    for st in stimuli:
-        resp = {s: store.response(s, st) for s in subjects}  # [t_s, h, w] each
-        n = min(r.shape[0] for r in resp.values())
+    for st in _shared_stimuli(store, subjects, split):
+        n = min(store.response_length(s, st) for s in subjects)
         for s in subjects:
-            parts[s].append(resp[s][:n])
+            parts[s].append(store.response(s, st)[:n])  # [n, h, w]
     return {s: np.concatenate(p) for s, p in parts.items()}
+
+
+def timepoint_stimuli(store, subjects: list[str], split: str = "train") -> np.ndarray:
+    """The stimulus id of every time point of :func:`responses_from_store` (same arguments): str ``[T]``."""
+    return np.concatenate([[st] * min(store.response_length(s, st) for s in subjects)
+                           for st in _shared_stimuli(store, subjects, split)]).astype(str)
+
+
+# ----------------------------------------------------------------------------- smoothing, the blur baseline
+
+#: Gaussian widths tried by :func:`tune_smoothing`, in pixels of a 256 x 256 image (scaled to the image).
+SMOOTHING_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def masked_smooth(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of images [T, H, W] inside ``mask`` (normalised convolution), zero outside."""
+    from scipy import ndimage
+
+    m = mask.astype(np.float32)
+    num = ndimage.gaussian_filter(x * m, sigma=(0, sigma, sigma), truncate=3.0)  # [t, h, w]
+    den = ndimage.gaussian_filter(m, sigma=sigma, truncate=3.0)  # [h, w]
+    return np.where(mask, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+
+
+def tune_smoothing(responses: Mapping[str, np.ndarray], mask: np.ndarray, grid=SMOOTHING_GRID) -> float:
+    """The width of :data:`SMOOTHING_GRID` (scaled from 256 pixels to the image's side) that gives
+    ``responses`` ({subject: [T, H, W]}, the training subjects' training data) the highest mean fSC
+    over their pairs: the blur that fSC and ISC reward, tuned without the held-out subject."""
+    import itertools
+
+    from glfa.metrics.alignment import fsc
+
+    scale = mask.shape[-1] / 256
+    return max((g * scale for g in grid), key=lambda sigma: np.mean(
+        [fsc(masked_smooth(responses[a], mask, sigma), masked_smooth(responses[b], mask, sigma), mask)
+         for a, b in itertools.combinations(responses, 2)]))

@@ -289,6 +289,44 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+# ----------------------------------------------------------------------------- adapt
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    import json
+
+    from glfa.adapt import adapt_model
+
+    config = _config(args) if args.config else None
+    out = adapt_model(Path(args.run), subject=args.subject, minutes=args.minutes, method=args.method, name=args.name,
+                      base=args.base, config=config, store=args.store, progress=not args.quiet)
+    record = json.loads((out / "model.json").read_text())["adaptation"]
+    print(f"{args.base} adapted to subject {args.subject} ({args.method}) on {len(record['windows'])} training "
+          f"windows ({record['minutes_used']:.2f} of the {args.minutes:g} minutes asked) in "
+          f"{record['fit_seconds']:.1f} s")
+    print(f"saved to {out}; decode with `glfa generate {args.run} --method {out.parent.name.removeprefix('cotrain-')} "
+          f"--subject {args.subject}`")
+    return 0
+
+
+def _register_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="adapt a trained cross-subject model to a new subject from its first minutes "
+                       "of data (a new decoder model RUN/cotrain-NAME)")
+    p.add_argument("run", help="the run folder holding the trained model (cotrain-BASE/model, with GLFA)")
+    p.add_argument("--subject", required=True, help="the new subject (not one the model was trained on)")
+    p.add_argument("--minutes", type=float, required=True,
+                   help="fit on the first MINUTES of the subject's training-split fMRI")
+    p.add_argument("--method", choices=["glfa", "linear", "full"], default="glfa",
+                   help="glfa: the subject's own GLFA layer (default); linear: per-parcel ridge into the trained "
+                        "subjects' mean response; full: glfa plus the token projector")
+    p.add_argument("--name", default=None, help="the new method's name (default: adapt-METHOD-SUBJECT-MINUTESmin)")
+    p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
+    p.add_argument("--store", default=None, help="study store (default: the one the model was trained on)")
+    p.add_argument("-c", "--config", help="YAML config whose 'adapt' section is used (default: the trained one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_adapt)
+
+
 # ----------------------------------------------------------------------------- align
 
 
@@ -420,6 +458,15 @@ def _register_align(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- evaluate
 
 
+def _decoding_labels(args: argparse.Namespace) -> tuple[dict[str, str] | None, str]:
+    """``--labels FILE``'s {stimulus: label} and what they are; (None, "clip id") without it."""
+    if not args.labels:
+        return None, "clip id"
+    from glfa.metrics.decoding import read_stimulus_labels
+
+    return read_stimulus_labels(args.labels)
+
+
 def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     from glfa.data.store import StudyStore
     from glfa.evaluation import evaluate_alignment, write_alignment_table
@@ -429,7 +476,9 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
                   "--output")
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else None
-    table = evaluate_alignment(store, config, subjects=subjects, verbose=not args.quiet)
+    labels, labels_name = _decoding_labels(args)
+    table = evaluate_alignment(store, config, subjects=subjects, labels=labels, labels_name=labels_name,
+                               verbose=not args.quiet)
     paths = write_alignment_table(table, out, config, store_path=store.path)
     print(f"fSC and ISC on the {table.split!r} split ({table.n_timepoints} time points); bold: the subject "
           "held out of fitting")
@@ -439,11 +488,14 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
 
 
 def _register_evaluate_alignment(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser("alignment", help="leave-one-subject-out fSC and ISC before and after GLFA (Table 1)")
+    p = esub.add_parser("alignment", help="leave-one-subject-out fSC and ISC before and after GLFA (Table 1), and "
+                        "inter-subject decoding of the stimulus after identity, tuned smoothing and GLFA")
     p.add_argument("store", help="a study store (written by glfa prepare)")
     p.add_argument("-c", "--config", help="YAML config: model.glfa and align sections")
     p.add_argument("-o", "--output", help="output folder (default: OUTPUT_DIR/NAME/alignment of the config)")
     p.add_argument("--subjects", help="comma-separated subjects of the table (default: all; at least 3)")
+    p.add_argument("--labels", help="JSON {stimulus: label} (or a synthetic study's truth/clips.json: categories) "
+                   "for the inter-subject decoding rows (default: every clip is its own class)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate_alignment)
 
@@ -503,9 +555,49 @@ def _register_evaluate_combine(esub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_evaluate_combine)
 
 
+def _cmd_evaluate_adaptation(args: argparse.Namespace) -> int:
+    from glfa.adapt import evaluate_adaptation, write_adaptation_table
+
+    config = _config(args) if args.config else None
+    try:
+        minutes = [float(m) for m in _subject_list(args.minutes)]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {args.minutes!r}", field="--minutes") from None
+    labels, labels_name = _decoding_labels(args)
+    table = evaluate_adaptation(Path(args.run), subject=args.subject, minutes=minutes,
+                                methods=_subject_list(args.methods), base=args.base, ceiling=args.ceiling,
+                                config=config, labels=labels, labels_name=labels_name, device=args.device,
+                                progress=not args.quiet)
+    paths = write_adaptation_table(table)
+    print(table.to_markdown())
+    print(f"written to {paths['json']} and {paths['markdown']}")
+    return 0
+
+
+def _register_evaluate_adaptation(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser("adaptation", help="the data-efficiency curve of a new subject: glfa adapt -> generate -> "
+                        "score at several data sizes, with the zero-shot floor and the within-subject ceiling")
+    p.add_argument("run", help="the run folder holding the trained model (cotrain-BASE/model, with GLFA)")
+    p.add_argument("--subject", required=True, help="the new subject")
+    p.add_argument("--minutes", default="0,5,10,20,40", help="comma-separated data sizes (0: zero-shot; default "
+                   "0,5,10,20,40)")
+    p.add_argument("--methods", default="glfa,linear", help="comma-separated adaptation methods among glfa, linear, "
+                   "full (default glfa,linear)")
+    p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
+    p.add_argument("--ceiling", default="within", help="the run's within-subject method (default: within)")
+    p.add_argument("--labels", help="JSON {stimulus: label} (or a synthetic study's truth/clips.json) of the "
+                   "decoding column (default: every clip is its own class)")
+    p.add_argument("-c", "--config", help="YAML config: adapt, generation and evaluation sections (default: the "
+                   "trained one)")
+    p.add_argument("--device", default=None, help="where the generator runs (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_adaptation)
+
+
 RUN_PROTOCOL = "run"
 # Each entry adds one evaluation protocol under `glfa evaluate`.
-_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment, _register_evaluate_combine]
+_EVALUATE_PROTOCOLS = [_register_evaluate_run, _register_evaluate_alignment, _register_evaluate_combine,
+                       _register_evaluate_adaptation]
 
 
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -572,8 +664,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
 
 # Each entry adds one subcommand; new subcommands add a _register_* function here.
 _REGISTRY = [_register_prepare, _register_verify, _register_simulate, _register_demo, _register_train,
-             _register_import_weights, _register_generate, _register_align, _register_evaluate, _register_report,
-             _register_caption]
+             _register_import_weights, _register_adapt, _register_generate, _register_align, _register_evaluate,
+             _register_report, _register_caption]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

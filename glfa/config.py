@@ -326,6 +326,32 @@ class AlignConfig(_Strict):
     seed: int = 0
 
 
+# ----------------------------------------------------------------------------- few-shot adaptation
+
+
+class AdaptConfig(_Strict):
+    """Adapting a trained cross-subject model to a new subject from a few minutes of data (``glfa adapt``).
+
+    ``glfa``/``full``: the subject's own copy of the trained GLFA layer, fitted with L_GLFA against
+    the trained subjects' aligned responses (lambda from ``model.glfa``); ``full`` then fine-tunes the
+    token projector. ``linear``: cross-validated ridge per parcel (``model.glfa.parcel_size``).
+    """
+
+    steps: int = Field(100, gt=0, description="AdamW steps fitting the subject's GLFA layer (the cost does not "
+                       "grow with the minutes)")
+    batch_size: int = Field(8, gt=0, description="fMRI frames per step")
+    learning_rate: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="pulls the layer toward the identity, not toward the trained "
+                                "layer; off by default")
+    projector_steps: int = Field(100, gt=0, description="full: AdamW steps fine-tuning the token projector")
+    projector_batch_size: int = Field(8, gt=0, description="full: windows per step")
+    projector_learning_rate: float = Field(1e-4, gt=0)
+    alphas: list[float] = Field(default_factory=lambda: [1e-1, 1.0, 1e1, 1e2, 1e3, 1e4],
+                                description="linear: ridge penalties tried per parcel")
+    cv_folds: int = Field(5, ge=2, description="linear: folds (by stimulus; fewer when fewer stimuli were seen)")
+    seed: int = 0
+
+
 # ----------------------------------------------------------------------------- simulation
 
 
@@ -381,6 +407,7 @@ class GlfaConfig(_Strict):
     generation: GenerationConfig = GenerationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     align: AlignConfig = AlignConfig()
+    adapt: AdaptConfig = AdaptConfig()
     lea: LeaConfig = LeaConfig()
     blurry: BlurryConfig = BlurryConfig()
     simulation: SimulationConfig = SimulationConfig()

@@ -18,12 +18,15 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 8. ``lea``: the LEA baseline (ridge regression to the generator's caption tokens);
 9. ``within``: the within-subject baseline, stages 1 and 2 on the held-out subject's own
    training windows;
-10. ``blurry``: the low-level decoder (ridge from the stage-1 encoder's latent to the generator's
+10. ``blurry``: the low-level decoder (ridge from GLFA-aligned flat images, pooled, to the generator's
     VAE latents, ``RUN/blurry/model``);
 11. ``generate``: every test window of the held-out subject decoded by each method, by the blurry
     decoder alone, and by GLFA started from the blurry latents (``glfa+blurry``);
-12. ``evaluate``: SSIM and N-way top-K per method with t-tests (``RUN/evaluation``);
-13. ``report``: ``RUN/report.html``.
+12. ``adapt``: the held-out subject adapted at two data sizes, decoded and scored, with the
+    zero-shot floor and the within-subject ceiling (``RUN/evaluation/adaptation-<S>``; not with ``--quick``);
+13. ``evaluate``: every metric per method (the adapted ones included), matched against mismatched, with
+    t-tests (``RUN/evaluation``);
+14. ``report``: ``RUN/report.html``.
 
 Training steps are reused when their run folder ``OUT/run-<hash>`` (keyed by the store and every
 training section of the config) holds a finished stage, and resumed when a killed demo left
@@ -332,6 +335,34 @@ def step_evaluate(ctx: DemoContext) -> dict[str, Any]:
     return {"path": str(paths["markdown"]), "reused": reused, **means}
 
 
+#: The data sizes (minutes of the held-out subject's training fMRI) the demo adapts the GLFA model with.
+ADAPT_MINUTES = (2.0, 8.0)
+
+
+def step_adapt(ctx: DemoContext) -> dict[str, Any]:
+    """A new subject in minutes: adapt the GLFA model to each held-out subject at two data sizes, decode, score
+    (``glfa evaluate adaptation``, with the zero-shot floor and the within-subject ceiling); skipped by ``--quick``."""
+    from glfa.adapt import evaluate_adaptation, write_adaptation_table
+    from glfa.metrics.decoding import read_stimulus_labels
+
+    if ctx.quick:
+        return {"skipped": "--quick"}
+    labels, name = read_stimulus_labels(ctx.paths["study"] / "truth" / "clips.json")
+    out = {}
+    for subject in ctx.config.subjects.held_out:
+        table = evaluate_adaptation(ctx.paths["run"], subject=subject, minutes=[0.0, *ADAPT_MINUTES],
+                                    methods=["glfa"], ceiling=f"within-{subject}", config=ctx.config, labels=labels,
+                                    labels_name=name, progress=ctx.progress)
+        paths = write_adaptation_table(table)
+        if ctx.progress:
+            print(table.to_markdown())
+        out["path"] = str(paths["markdown"])
+        for s in table.settings:
+            fsc = s.alignment.get("fsc")
+            out[f"fsc_{subject}_{s.label}"] = None if fsc is None else round(fsc["mean"], 3)
+    return out
+
+
 def step_report(ctx: DemoContext) -> dict[str, Any]:
     """One self-contained HTML report: tables, plots, decoded clips beside the ground truth."""
     from glfa.report import write_report
@@ -345,9 +376,12 @@ def step_align(ctx: DemoContext) -> dict[str, Any]:
     from glfa.data.store import StudyStore
     from glfa.evaluation import evaluate_alignment, write_alignment_table
 
+    from glfa.metrics.decoding import read_stimulus_labels
+
+    labels, name = read_stimulus_labels(ctx.paths["study"] / "truth" / "clips.json")  # decoding rows: categories
     store = StudyStore.open(ctx.paths["store"])
     try:
-        table = evaluate_alignment(store, ctx.config)
+        table = evaluate_alignment(store, ctx.config, labels=labels, labels_name=name)
     finally:
         store.close()
     paths = write_alignment_table(table, ctx.out / "alignment", ctx.config, store_path=ctx.paths["store"])
@@ -376,6 +410,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("within", step_within),
     ("blurry", step_blurry),
     ("generate", step_generate),
+    ("adapt", step_adapt),
     ("evaluate", step_evaluate),
     ("report", step_report),
 ]

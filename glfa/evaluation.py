@@ -99,13 +99,39 @@ class AlignmentRow:
 
 
 @dataclass
+class DecodingRow:
+    """Inter-subject decoding (Bazeille et al. 2021) of one held-out subject after one alignment.
+
+    ``accuracy``: a linear classifier of the stimulus trained on the other subjects' responses,
+    applied to the held-out subject's; ``mismatched``: the same predictions scored against other
+    stimuli's labels; ``fsc_held`` / ``isc_held``: the held-out subject's mean fSC with the others
+    and its ISC after the same alignment (see :func:`glfa.metrics.decoding.inter_subject_decoding`).
+    """
+
+    held_out: str
+    method: str
+    accuracy: float
+    mismatched: float
+    chance: float
+    fsc_held: float
+    isc_held: float
+    n: int
+
+
+@dataclass
 class AlignmentTable:
-    """The leave-one-subject-out alignment table: an ``identity`` row, then one row per held-out subject."""
+    """The leave-one-subject-out alignment table: an ``identity`` row, then one row per held-out subject.
+
+    ``decoding`` holds the inter-subject decoding rows (identity, tuned smoothing and the
+    alignment, per held-out subject) of the stimulus labels named by ``labels``.
+    """
 
     subjects: list[str]
     split: str
     n_timepoints: int
     rows: list[AlignmentRow] = field(default_factory=list)
+    decoding: list[DecodingRow] = field(default_factory=list)
+    labels: str = "clip id"
 
     @property
     def pairs(self) -> list[str]:
@@ -115,13 +141,16 @@ class AlignmentTable:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
         return {"subjects": self.subjects, "split": self.split, "n_timepoints": self.n_timepoints,
-                "pairs": self.pairs, "rows": [asdict(r) for r in self.rows]}
+                "pairs": self.pairs, "rows": [asdict(r) for r in self.rows],
+                "decoding": [asdict(r) for r in self.decoding], "labels": self.labels}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlignmentTable:
         """The table of :meth:`to_dict`'s data."""
         return cls(subjects=list(data["subjects"]), split=data["split"], n_timepoints=int(data["n_timepoints"]),
-                   rows=[AlignmentRow(**row) for row in data["rows"]])
+                   rows=[AlignmentRow(**row) for row in data["rows"]],
+                   decoding=[DecodingRow(**row) for row in data.get("decoding", [])],
+                   labels=data.get("labels", "clip id"))
 
     def to_table(self, title: str = "fSC and ISC before and after GLFA (Table 1)") -> Table:
         """Table 1's layout; cells that involve the row's held-out (unseen) subject are bold."""
@@ -135,9 +164,28 @@ class AlignmentTable:
         return Table("table1", title, head, rows,
                      [f"{self.split} split, {self.n_timepoints} time points; bold: the subject held out of fitting."])
 
+    def decoding_table(self) -> Table | None:
+        """Inter-subject decoding: one row per held-out subject and alignment; None without decoding rows."""
+        if not self.decoding:
+            return None
+        rows = []
+        for r in self.decoding:
+            best = max(d.accuracy for d in self.decoding if d.held_out == r.held_out)
+            rows.append([Cell(r.held_out), Cell(r.method), _value_cell(r.accuracy, r.accuracy == best),
+                         _value_cell(r.mismatched, False), _value_cell(r.chance, False),
+                         _value_cell(r.fsc_held, False), _value_cell(r.isc_held, False)])
+        return Table("decoding", f"Inter-subject decoding of the {self.labels} (Bazeille et al. 2021)",
+                     ["Held out", "Alignment", "accuracy", "mismatched", "chance", "fSC with others", "ISC"], rows,
+                     [f"A ridge classifier of the {self.labels}, trained on the other subjects' aligned {self.split} "
+                      "responses (time points standardised across voxels), applied to the held-out subject's; "
+                      "mismatched: its predictions scored against other stimuli's labels. fSC and ISC reward "
+                      "blur (see the smoothing row); decoding accuracy need not. Bold: the best accuracy per "
+                      "subject."])
+
     def to_markdown(self) -> str:
-        """Table 1's layout (see :meth:`to_table`) as Markdown."""
-        return self.to_table().to_markdown()
+        """Table 1's layout (see :meth:`to_table`) as Markdown, then the decoding table when there is one."""
+        decoding = self.decoding_table()
+        return self.to_table().to_markdown() + ("" if decoding is None else "\n" + decoding.to_section())
 
 
 def _value_cell(value: float, bold: bool) -> Cell:
@@ -158,7 +206,36 @@ def alignment_row(task: str, responses: dict[str, np.ndarray], mask: np.ndarray,
                         final_loss=final_loss)
 
 
+def decoding_rows(held: str, versions: dict[str, dict[str, np.ndarray]], labels: np.ndarray, stimuli: np.ndarray,
+                  mask: np.ndarray) -> list[DecodingRow]:
+    """Inter-subject decoding of ``held`` after each alignment of ``versions`` ({method: {subject: [T, H, W]}})."""
+    from glfa.metrics.alignment import fsc, isc
+    from glfa.metrics.decoding import inter_subject_decoding
+
+    rows = []
+    for method, responses in versions.items():
+        others = {s: x for s, x in responses.items() if s != held}
+        scores = inter_subject_decoding(others, responses[held], labels, stimuli, mask)
+        rows.append(DecodingRow(
+            held_out=held, method=method, accuracy=scores["accuracy"], mismatched=scores["mismatched"],
+            chance=scores["chance"], fsc_held=float(np.mean([fsc(responses[held], x, mask) for x in others.values()])),
+            isc_held=float(isc(responses, mask)[held]), n=scores["n"]))
+    return rows
+
+
+def timepoint_labels(stimuli: np.ndarray, labels: dict[str, str] | None) -> np.ndarray:
+    """The label of every time point's stimulus (the stimulus id itself when ``labels`` is None)."""
+    if labels is None:
+        return np.asarray(stimuli)
+    missing = sorted(set(stimuli) - set(labels))
+    if missing:
+        raise DataError(f"the labels name {len(missing)} of the measured stimuli nowhere, e.g. {missing[:3]}",
+                        field="--labels")
+    return np.array([labels[st] for st in stimuli])
+
+
 def evaluate_alignment(store, config, *, subjects: list[str] | None = None, split: str = "test",
+                       labels: dict[str, str] | None = None, labels_name: str = "clip id",
                        verbose: bool = False) -> AlignmentTable:
     """Leave-one-subject-out GLFA alignment on ``store`` (a :class:`~glfa.data.store.StudyStore`).
 
@@ -172,14 +249,19 @@ def evaluate_alignment(store, config, *, subjects: list[str] | None = None, spli
         subject of the store.
     split : str
         The split measured (``test``); GLFA is always fitted on ``train``.
+    labels : {stimulus id: label}, optional
+        The classes of the decoding rows (e.g. categories, :func:`glfa.metrics.decoding.read_stimulus_labels`);
+        default: every clip is its own class. ``labels_name`` says what they are, for the table.
     verbose : bool
         Progress bars and one line per fitted aligner.
 
     Returns
     -------
     AlignmentTable
+        Table 1's rows, and per held-out subject the decoding rows of identity, Gaussian smoothing
+        tuned on the training subjects (:func:`glfa.align.tune_smoothing`) and GLFA.
     """
-    from glfa.align import GLFAAligner, responses_from_store
+    from glfa.align import GLFAAligner, masked_smooth, responses_from_store, timepoint_stimuli, tune_smoothing
 
     subjects = list(store.subjects if subjects is None else subjects)
     if len(subjects) < 3:
@@ -187,12 +269,16 @@ def evaluate_alignment(store, config, *, subjects: list[str] | None = None, spli
                           f"got {subjects}", path=store.path, field="subjects")
     mask = store.mask
     test = responses_from_store(store, subjects, split)
-    table = AlignmentTable(subjects=subjects, split=split, n_timepoints=int(next(iter(test.values())).shape[0]))
+    stimuli = timepoint_stimuli(store, subjects, split)
+    classes = timepoint_labels(stimuli, labels)
+    table = AlignmentTable(subjects=subjects, split=split, n_timepoints=int(next(iter(test.values())).shape[0]),
+                           labels=labels_name)
     table.rows.append(alignment_row("identity", test, mask))
     for held in subjects:
         train_subjects = [s for s in subjects if s != held]
         train = responses_from_store(store, train_subjects, "train")
         aligner = GLFAAligner.from_config(config, mask=mask, verbose=verbose).fit(train)
+        sigma = tune_smoothing(train, mask)
         del train
         if verbose:
             print(f"GLFA fitted on {','.join(train_subjects)} in {aligner.fit_seconds_:.1f} s "
@@ -201,6 +287,9 @@ def evaluate_alignment(store, config, *, subjects: list[str] | None = None, spli
         table.rows.append(alignment_row(f"{','.join(train_subjects)} -> {held}", aligned, mask, held_out=held,
                                         train_subjects=train_subjects, fit_seconds=aligner.fit_seconds_,
                                         final_loss=aligner.loss_history_[-1]))
+        smoothed = {s: masked_smooth(x, mask, sigma) for s, x in test.items()}
+        table.decoding += decoding_rows(held, {"identity": test, f"smoothing, sigma {sigma:.3g} tuned on training":
+                                               smoothed, "GLFA": aligned}, classes, stimuli, mask)
     return table
 
 
@@ -942,17 +1031,6 @@ def _glfa_layer(model_dir: Path):
     return FmriEncoder.from_pretrained(encoder_dir).glfa.eval()
 
 
-def _apply_frames(layer, images: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """A frame-wise layer on ``[T, H, W]`` images, in chunks, without gradients -> float32 ``[T, H, W]``."""
-    import torch
-
-    out = np.empty(images.shape, dtype=np.float32)
-    with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            out[i:i + chunk] = layer(torch.from_numpy(np.asarray(images[i:i + chunk], np.float32))).numpy()
-    return out
-
-
 def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list[GlfaAlignment], str | None]:
     """fSC and ISC before and after a co-trained model's GLFA layer, one table per held-out subject.
 
@@ -961,12 +1039,15 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     tables; or no table and None for a model without a GLFA layer (LEA, fMRI-PTE-V); or no table
     and the reason it cannot be measured (no held-out subject, store not found).
     """
-    from glfa.align import responses_from_store
+    from glfa.align import apply_frames, responses_from_store
 
     model_dir = Path(model_dir)
     model = _json_object(model_dir / "model.json", CheckpointError)
     if model.get("kind") != "cotrain":
         return [], None
+    if isinstance(model.get("adaptation"), dict):  # glfa adapt: the layer is one subject's, not the shared one
+        return [], (f"{method}: adapted to subject {model['adaptation'].get('subject')!r} alone (glfa adapt); its "
+                    "GLFA layer is not shared by the other subjects")
     if not (model_dir / "encoder").is_dir():
         return [], f"{method}: the co-trained model has no encoder/ folder ({model_dir})"
     layer = _glfa_layer(model_dir)
@@ -983,7 +1064,7 @@ def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list
     for held in held_out:
         subjects = train + [held]
         responses = responses_from_store(opened, subjects, "test")  # {s: [t, h, w]}
-        aligned = {s: _apply_frames(layer, x) for s, x in responses.items()}
+        aligned = {s: apply_frames(layer, x) for s, x in responses.items()}
         table = AlignmentTable(subjects=subjects, split="test", n_timepoints=int(len(responses[held])))
         table.rows.append(alignment_row("identity", responses, opened.mask))
         table.rows.append(alignment_row(f"{','.join(train)} -> {held}", aligned, opened.mask, held_out=held,

@@ -8,7 +8,8 @@ tokens for the mean training fMRI window (saved beside the model as ``negative.s
     eps = eps_neg + s * (eps_fmri - eps_neg)
 
 :meth:`FmriToVideoPipeline.from_model_dir` loads a decoder model folder (``model.json`` +
-``negative.safetensors`` + ``encoder/`` + ``unet_trainable.safetensors`` for co-trained models,
+``negative.safetensors`` + ``encoder/`` + ``unet_trainable.safetensors`` for co-trained models, plus
+``subject_map.safetensors`` for one adapted to a new subject by ``glfa adapt --method linear``;
 ``ridge.safetensors`` for the LEA baseline) on top of its base diffusers text-to-video model.
 """
 
@@ -107,16 +108,24 @@ def overlay_unet(unet: torch.nn.Module, path: str | Path) -> list[str]:
 
 
 class EncoderCondition:
-    """An :class:`~glfa.models.encoder.FmriEncoder` as a condition: fMRI ``[B, n, H, W]`` -> tokens ``[B, K, C]``."""
+    """An :class:`~glfa.models.encoder.FmriEncoder` as a condition: fMRI ``[B, n, H, W]`` -> tokens ``[B, K, C]``.
 
-    def __init__(self, encoder: torch.nn.Module):
+    ``input_map`` (a module ``[B, n, H, W]`` -> same, e.g. an adapted subject's
+    :class:`~glfa.adapt.ParcelLinearMap`) is applied to the fMRI before the encoder.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, input_map: torch.nn.Module | None = None):
         self.encoder = encoder.eval().requires_grad_(False)
+        self.input_map = input_map
 
     @torch.no_grad()
     def __call__(self, fmri: torch.Tensor) -> torch.Tensor:
         """The encoder's ``tokens`` for ``fmri`` (moved to the encoder's device)."""
         device = next(self.encoder.parameters()).device
-        return self.encoder(fmri.to(device), heads=("tokens",))["tokens"]
+        fmri = fmri.to(device)
+        if self.input_map is not None:
+            fmri = self.input_map(fmri)
+        return self.encoder(fmri, heads=("tokens",))["tokens"]
 
 
 class FmriToVideoPipeline:
@@ -185,7 +194,12 @@ class FmriToVideoPipeline:
 
             encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=generator.device)
             overlay_unet(generator.unet, model_dir / UNET_TRAINABLE)
-            condition: Callable = EncoderCondition(encoder)
+            input_map = None
+            if info.get("adaptation", {}).get("method") == "linear":  # glfa adapt --method linear
+                from glfa.adapt import SUBJECT_MAP, load_subject_map
+
+                input_map = load_subject_map(model_dir / SUBJECT_MAP, generator.device)
+            condition: Callable = EncoderCondition(encoder, input_map)
         else:
             from glfa.baselines.lea import LeaDecoder
 

@@ -462,6 +462,52 @@ def gallery_html(task: str, results: list[DecodingResult]) -> str:
 # ----------------------------------------------------------------------------- the report
 
 
+def adaptation_plot(sweep: dict[str, Any]) -> str:
+    """The data-efficiency curves of one ``glfa evaluate adaptation`` sweep (its JSON): one panel per metric,
+    one line per method over the minutes (0: the zero-shot floor), error bars = std over test time
+    points (fSC) or clips (video metrics), the within-subject ceiling dashed."""
+    plt = _pyplot()
+    settings = sweep["settings"]
+    panels = [("fSC with trained", lambda s: s["alignment"].get("fsc"))]
+    panels += [(key, lambda s, key=key: s["video"].get(key))
+               for key in dict.fromkeys(k for s in settings for k in s["video"])]
+    floor = [s for s in settings if s["role"] == "floor"]
+    ceiling = [s for s in settings if s["role"] == "ceiling"]
+    methods = list(dict.fromkeys(s["method"] for s in settings if s["role"] == "adapted"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    for ax, (title, get) in zip(axes[0], panels):
+        for method in methods:
+            points = [(0.0, get(s)) for s in floor] + [(s["minutes"], get(s)) for s in settings
+                                                       if s["role"] == "adapted" and s["method"] == method]
+            points = [(m, v) for m, v in points if v]
+            if points:
+                ax.errorbar([m for m, _ in points], [v["mean"] for _, v in points], yerr=[v["std"] for _, v in points],
+                            marker="o", capsize=3, label=method)
+        for s in ceiling:
+            if get(s):
+                ax.axhline(get(s)["mean"], color="k", linestyle="dashed", linewidth=1, label="within-subject")
+        ax.set_title(title)
+    fig.supxlabel("minutes of the new subject's training fMRI (0: zero-shot)", fontsize=10)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def adaptation_html(run_dir: Path) -> list[str]:
+    """The report's section on adapting to a new subject: every ``RUN/evaluation/adaptation-*.json``
+    (``glfa evaluate adaptation``) as its curve and its notes; nothing when there is none."""
+    sweeps = sorted((run_dir / "evaluation").glob("adaptation-*.json"))
+    if not sweeps:
+        return []
+    parts = ["<h2>A new subject in minutes: the data-efficiency curve</h2>"]
+    for path in sweeps:
+        sweep = json.loads(path.read_text())
+        title = f"{','.join(sweep['train_subjects'])} -> {sweep['subject']}: adapted from {method_label(sweep['base'])}"
+        parts.append(f"<h4>{_e(title)}</h4>{adaptation_plot(sweep)}")
+        parts += [f'<p class="note">{_e(why)}</p>' for why in sweep["skipped"]]
+        parts.append(f'<p class="note">Table: {_e(path.with_suffix(".md"))}.</p>')
+    return parts
+
+
 def render_report(run_dir: str | Path, evaluation: VideoEvaluation) -> str:
     """The whole report as one HTML string."""
     run_dir = Path(run_dir)
@@ -503,6 +549,7 @@ def render_report(run_dir: str | Path, evaluation: VideoEvaluation) -> str:
     parts.append("<h3>Training curves</h3>")
     parts.append(training_plot(logs) if logs else '<p class="note">No training log (RUN/*/metrics.jsonl) found.</p>')
 
+    parts += adaptation_html(run_dir)
     parts.append("<h2>Decoded clips beside the ground truth</h2>")
     parts += [gallery_html(f"{task} ({protocol})", results) for protocol, task, results in ev.tasks()]
     body = "\n".join(parts)

@@ -549,6 +549,10 @@ class StudyStore:
                            f"response to {stimulus_id!r}; prepare stores only finite fMRI")
         return stored
 
+    def response_length(self, subject: str, stimulus_id: str) -> int:
+        """How many fMRI frames ``subject``'s stored response to a stimulus holds (read from the tables only)."""
+        return self._offset(subject, stimulus_id)[1]
+
     def response(self, subject: str, stimulus_id: str) -> np.ndarray:
         """The whole stored response of ``subject`` to a stimulus, float32 ``[T_s, H, W]``."""
         start, length = self._offset(subject, stimulus_id)

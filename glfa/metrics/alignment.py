@@ -96,13 +96,19 @@ def fsc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
         The mean correlation over time points where both patterns vary across voxels;
         ``nan`` when there is no such time point.
     """
+    return _nanmean(fsc_per_timepoint(a, b, mask))
+
+
+def fsc_per_timepoint(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The terms of :func:`fsc`: the spatial correlation at every time point, float64 ``[T]`` (nan where undefined).
+
+    Paired tests between two alignments of the same time points compare these.
+    """
     a = np.asarray(a)
     b = np.asarray(b)
     if a.shape != b.shape:
         raise DataError(f"the two responses differ in shape: {a.shape} and {b.shape}", field="b")
-    fa = _flatten(a, mask, "a")
-    fb = _flatten(b, mask, "b")
-    return _nanmean(_frame_corrs(fa, fb))
+    return _frame_corrs(_flatten(a, mask, "a"), _flatten(b, mask, "b"))
 
 
 def _check_responses(responses: Mapping[str, np.ndarray], mask: np.ndarray | None) -> dict[str, np.ndarray]:
