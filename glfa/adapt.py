@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 import shutil
 import time
@@ -455,7 +454,7 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
     from glfa.generate import model_dir_for
     from glfa.models.encoder import FmriEncoder
     from glfa.pipeline import ENCODER_DIR, MODEL_INFO, NEGATIVE, UNET_TRAINABLE, read_model_info
-    from glfa.training.checkpoint import replace_dir, write_json_atomic
+    from glfa.io import install_dir, write_json_atomic
 
     if method not in METHODS:
         raise ConfigError(f"unknown adaptation method {method!r}; expected one of {list(METHODS)}", field="--method")
@@ -510,19 +509,13 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
         record.update(projector_loss_first=losses[0], projector_loss_last=losses[-1],
                       projector_seconds=time.perf_counter() - start)
 
-    tmp = target.with_name(f".model.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with install_dir(target) as tmp:
         encoder.save_pretrained(tmp / ENCODER_DIR)
         for file in (NEGATIVE, UNET_TRAINABLE):
             shutil.copy2(base_dir / file, tmp / file)
         if method == "linear":
             save_subject_map(adapter.subject_map_, tmp / SUBJECT_MAP)
         write_json_atomic(tmp / MODEL_INFO, {**info, "method": name, "adaptation": record})
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -755,7 +748,7 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
 
 def write_adaptation_table(table: AdaptationTable, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``adaptation-<subject>.json`` and ``.md`` atomically (default ``RUN/evaluation``)."""
-    from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
+    from glfa.io import write_bytes_atomic, write_json_atomic
 
     out = Path(out_dir) if out_dir is not None else Path(table.run_dir) / "evaluation"
     paths = {"json": out / f"adaptation-{table.subject}.json", "markdown": out / f"adaptation-{table.subject}.md"}

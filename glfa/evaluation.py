@@ -295,7 +295,7 @@ def evaluate_alignment(store, config, *, subjects: list[str] | None = None, spli
 
 def write_alignment_table(table: AlignmentTable, out_dir: str | Path, config, *, store_path: str | Path) -> dict[str, Path]:
     """Write ``alignment.json`` (table + resolved config), ``alignment.md`` and ``config.json`` atomically."""
-    from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
+    from glfa.io import write_bytes_atomic, write_json_atomic
 
     out = Path(out_dir)
     data = {"protocol": "alignment/leave-one-subject-out", "store": str(store_path), **table.to_dict(),
@@ -1279,7 +1279,7 @@ def combine_evaluations(sources: list[str | Path], out_dir: str | Path) -> Video
 
 def write_video_tables(evaluation: VideoEvaluation, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``video.json`` (everything) and ``video.md`` (the tables) atomically; default ``RUN/evaluation``."""
-    from glfa.training.checkpoint import write_bytes_atomic, write_json_atomic
+    from glfa.io import write_bytes_atomic, write_json_atomic
 
     out = Path(out_dir) if out_dir is not None else Path(evaluation.run_dir) / "evaluation"
     paths = {"json": out / "video.json", "markdown": out / "video.md"}

@@ -565,7 +565,7 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     DataError
         When the run has not been evaluated (``RUN/evaluation/video.json``; run ``glfa evaluate RUN``).
     """
-    from glfa.training.checkpoint import write_bytes_atomic
+    from glfa.io import write_bytes_atomic
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -34,10 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from glfa.errors import CheckpointError
-from glfa.io import (  # noqa: F401 (write_json_atomic re-exported)
-    fsync_dir, remove_dir, remove_stale_temporaries, replace_dir, temporary_name, write_bytes_atomic,
-    write_json_atomic,
-)
+from glfa.io import fsync_dir, remove_dir, remove_stale_temporaries, replace_dir, temporary_name, write_bytes_atomic
 from glfa.models.serialization import read_json_object
 
 FORMAT = "glfa-checkpoint"

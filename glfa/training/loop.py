@@ -48,9 +48,8 @@ from glfa.training.checkpoint import (
     restore_rng,
     save_checkpoint,
     scheduler_state,
-    write_bytes_atomic,
-    write_json_atomic,
 )
+from glfa.io import write_bytes_atomic, write_json_atomic
 
 # ----------------------------------------------------------------------------- processes under accelerate launch
 
