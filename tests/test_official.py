@@ -23,6 +23,7 @@ from glfa.cli import main
 from glfa.config import ModelConfig, load_config, validate_config
 from glfa.data.store import StudyStore
 from glfa.errors import CheckpointError, DataError
+from glfa.evaluation import evaluate_run
 from glfa.generate import generate
 from glfa.models import FmriEncoder, FmriPTE
 from glfa.models.official import import_checkpoint, import_weights, infer_config, to_authors_state
@@ -338,6 +339,11 @@ def test_stage2_with_pipeline_is_a_decoder_model_that_generate_decodes(tmp_path)
     assert_rel(read_negative_tokens(out), expected)
     folder = generate(tmp_path / "run", method="glfa", subject="s3", device="cpu", progress=False)
     assert json.loads((folder / "index.json").read_text())["count"] == len(opened.windows("test"))
+    # glfa evaluate scores the imported decoder as any trained one: cross-subject, with its GLFA layer's alignment
+    evaluation = evaluate_run(tmp_path / "run", progress=False)
+    (result,) = evaluation.results
+    assert (result.method, result.protocol) == ("glfa", "cross-subject")
+    assert result.summary["ssim"]["n"] == len(opened.windows("test"))
 
 
 # ----------------------------------------------------------------------------- bad input
