@@ -1215,7 +1215,13 @@ def evaluate_run(run_dir: str | Path, *, config=None, store=None, methods: list[
                           ttests=method_ttests(results, metric_keys(evaluation.n_ways)))
     out.retrieval, out.retrieval_skipped = brain_retrieval(run_dir, folders, scorers, evaluation, device, store)
     models = {f.method: f.model_dir for f in folders}
-    for method in sorted(models, key=method_order):
+    from glfa.generate import BLURRY_SUFFIX
+
+    measured = set()  # a model folder is measured once (glfa+blurry decodes with glfa's: glfa names it)
+    for method in sorted(models, key=lambda m: (BLURRY_SUFFIX in m, method_order(m))):
+        if Path(models[method]).resolve() in measured:
+            continue
+        measured.add(Path(models[method]).resolve())
         tables, skipped = glfa_alignment(method, models[method], store)
         out.alignment += tables
         out.alignment_skipped += [skipped] if skipped else []

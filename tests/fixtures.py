@@ -310,3 +310,79 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+# ----------------------------------------------------------------------------- a tiny decoder model
+
+# The tiny decoder's settings: 16 x 16 fMRI of 2 frames (the decoding store), tokens [8, 32].
+GENERATION = {"num_inference_steps": 2, "guidance_scale": 4.0, "num_frames": 6, "height": 16, "width": 16,
+              "fps": 3.0, "seed": 5}
+CONFIG = {"model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}}, "generation": GENERATION,
+          "subjects": {"held_out": ["s3"]}}
+TRAINED = "attn2"  # the UNet parameters the fake training moves
+
+
+def perturbed_unet_params(unet, seed: int = 1) -> dict:
+    """The UNet parameters whose names contain :data:`TRAINED`, moved by seeded noise (a stand-in for training)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {name: p.detach() + 0.2 * torch.randn(p.shape, generator=g)
+            for name, p in unet.named_parameters() if TRAINED in name}
+
+
+def write_cotrain_model(model_dir: Path, *, generator_dir: Path, store_dir: Path, seed: int = 0) -> Path:
+    """A decoder model folder per the contract (kind cotrain) with a tiny encoder and a moved UNet."""
+    import torch
+    from safetensors.torch import save_file
+
+    from glfa import backbones as B
+    from glfa.config import validate_config
+    from glfa.data.store import StudyStore
+    from glfa.models.encoder import FmriEncoder
+
+    config = validate_config(CONFIG)
+    store = StudyStore.open(store_dir)
+    torch.manual_seed(seed)
+    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames).eval()
+    encoder.save_pretrained(model_dir / "encoder")
+    unet = B.load_video_generator(generator_dir, device="cpu").unet
+    save_file({k: v.contiguous() for k, v in perturbed_unet_params(unet).items()},
+              model_dir / "unet_trainable.safetensors")
+    train = ["s1", "s2"]
+    mean = torch.stack([torch.from_numpy(store.fmri(s, w)) for s in train for w in store.windows("train")]).mean(0)
+    with torch.no_grad():
+        tokens = encoder(mean[None])["tokens"][0]  # [k, c]
+    save_file({"mean_fmri": mean.contiguous(), "tokens": tokens.contiguous()}, model_dir / "negative.safetensors")
+    info = {"kind": "cotrain", "method": "glfa", "generator": str(generator_dir.resolve()),
+            "store": str(store_dir.resolve()), "train_subjects": train, "held_out": ["s3"],
+            "trainable_unet_patterns": [TRAINED], "config": config.to_dict(),
+            "num_frames": store.fmri_frames, "image_size": store.image_size}
+    (model_dir / "model.json").write_text(json.dumps(info, indent=2))
+    return model_dir
+
+
+def write_cotrain_run(root: Path) -> Path:
+    """A run folder holding RUN/cotrain-glfa/model (trained on s1, s2; s3 held out) on a tiny generator and store."""
+    from glfa import backbones as B
+
+    generator_dir = B.tiny_video_generator(root / "generator", cross_attention_dim=32, sample_size=16)
+    store_dir = write_decoding_store(root / "store")
+    run_dir = root / "run"
+    write_cotrain_model(run_dir / "cotrain-glfa" / "model", generator_dir=generator_dir, store_dir=store_dir)
+    return run_dir
+
+
+def write_uncaptioned_store(path: Path) -> Path:
+    """A one-stimulus store (subjects s1, s2) whose frames have empty captions, as Wen 2017 before glfa caption."""
+    from glfa.data.store import StoreWriter
+    from glfa.data.windows import Window
+
+    with StoreWriter(path, image_size=16, video_size=(16, 16), fmri_dtype="float32") as writer:
+        writer.add_stimulus("a", "train", np.zeros((4, 16, 16, 3), np.uint8), [""] * 4, 4.0)
+        for subject in ("s1", "s2"):
+            writer.add_response(subject, "a", np.zeros((4, 16, 16), np.float32))
+        writer.set_mask(np.ones((16, 16), bool))
+        writer.finish([Window("a", "train", 0.0, 0, 0, 0)], {"tr": 1.0, "fps": 1.0, "fmri_frames": 2,
+                                                            "video_frames": 4, "config": {}})
+    return path

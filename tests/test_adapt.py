@@ -16,8 +16,7 @@ from glfa.data.store import StudyStore
 from glfa.errors import DataError
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline
-from tests.fixtures import write_decoding_store
-from tests.test_pipeline import write_cotrain_model
+from tests.fixtures import write_cotrain_model, write_cotrain_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,12 +27,7 @@ FAST = {"adapt": {"steps": 30, "batch_size": 8, "learning_rate": 0.05, "projecto
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A run folder holding RUN/cotrain-glfa/model (trained on s1, s2; s3 held out) on a tiny generator."""
-    root = tmp_path_factory.mktemp("adapt")
-    generator_dir = B.tiny_video_generator(root / "generator", cross_attention_dim=32, sample_size=16)
-    store_dir = write_decoding_store(root / "store")
-    run_dir = root / "run"
-    write_cotrain_model(run_dir / "cotrain-glfa" / "model", generator_dir=generator_dir, store_dir=store_dir)
-    return run_dir
+    return write_cotrain_run(tmp_path_factory.mktemp("adapt"))
 
 
 def _config(run_dir: Path):
@@ -273,7 +267,7 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
 
     from glfa.cli import main
     from glfa.metrics.alignment import fsc_per_timepoint
-    from tests.test_pipeline import GENERATION
+    from tests.fixtures import GENERATION
 
     base = json.loads((run / "cotrain-glfa" / "model" / "model.json").read_text())
     store = StudyStore.open(base["store"])

@@ -22,7 +22,7 @@ from glfa.generate import generate, truth_clip
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline
 from tests.fixtures import write_decoding_store
-from tests.test_pipeline import GENERATION, write_cotrain_model
+from tests.fixtures import GENERATION, write_cotrain_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

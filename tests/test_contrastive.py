@@ -10,7 +10,7 @@ import pytest
 import torch
 from fixtures import kill_after_first_checkpoint, write_decoding_store
 from safetensors.torch import load_file
-from test_features import write_uncaptioned_store
+from fixtures import write_uncaptioned_store
 
 from glfa.backbones import load_clip, tiny_clip
 from glfa.config import validate_config

@@ -75,6 +75,8 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     assert [(r["subject"], r["count"]) for r in retrieval] == [("03", prep["windows_test"])]
     assert retrieval[0]["top"]["1"]["chance"] == 1 / prep["windows_test"]
     blurry = next(r for r in evaluation["results"] if r["method"] == "glfa+blurry")
+    # glfa+blurry decodes with glfa's model: its GLFA layer is measured once, under glfa
+    assert [a["method"] for a in evaluation["alignment"]] == ["glfa"]
     assert blurry["model_dir"] == glfa["model_dir"] and steps["blurry"]["path"] == str(run / "blurry" / "model")
     report = (run / "report.html").read_text()
     assert "Honest comparison" in report and "data:image/gif;base64," in report and "http://" not in report

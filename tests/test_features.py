@@ -12,10 +12,9 @@ import torch
 from glfa.backbones import load_clip, load_video_generator, tiny_clip, tiny_video_generator
 from glfa.config import validate_config
 from glfa.data import features as F
-from glfa.data.store import StoreWriter, StudyStore
-from glfa.data.windows import Window
+from glfa.data.store import StudyStore
 from glfa.errors import StoreError
-from fixtures import write_decoding_store
+from fixtures import write_decoding_store, write_uncaptioned_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,18 +141,6 @@ def test_a_corrupt_chunk_is_computed_again(store, clip_dir):
     again = F.clip_features(store, counting, config=config, progress=False, chunk_rows=8, batch_rows=8)
     assert counting.image_rows == 16 * VIEWS
     assert torch.equal(again.image, good.image) and torch.equal(again.text, good.text)
-
-
-def write_uncaptioned_store(path: Path) -> Path:
-    """A one-stimulus store (subjects s1, s2) whose frames have empty captions, as Wen 2017 before glfa caption."""
-    with StoreWriter(path, image_size=16, video_size=(16, 16), fmri_dtype="float32") as writer:
-        writer.add_stimulus("a", "train", np.zeros((4, 16, 16, 3), np.uint8), [""] * 4, 4.0)
-        for subject in ("s1", "s2"):
-            writer.add_response(subject, "a", np.zeros((4, 16, 16), np.float32))
-        writer.set_mask(np.ones((16, 16), bool))
-        writer.finish([Window("a", "train", 0.0, 0, 0, 0)], {"tr": 1.0, "fps": 1.0, "fmri_frames": 2,
-                                                            "video_frames": 4, "config": {}})
-    return path
 
 
 def test_a_store_without_captions_is_refused(tmp_path, clip_dir):

@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from glfa import backbones as B
 from glfa.config import GenerationConfig
 from glfa.data.store import StudyStore
 from glfa.data.video import read_video
 from glfa.errors import CheckpointError, DataError
 from glfa.generate import generate
 from glfa.pipeline import FmriToVideoPipeline
-from tests.fixtures import write_decoding_store
-from tests.test_pipeline import GENERATION, write_cotrain_model
+from tests.fixtures import GENERATION, write_cotrain_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,12 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A run folder holding RUN/cotrain-glfa/model on a tiny generator and decoding store."""
-    root = tmp_path_factory.mktemp("generate")
-    generator_dir = B.tiny_video_generator(root / "generator", cross_attention_dim=32, sample_size=16)
-    store_dir = write_decoding_store(root / "store")
-    run_dir = root / "run"
-    write_cotrain_model(run_dir / "cotrain-glfa" / "model", generator_dir=generator_dir, store_dir=store_dir)
-    return run_dir
+    return write_cotrain_run(tmp_path_factory.mktemp("generate"))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,47 +16,10 @@ from glfa.data.store import StudyStore
 from glfa.errors import CheckpointError, DataError
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline, guided_noise, overlay_unet
-from tests.fixtures import write_decoding_store
+from tests.fixtures import (CONFIG, GENERATION, TRAINED, perturbed_unet_params, write_cotrain_model,
+                            write_decoding_store)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# The tiny decoder's settings: 16 x 16 fMRI of 2 frames (the decoding store), tokens [8, 32].
-GENERATION = {"num_inference_steps": 2, "guidance_scale": 4.0, "num_frames": 6, "height": 16, "width": 16,
-              "fps": 3.0, "seed": 5}
-CONFIG = {"model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}}, "generation": GENERATION,
-          "subjects": {"held_out": ["s3"]}}
-TRAINED = "attn2"  # the UNet parameters the fake training moves
-
-
-def perturbed_unet_params(unet: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
-    """The UNet parameters whose names contain :data:`TRAINED`, moved by seeded noise (a stand-in for training)."""
-    g = torch.Generator().manual_seed(seed)
-    return {name: p.detach() + 0.2 * torch.randn(p.shape, generator=g)
-            for name, p in unet.named_parameters() if TRAINED in name}
-
-
-def write_cotrain_model(model_dir: Path, *, generator_dir: Path, store_dir: Path, seed: int = 0) -> Path:
-    """A decoder model folder per the contract (kind cotrain) with a tiny encoder and a moved UNet."""
-    config = validate_config(CONFIG)
-    store = StudyStore.open(store_dir)
-    torch.manual_seed(seed)
-    encoder = FmriEncoder(config.model, store.image_size, store.fmri_frames).eval()
-    encoder.save_pretrained(model_dir / "encoder")
-    unet = B.load_video_generator(generator_dir, device="cpu").unet
-    save_file({k: v.contiguous() for k, v in perturbed_unet_params(unet).items()},
-              model_dir / "unet_trainable.safetensors")
-    train = ["s1", "s2"]
-    mean = torch.stack([torch.from_numpy(store.fmri(s, w)) for s in train for w in store.windows("train")]).mean(0)
-    with torch.no_grad():
-        tokens = encoder(mean[None])["tokens"][0]  # [k, c]
-    save_file({"mean_fmri": mean.contiguous(), "tokens": tokens.contiguous()}, model_dir / "negative.safetensors")
-    info = {"kind": "cotrain", "method": "glfa", "generator": str(generator_dir.resolve()),
-            "store": str(store_dir.resolve()), "train_subjects": train, "held_out": ["s3"],
-            "trainable_unet_patterns": [TRAINED], "config": config.to_dict(),
-            "num_frames": store.fmri_frames, "image_size": store.image_size}
-    (model_dir / "model.json").write_text(json.dumps(info, indent=2))
-    return model_dir
-
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):

@@ -20,7 +20,7 @@ from glfa.evaluation import evaluate_run
 from glfa.generate import generate
 from tests.fixtures import write_decoding_store
 from tests.test_evaluation_video import classifiers, planted_clips, write_generations, write_model  # noqa: F401
-from tests.test_pipeline import write_cotrain_model
+from tests.fixtures import write_cotrain_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
