@@ -956,7 +956,8 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Sco
     not_computed : {metric: why} for the video N-ways without a video classifier
     """
     from glfa.metrics.baseline import brain_signal, mismatched_partners
-    from glfa.metrics.video import clip_pcc, clip_similarity_scores, n_way_top_k_pairings, psnr_scores, ssim_scores
+    from glfa.metrics.video import (clip_pcc, clip_similarity_scores, n_way_top_k_pairings, psnr_scores,
+                                    ssim_pairings, ssim_scores)
 
     groups = [str(i) for i in range(len(decoded))] if groups is None else groups
     partners = mismatched_partners(groups, evaluation.mismatched_partners, evaluation.seed)  # [N, K]
@@ -976,7 +977,8 @@ def score_clips(decoded: np.ndarray, truth: np.ndarray, evaluation, scorers: Sco
             continue
         for key, top in ((f"video-{n}way", evaluation.ground_truth_top), (f"video-{n}way-strict", 1)):
             paired[key] = n_way_top_k_pairings(video[0], video[1], truths, n_way=n, ground_truth_top=top, **options)
-    paired["ssim"] = np.stack([ssim_scores(decoded, truth[t]) for t in truths])
+    paired["ssim"] = np.concatenate([ssim_scores(decoded, truth)[None],  # matched: skimage itself
+                                     ssim_pairings(decoded, truth, truths[1:])])
     paired["psnr"] = np.stack([psnr_scores(decoded, truth[t]) for t in truths])
     paired["clip"] = np.stack([clip_similarity_scores(pred_clip, real_clip[t]) for t in truths])
     matched = {k: [float(v) for v in paired[k][0]] for k in paired}

@@ -146,6 +146,21 @@ def test_ssim_against_skimage():
         ssim_scores(decoded[:, :, :5, :5], truth[:, :, :5, :5])
 
 
+def test_ssim_pairings_against_skimage_per_pairing():
+    rng = np.random.default_rng(14)
+    truth = videos(rng)
+    decoded = np.clip(truth.astype(int) + rng.integers(-60, 60, truth.shape), 0, 255).astype(np.uint8)
+    pairings = [np.array([1, 2, 0]), np.array([2, 0, 1]), np.arange(3)]
+    got = video_metrics.ssim_pairings(decoded, truth, pairings)
+    assert got.shape == (3, 3)
+    for k, index in enumerate(pairings):  # skimage, clip by clip and frame by frame, on each pairing's truths
+        expected = [np.mean([structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(d, t)])
+                    for d, t in zip(decoded, truth[index])]
+        np.testing.assert_allclose(got[k], expected, rtol=1e-12)
+    with pytest.raises(DataError, match="7 x 7"):
+        video_metrics.ssim_pairings(decoded[:, :, :5, :5], truth[:, :, :5, :5], pairings)
+
+
 def test_classifier_scores(tmp_path):
     rng = np.random.default_rng(5)
     truth = videos(rng, n=3, f=4, size=32)

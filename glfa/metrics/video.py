@@ -89,6 +89,42 @@ def ssim_scores(decoded: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return out
 
 
+def ssim_pairings(decoded: np.ndarray, truth: np.ndarray, pairings: list[np.ndarray]) -> np.ndarray:
+    """SSIM of each decoded clip against other truths: row k scores clip i against ``truth[pairings[k][i]]``.
+
+    The numbers of :func:`ssim_scores` for each pairing (skimage's SSIM: 7 x 7 uniform window,
+    sample covariance, K1 0.01, K2 0.03, data range 255, each colour channel, then the mean over
+    channels and frames) up to rounding, computed a clip at a time on all its frames and channels
+    at once, the decoded clip's local means and variances shared by its pairings: the mismatched
+    baseline scores every clip against several truths.
+
+    Returns
+    -------
+    float64 array ``[len(pairings), N]``
+    """
+    from scipy.ndimage import uniform_filter
+
+    decoded, truth = _check_videos(decoded, truth)
+    if min(decoded.shape[2:4]) < 7:
+        raise DataError(f"frames of {decoded.shape[2]} x {decoded.shape[3]} pixels are smaller than SSIM's "
+                        "7 x 7 window", field="decoded")
+    size, pad, cov = (1, 7, 7, 1), 3, 49 / 48  # [f, h, w, c]: the window over h and w; cov: sample covariance
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    out = np.empty((len(pairings), len(decoded)))
+    for i, video in enumerate(decoded):
+        x = video.astype(np.float64)  # [f, h, w, 3]
+        ux = uniform_filter(x, size)
+        vx = cov * (uniform_filter(x * x, size) - ux * ux)
+        for k, index in enumerate(pairings):
+            y = truth[index[i]].astype(np.float64)
+            uy = uniform_filter(y, size)
+            vy = cov * (uniform_filter(y * y, size) - uy * uy)
+            vxy = cov * (uniform_filter(x * y, size) - ux * uy)
+            ssim = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+            out[k, i] = ssim[:, pad:-pad, pad:-pad].mean(axis=(1, 2)).mean()  # [f, c] -> channels, frames
+    return out
+
+
 def psnr_scores(decoded: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-sample PSNR (dB, peak 255): the mean over frames of each frame's PSNR.
 
