@@ -11,7 +11,8 @@ the run). It holds:
   decoded clips scored against other clips' ground truth, never 1/N), every method's scores
   matched beside mismatched with the brain signal's p-value, brain-to-video retrieval, and how
   fSC and ISC change after GLFA;
-- the tables of the paper's layouts (Tables 1-3, supplementary Tables 2-3);
+- the tables of the paper's layouts (Tables 1-3, supplementary Tables 2-3), each metric of Tables 2
+  and 3 beside its mismatched baseline, brain signal and p-value (coloured in the paper's bands);
 - plots (matplotlib, Agg, embedded as base64 PNG): accuracy with error bars per method, fSC and
   ISC before and after GLFA, training loss per stage;
 - a gallery of decoded clips beside their ground truth (animated GIFs, base64), at most

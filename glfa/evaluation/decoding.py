@@ -37,7 +37,8 @@ import numpy as np
 
 from glfa.errors import BackboneError, CheckpointError, DataError
 from glfa.evaluation.alignment import GlfaAlignment, glfa_alignment, open_store
-from glfa.evaluation.tables import Cell, Table, mean_std
+from glfa.evaluation.tables import Cell, Table, mean_std, signal_cell
+from glfa.metrics.video import PSNR_CAP
 
 #: The paper's names of the methods of the run-folder contract; other methods keep their own name.
 METHOD_LABELS = {"lea": "LEA", "pte-v": "fMRI-PTE-V", "glfa": "GLFA"}
@@ -45,8 +46,13 @@ METHOD_LABELS = {"lea": "LEA", "pte-v": "fMRI-PTE-V", "glfa": "GLFA"}
 _METHOD_RANK = {"lea": 0, "pte-v": 1, "glfa": 3}
 #: The method every other one is t-tested against (supplementary Table 2).
 REFERENCE_METHOD = "glfa"
-#: The decoding protocols, in the order of their tables.
-PROTOCOLS = ("cross-subject", "within-subject", "cross-dataset")
+#: The decoding protocols in the order of their tables, with each table's key and title in the paper's layout.
+PROTOCOL_TABLES = {"cross-subject": ("table2", "Cross-subject decoding (Table 2)"),
+                   "within-subject": ("table3", "Within-subject decoding (Table 3)"),
+                   "cross-dataset": ("supp-table3", "Cross-dataset decoding (supplementary Table 3)")}
+PROTOCOLS = tuple(PROTOCOL_TABLES)
+#: The title suffix of a metric's column of the mismatched baseline and the brain signal.
+MISMATCHED_COLUMN = " mismatched (Δ, p)"
 GENERATE_HINT = "make them with `glfa generate RUN --method M --subject S`"
 #: The significance level of the brain signal (paired permutation test of matched - mismatched).
 SIGNAL_LEVEL = 0.05
@@ -86,6 +92,8 @@ def extra_metric_keys(n_ways: list[int]) -> list[str]:
             + ["psnr", "clip", "clip-pcc"])
 
 
+#: The metrics without a ground truth, hence without a mismatched baseline.
+NO_TRUTH = ("clip-pcc",)
 #: Titles of the metrics that are not N-ways.
 _METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "clip": "CLIP similarity", "clip-pcc": "CLIP-pcc"}
 
@@ -349,36 +357,82 @@ class VideoEvaluation:
 
     # ------------------------------------------------------------------ tables
 
-    def _decoding_table(self, protocol: str, key: str, title: str, metrics: list[str]) -> Table | None:
-        """Rows = methods grouped by task, columns = ``metrics`` as mean ± std; bold: the best of its task."""
+    def _decoding_table(self, protocol: str, key: str, title: str, metrics: list[str], about: str) -> Table | None:
+        """Rows = methods grouped by task; per metric its matched score and, where it has a ground truth, the
+        mismatched baseline with the brain signal (:func:`~glfa.evaluation.tables.signal_cell`).
+
+        The matched column shows mean ± std over clips, bold for the best of its task. The notes
+        say so and what the metrics are (``about``), then why any metric was not computed, then
+        what the mismatched columns hold.
+        """
         tasks = self.tasks(protocol)
         if not tasks:
             return None
         rows = []
         for _, task, results in tasks:
+            summaries = [r.summaries() for r in results]
             # bold: the best of the task's methods (no bold for a task with one method)
-            best = {m: max((r.summary[m]["mean"] for r in results if m in r.summary), default=None)
+            best = {m: max((s[m]["mean"] for s in summaries if m in s), default=None)
                     if len(results) > 1 else None for m in metrics}
-            for i, r in enumerate(results):
+            for i, (r, summary) in enumerate(zip(results, summaries)):
                 cells = [Cell(task if i == 0 else ""), Cell(method_label(r.method))]
-                cells += [Cell(mean_std(r.summary[m]), r.summary[m]["mean"] == best[m]) if m in r.summary
-                          else Cell("—") for m in metrics]
+                for m in metrics:
+                    cells.append(Cell(mean_std(summary[m]), summary[m]["mean"] == best[m]) if m in summary
+                                 else Cell("—"))
+                    if m not in NO_TRUTH:
+                        cells.append(signal_cell(r.brain_signal[m]) if m in r.brain_signal else Cell("—"))
                 rows.append(cells)
-        return Table(key, title, ["Task", "Method"] + [metric_label(m) for m in metrics], rows,
-                     self._notes(protocol, metrics))
+        header = ["Task", "Method"]
+        for m in metrics:
+            header += [metric_label(m)] if m in NO_TRUTH else [metric_label(m), metric_label(m) + MISMATCHED_COLUMN]
+        counts = "/".join(map(str, sorted({r.count for r in self.results if r.protocol == protocol})))
+        notes = [f"Mean ± standard deviation over the {counts} clips of each task; bold: the best method of its "
+                 f"task. {about}"]
+        return Table(key, title, header, rows, notes + self._not_computed(protocol, metrics) + [self._signal_note()])
 
-    def _notes(self, protocol: str, metrics: list[str]) -> list[str]:
-        ev = self.evaluation
-        counts = sorted({r.count for r in self.results if r.protocol == protocol})
-        notes = [f"Mean ± standard deviation over the {'/'.join(map(str, counts))} clips of each task; bold: the "
-                 f"best method of its task. N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the "
-                 f"classifier's top-{ev.ground_truth_top} on the true frame, seed {ev.seed}."]
+    def _not_computed(self, protocol: str, metrics: list[str]) -> list[str]:
+        """One note per reason a metric of ``metrics`` was not computed on ``protocol``, naming the metrics."""
         reasons: dict[str, list[str]] = {}
         for r in self.results:
             for m, why in r.not_computed.items():
                 if r.protocol == protocol and m in metrics and metric_label(m) not in reasons.setdefault(why, []):
                     reasons[why].append(metric_label(m))
-        return notes + [f"{', '.join(labels)}: {why}" for why, labels in reasons.items()]
+        return [f"{', '.join(labels)}: {why}" for why, labels in reasons.items()]
+
+    def _signal_note(self) -> str:
+        """What the mismatched columns hold, and what "above chance" means."""
+        ev = self.evaluation
+        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
+        partners = signal["partners"] if signal else ev.mismatched_partners
+        return (f"{MISMATCHED_COLUMN.strip()}: the same decoded clips scored against the ground truth of {partners} "
+                f"other test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same partners for "
+                "every method): the mismatched mean, the brain signal Δ = matched - mismatched and its one-sided "
+                f"paired permutation p-value ({ev.permutations} relabellings; coloured in the report: p < 0.001 "
+                "cyan, p < 0.05 pink, else gray). A method decodes the brain only where matched is above mismatched "
+                f"(Δ > 0, p < {SIGNAL_LEVEL}); above 1/N chance says nothing.")
+
+    def _paper_table(self, protocol: str, key: str, title: str, metrics: list[str]) -> Table | None:
+        """Table 2, 3 or supplementary Table 3: the paper's metrics, each beside its mismatched baseline."""
+        ev = self.evaluation
+        return self._decoding_table(protocol, key, title, metrics, (
+            f"N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the classifier's "
+            f"top-{ev.ground_truth_top} on the true frame (MinD-Video's rule; the strict top-1 rule is in the table "
+            f"of the other metrics), seed {ev.seed}."))
+
+    def _extra_table(self, protocol: str, key: str, title: str) -> Table | None:
+        """The field's other metrics of ``protocol`` (strict N-ways, PSNR, CLIP, CLIP-pcc) in the layout of Table 2."""
+        keys = [k for k in extra_metric_keys(self.evaluation.n_ways)
+                if any(k in r.extra_scores for r in self.results if r.protocol == protocol)]
+        if not keys:
+            return None
+        ev = self.evaluation
+        return self._decoding_table(protocol, f"{key}-more", f"{title}: the field's other metrics", keys, (
+            f"N-way strict: top-{ev.top_k} of {ev.trials} trials per clip as in the paper's table, but the ground "
+            f"truth is the classifier's top-1 class on the true frame (the paper's table uses MinD-Video's "
+            f"top-{ev.ground_truth_top}), seed {ev.seed}. PSNR: dB, peak 255, a frame equal to its truth counted as "
+            f"{PSNR_CAP:g} dB. CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real "
+            "frame; CLIP-pcc: consecutive decoded frames against each other (temporal consistency: no ground truth, "
+            "no baseline)."))
 
     def _ttest_table(self) -> Table | None:
         """Supplementary Table 2: each method against GLFA, mean ± std with the t-test's p-value."""
@@ -413,40 +467,6 @@ class VideoEvaluation:
                       f"{method_label(REFERENCE_METHOD)} on the same task, in the paper's bands p<0.001 (cyan), "
                       "p<0.05 (pink), p>0.05 (gray)."])
 
-    def _signal_table(self, protocol: str, key: str, title: str) -> Table | None:
-        """Matched beside mismatched for every method and metric of ``protocol``, with the brain signal's p-value."""
-        ev, rows = self.evaluation, []
-        for _, task, results in self.tasks(protocol):
-            for i, r in enumerate(results):
-                summaries = r.summaries()
-                keys = [k for k in self.metrics + extra_metric_keys(ev.n_ways) if k in summaries]
-                for j, k in enumerate(keys):
-                    rule = "" if "way" not in k else f" (top-{1 if k.endswith('strict') else ev.ground_truth_top} rule)"
-                    cells = [Cell(task if i == j == 0 else ""), Cell(method_label(r.method) if j == 0 else ""),
-                             Cell(metric_label(k) + rule), Cell(mean_std(summaries[k]))]
-                    signal = r.brain_signal.get(k)
-                    if signal is None:
-                        cells += [Cell("—"), Cell("—"), Cell("—")]
-                    else:
-                        p = signal["p"]
-                        cells += [Cell(f"{signal['mismatched']:.3f}"), Cell(f"{signal['difference']:+.3f}"),
-                                  Cell(f"{p:.2g}", bold=has_signal(signal), p=p)]
-                    rows.append(cells)
-        if not rows:
-            return None
-        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
-        notes = [f"Matched: each decoded clip against its own ground truth (mean ± std over clips). Mismatched: "
-                 f"against the ground truth of {signal['partners'] if signal else ev.mismatched_partners} other "
-                 f"test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same for every method). "
-                 f"Brain signal = matched - mismatched; p: one-sided paired permutation test, {ev.permutations} "
-                 f"relabellings; bold: p < {SIGNAL_LEVEL}. N-way: ground truth = the classifier's "
-                 f"top-{ev.ground_truth_top} classes on the real frame (MinD-Video's rule); strict: its top-1 class. "
-                 "CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real frame; "
-                 "CLIP-pcc: consecutive decoded frames against each other (no ground truth, no baseline).",
-                 "A method decodes the brain only where matched is above mismatched; above 1/N chance says nothing."]
-        return Table(key, title, ["Task", "Method", "Metric", "Matched", "Mismatched", "Brain signal", "p"], rows,
-                     notes)
-
     def _retrieval_table(self) -> Table | None:
         """Brain-to-video retrieval of the stage-1 encoder: top-1 and top-5 with chance, mismatched and p."""
         if not self.retrieval:
@@ -474,24 +494,19 @@ class VideoEvaluation:
             f"test ({ev.permutations} relabellings), bold: p < {SIGNAL_LEVEL}. It measures what the encoder holds, "
             "whatever the generator makes of it."])
 
-    def signal_tables(self) -> list[Table]:
-        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, then retrieval, where present."""
-        tables = [self._signal_table(protocol, f"{key}-signal", f"{title}: matched against mismatched")
-                  for protocol, key, title in (
-                      ("cross-subject", "table2", "Cross-subject decoding (Table 2)"),
-                      ("within-subject", "table3", "Within-subject decoding (Table 3)"),
-                      ("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)"))]
-        return [t for t in tables + [self._retrieval_table()] if t is not None]
-
     def tables(self) -> list[Table]:
-        """Every table this evaluation has data for, in the paper's order."""
+        """Every table of the paper's layouts this evaluation has data for, in the paper's order.
+
+        Tables 2, 3 and supplementary Table 3 show each metric's mismatched baseline and brain
+        signal beside it.
+        """
+        (key2, title2), (key3, title3), (key_supp3, title_supp3) = PROTOCOL_TABLES.values()
         with_ssim, without_ssim = self.metrics, self.metrics[:-1]
         tables = [
-            self._decoding_table("cross-subject", "table2", "Cross-subject decoding (Table 2)", with_ssim),
-            self._decoding_table("within-subject", "table3", "Within-subject decoding (Table 3)", with_ssim),
+            self._paper_table("cross-subject", key2, title2, with_ssim),
+            self._paper_table("within-subject", key3, title3, with_ssim),
             self._ttest_table(),
-            self._decoding_table("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)",
-                                 without_ssim),
+            self._paper_table("cross-dataset", key_supp3, title_supp3, without_ssim),
         ]
         if tables[3] is not None:
             tables[3].notes.append("SSIM is left out as in the paper's layout (there the two stimulus sets differ "
@@ -500,6 +515,12 @@ class VideoEvaluation:
                                     f"{method_label(a.method)} (Table 1 style)") for a in self.alignment]
         return [t for t in tables if t is not None]
 
+    def extra_tables(self) -> list[Table]:
+        """Beyond the paper: the field's other metrics per protocol, in the layout of Tables 2 and 3 (matched beside
+        mismatched), then brain-to-video retrieval, where present."""
+        tables = [self._extra_table(protocol, key, title) for protocol, (key, title) in PROTOCOL_TABLES.items()]
+        return [t for t in tables + [self._retrieval_table()] if t is not None]
+
     def to_markdown(self) -> str:
         """Every table as a Markdown document."""
         present = {r.protocol for r in self.results}
@@ -507,7 +528,7 @@ class VideoEvaluation:
         parts = [f"# Video decoding: {self.run_dir}\n",
                  f"Config: {self.config_source}. {len(self.results)} generations folders evaluated in "
                  f"{self.seconds:.1f} s.\n"]
-        parts += [t.to_section() for t in self.tables() + self.signal_tables()]
+        parts += [t.to_section() for t in self.tables() + self.extra_tables()]
         if absent:
             parts.append(f"Not in this run: {', '.join(absent)} generations.\n")
         parts += [f"GLFA alignment not measured: {why}\n" for why in self.alignment_skipped]
