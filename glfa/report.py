@@ -11,7 +11,8 @@ the run). It holds:
   decoded clips scored against other clips' ground truth, never 1/N), every method's scores
   matched beside mismatched with the brain signal's p-value, brain-to-video retrieval, and how
   fSC and ISC change after GLFA;
-- the tables of the paper's layouts (Tables 1-3, supplementary Tables 2-3);
+- the tables of the paper's layouts (Tables 1-3, supplementary Tables 2-3), each metric of Tables 2
+  and 3 beside its mismatched baseline, brain signal and p-value (coloured in the paper's bands);
 - plots (matplotlib, Agg, embedded as base64 PNG): accuracy with error bars per method, fSC and
   ISC before and after GLFA, training loss per stage;
 - a gallery of decoded clips beside their ground truth (animated GIFs, base64), at most
@@ -42,6 +43,7 @@ from glfa.evaluation import (
     Table,
     VideoEvaluation,
     has_signal,
+    mean_std,
     metric_label,
     method_label,
 )
@@ -102,14 +104,6 @@ def _pyplot():
 # ----------------------------------------------------------------------------- tables
 
 
-def _p_class(p: float | None) -> str:
-    if p is None:
-        return ""
-    if not math.isfinite(p) or p >= 0.05:
-        return ' class="p-none"'
-    return ' class="p-strong"' if p < 0.001 else ' class="p-weak"'
-
-
 def table_html(table: Table) -> str:
     """A :class:`~glfa.evaluation.Table` as an HTML section: title, table, notes."""
     head = "".join(f"<th>{_e(h)}</th>" for h in table.header)
@@ -118,7 +112,8 @@ def table_html(table: Table) -> str:
         cells = []
         for c in row:
             text = f"<b>{_e(c.text)}</b>" if c.bold else _e(c.text)
-            cells.append(f"<td{_p_class(c.p)}>{text}</td>")
+            band = "" if c.band is None else f' class="p-{c.band}"'  # the paper's significance colours
+            cells.append(f"<td{band}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in table.notes)
     return (f"<h3>{_e(table.title)}</h3><div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>"
@@ -147,10 +142,6 @@ def _chance(metric: str, top_k: int) -> float | None:
     return top_k / int(metric.split("-")[1].removesuffix("way"))
 
 
-def _fmt(summary: dict[str, float]) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
-
-
 def _p_text(test: dict[str, Any] | None) -> tuple[str, bool]:
     """("p = ..." phrase, significant?) of a t-test record."""
     if test is None:
@@ -168,11 +159,11 @@ def _metric_sentence(ev: VideoEvaluation, task: str, metric: str, results: list[
     label = metric_label(metric)
     if first.summary[metric]["mean"] == second.summary[metric]["mean"]:
         tied = [method_label(r.method) for r in ranked if r.summary[metric]["mean"] == first.summary[metric]["mean"]]
-        return f"{label}: {' and '.join(tied)} tie at {_fmt(first.summary[metric])}."
+        return f"{label}: {' and '.join(tied)} tie at {mean_std(first.summary[metric])}."
     phrase, significant = _p_text(ev.ttest(task, metric, first.method, second.method))
     verdict = "significant" if significant else "not significant"
-    return (f"{label}: {method_label(first.method)} is best ({_fmt(first.summary[metric])}), ahead of "
-            f"{method_label(second.method)} ({_fmt(second.summary[metric])}); the difference is {verdict} "
+    return (f"{label}: {method_label(first.method)} is best ({mean_std(first.summary[metric])}), ahead of "
+            f"{method_label(second.method)} ({mean_std(second.summary[metric])}); the difference is {verdict} "
             f"({phrase}).")
 
 
@@ -205,11 +196,11 @@ def _chance_sentence(result: DecodingResult, top_k: int) -> str | None:
             continue
         signal = result.brain_signal.get(m)
         if signal is None:
-            parts.append(f"{metric_label(m)} {_fmt(s)} (no mismatched baseline recorded: re-run glfa evaluate; "
+            parts.append(f"{metric_label(m)} {mean_std(s)} (no mismatched baseline recorded: re-run glfa evaluate; "
                          f"1/N chance {chance:.2f} is not a decoder's chance level)")
         else:
             side = "above" if has_signal(signal) else "not above"
-            parts.append(f"{metric_label(m)} {_fmt(s)} ({side} chance, i.e. its mismatched baseline "
+            parts.append(f"{metric_label(m)} {mean_std(s)} ({side} chance, i.e. its mismatched baseline "
                          f"{signal['mismatched']:.3f}, p = {signal['p']:.2g}; 1/N = {chance:.2f})")
     if not parts:
         return None

@@ -163,7 +163,9 @@ def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers, monkeyp
     md = paths["markdown"].read_text()
     table2 = md.split("## Cross-subject decoding (Table 2)")[1].split("##")[0]
     lines = [line for line in table2.splitlines() if line.startswith("|")]
-    assert lines[0] == "| Task | Method | video 2-way | video 50-way | frame 2-way | frame 50-way | SSIM |"
+    assert lines[0] == ("| Task | Method | video 2-way | video 2-way mismatched (Δ, p) | video 50-way | video 50-way "
+                        "mismatched (Δ, p) | frame 2-way | frame 2-way mismatched (Δ, p) | frame 50-way | frame 50-way "
+                        "mismatched (Δ, p) | SSIM | SSIM mismatched (Δ, p) |")
     assert lines[2].startswith("| s1,s2 -> s3 | LEA | ") and lines[3].startswith("|  | GLFA | **1.000 ± 0.000** |")
     assert lines[3].count("**") == 10 and "**" not in lines[2]  # GLFA best in all five columns
     supp2 = md.split("(supplementary Table 2)")[1].split("##")[0]
@@ -200,10 +202,13 @@ def test_protocols_recorded_config_and_missing_video_classifier(tmp_path, classi
         assert "evaluation.video_classifier is not set" in r.not_computed["video-2way"]
     tables = {t.key: t for t in ev.tables()}
     assert list(tables) == ["table3", "supp-table3"]
-    assert tables["table3"].header == ["Task", "Method", "video 2-way", "video 5-way", "frame 2-way", "frame 5-way",
-                                       "SSIM"]
-    assert tables["supp-table3"].header == ["Task", "Method", "video 2-way", "video 5-way", "frame 2-way",
-                                            "frame 5-way"]
+    mismatched = " mismatched (Δ, p)"
+    assert tables["table3"].header == ["Task", "Method"] + [
+        column for metric in ("video 2-way", "video 5-way", "frame 2-way", "frame 5-way", "SSIM")
+        for column in (metric, metric + mismatched)]
+    assert tables["supp-table3"].header == ["Task", "Method"] + [
+        column for metric in ("video 2-way", "video 5-way", "frame 2-way", "frame 5-way")
+        for column in (metric, metric + mismatched)]
     row = tables["table3"].rows[0]
     assert [c.text for c in row[:4]] == ["subject s1", "within", "—", "—"]
     assert tables["table3"].notes[1].startswith("video 2-way, video 5-way: not computed: evaluation.video_classifier")
@@ -375,15 +380,23 @@ def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
     assert bad.brain_signal["ssim"]["difference"] < 0.05 and bad.brain_signal["ssim"]["p"] > 0.05
     assert "ssim" in bad.not_significant() and good.not_significant() == []
 
-    signal = ev.to_markdown().split("## Cross-subject decoding (Table 2): matched against mismatched")[1]
-    lines = [line for line in signal.split("##")[0].splitlines() if line.startswith("|")]
-    assert lines[0] == "| Task | Method | Metric | Matched | Mismatched | Brain signal | p |"
-    glfa = next(i for i, line in enumerate(lines) if "| GLFA |" in line)  # LEA's rows first, then GLFA's
-    glfa_ssim = next(line for line in lines[glfa:] if "| SSIM |" in line)
-    assert glfa_ssim.startswith(f"|  |  | SSIM | 1.000 ± 0.000 | {good.brain_signal['ssim']['mismatched']:.3f} | ")
-    assert any("| GLFA | video 2-way (top-3 rule) |" in line for line in lines)
-    assert any("| frame 50-way strict (top-1 rule) |" in line for line in lines)
-    assert any("| CLIP-pcc |" in line for line in lines)
+    # Table 2 holds each metric's mismatched baseline beside it; the field's other metrics, the same layout
+    md = ev.to_markdown()
+    table2 = md.split("## Cross-subject decoding (Table 2)\n")[1].split("##")[0]
+    lines = [line for line in table2.splitlines() if line.startswith("|")]
+    assert lines[0].endswith("| frame 50-way | frame 50-way mismatched (Δ, p) | SSIM | SSIM mismatched (Δ, p) |")
+    ssim = good.brain_signal["ssim"]
+    assert lines[3].startswith("|  | GLFA | ") and lines[3].endswith(
+        f"| **1.000 ± 0.000** | {ssim['mismatched']:.3f} ({ssim['difference']:+.3f}, p {ssim['p']:.2g}) |")
+    assert "ground truth = the classifier's top-3 on the true frame (MinD-Video's rule" in table2
+    more = md.split("## Cross-subject decoding (Table 2): the field's other metrics\n")[1].split("##")[0]
+    lines = [line for line in more.splitlines() if line.startswith("|")]
+    assert lines[0] == ("| Task | Method | " + " | ".join(
+        f"{m} | {m} mismatched (Δ, p)" for m in ("video 2-way strict", "video 50-way strict", "frame 2-way strict",
+                                                 "frame 50-way strict", "PSNR (dB)", "CLIP similarity"))
+                        + " | CLIP-pcc |")
+    assert "the ground truth is the classifier's top-1 class on the true frame" in more
+    assert "above 1/N chance says nothing" in more and "above 1/N chance says nothing" in table2
 
     # the command line: one warning line for LEA, none for GLFA
     config = tmp_path / "eval.yaml"
@@ -393,6 +406,41 @@ def test_mismatched_baseline_of_planted_methods(tmp_path, classifiers, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("glfa: warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("glfa: warning: lea on s1,s2 -> s3: no significant brain signal")
     assert "SSIM" in warnings[0]
+
+
+def test_brain_signal_columns_of_table2_equal_an_independent_computation(tmp_path, classifiers):
+    """Table 2's SSIM and the other metrics' PSNR columns: skimage against each clip's partners, then the permutation
+    test on those scores; the report colours the cell by its p-value."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from glfa.metrics.baseline import brain_signal, mismatched_partners
+    from glfa.report import table_html
+
+    run = tmp_path / "run"
+    truth = write_planted_run(run)
+    ev = evaluate_run(run, config=eval_config(classifiers, n_ways=[2], seed=4, permutations=500), progress=False)
+    partners = mismatched_partners([f"test{i}" for i in range(CLIPS)], 8, seed=4)  # [10, 8]
+    tables = {t.key: t for t in ev.tables() + ev.extra_tables()}
+    for key, label, metric in (("table2", "SSIM", lambda a, b: structural_similarity(a, b, data_range=255,
+                                                                                      channel_axis=-1)),
+                               ("table2-more", "PSNR (dB)", lambda a, b: min(100.0, peak_signal_noise_ratio(
+                                   b, a, data_range=255)) if np.any(a != b) else 100.0)):
+        table = tables[key]
+        column = table.header.index(f"{label} mismatched (Δ, p)")
+        assert table.header[column - 1] == label
+        for row, decoded in zip(table.rows, (np.roll(truth, 1, axis=0), truth)):  # LEA's row, then GLFA's
+            def score(i: int, j: int) -> float:  # decoded clip i against true clip j: the mean over frames
+                return float(np.mean([metric(a, b) for a, b in zip(decoded[i], truth[j])]))
+
+            matched = np.array([score(i, i) for i in range(CLIPS)])
+            mismatched = np.array([[score(i, j) for j in partners[i]] for i in range(CLIPS)])  # [10, 8]
+            p = brain_signal(matched, mismatched, permutations=500, seed=4)["p"]
+            expected = f"{mismatched.mean():.3f} ({matched.mean() - mismatched.mean():+.3f}, p {p:.2g})"
+            assert row[column].text == expected, (key, row[1].text)
+            assert row[column].p == pytest.approx(p)
+            assert row[column - 1].text.startswith(f"{matched.mean():.3f} ± {matched.std():.3f}")
+    glfa = tables["table2"].rows[1][tables["table2"].header.index("SSIM mismatched (Δ, p)")]
+    assert glfa.p < 0.01 and f'<td class="p-weak">{glfa.text}</td>' in table_html(tables["table2"])  # p >= 1/501
 
 
 def test_brain_to_video_retrieval_from_the_stage1_encoder(tmp_path, classifiers):
@@ -441,7 +489,7 @@ def test_brain_to_video_retrieval_from_the_stage1_encoder(tmp_path, classifiers)
         assert signal["matched"] == pytest.approx(np.mean([rank[i][i] < top for i in range(6)]))
         assert signal["mismatched"] == pytest.approx(np.mean([[rank[i][j] < top for j in partners[i]]
                                                               for i in range(6)]))
-    table = next(t for t in ev.signal_tables() if t.key == "retrieval")
+    table = next(t for t in ev.extra_tables() if t.key == "retrieval")
     assert table.header[:6] == ["Subject", "Split", "Stage-1 subjects", "Clips", "top-1", "top-1 chance"]
     assert [c.text for c in table.rows[0][:6]] == ["s3", "test", "s1,s2", "6",
                                                    f"{record['top']['1']['matched']:.3f}", "0.167"]

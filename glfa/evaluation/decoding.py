@@ -1,32 +1,25 @@
-"""Evaluation protocols over a study store and over a run's decoded videos.
+"""Decoding evaluated (paper sections 4.5-4.6, supplementary 2): a run's decoded videos scored.
 
-Alignment (paper section 4.4, Table 1): :func:`evaluate_alignment` runs leave-one-subject-out
-GLFA alignment: for every held-out subject h it fits a :class:`~glfa.align.GLFAAligner` on the
-other subjects' training responses, transforms every subject's TEST responses with it (h
-included, never seen in fitting) and measures fSC for every pair and ISC for every subject,
-before (identity) and after alignment. :class:`AlignmentTable` renders the result in the
-layout of Table 1 (Markdown) and as JSON.
-
-Decoding (sections 4.5-4.6, supplementary 2): :func:`evaluate_run` reads every generations
-folder of a run (``RUN/generations/<method>/<subject>-<split>/``, written by ``glfa generate``)
-and measures SSIM and the N-way top-K accuracies (frame-based, and video-based when a video
-classifier is configured) of each clip, keeping the per-clip scores for two-sample t-tests
-between methods. Each folder's protocol follows from the model that made it: cross-subject
-(the subject was not trained on), within-subject (it was) or cross-dataset (the store differs
-from the training store). When the run holds a co-trained GLFA model, the trained GLFA layer is
-also applied to the test responses of its training and held-out subjects (fSC and ISC before and
-after, Table 1 style). :func:`write_video_tables` writes it all as JSON and as Markdown tables in
-the layouts of Tables 2 and 3 and supplementary Tables 2 and 3.
+:func:`evaluate_run` reads every generations folder of a run
+(``RUN/generations/<method>/<subject>-<split>/``, written by ``glfa generate``) and measures SSIM
+and the N-way top-K accuracies (frame-based, and video-based when a video classifier is
+configured) of each clip, keeping the per-clip scores for two-sample t-tests between methods.
+Each folder's protocol follows from the model that made it: cross-subject (the subject was not
+trained on), within-subject (it was) or cross-dataset (the store differs from the training
+store). When the run holds a co-trained GLFA model, the trained GLFA layer is also applied to
+the test responses of its training and held-out subjects
+(:func:`glfa.evaluation.alignment.glfa_alignment`). :func:`write_video_tables` writes it all as
+JSON and as Markdown tables in the layouts of Tables 2 and 3 and supplementary Tables 2 and 3.
 
 Beside the paper's metrics, every folder gets the mismatched baseline (:func:`score_clips`,
 :mod:`glfa.metrics.baseline`): each decoded clip is also scored against the ground truth of
 partner clips of other stimuli, for every metric with a truth (SSIM, PSNR, N-way with
 MinD-Video's top-3 rule and the strict top-1 rule, CLIP similarity), giving the brain signal
-(matched - mismatched) and its paired permutation p-value; CLIP-pcc needs no truth. With a
-stage-1 encoder in the run, :func:`brain_retrieval` ranks each window's true clip among all
-test clips from the encoder's CLIP-space embedding of the fMRI. The companion tables
-(:meth:`VideoEvaluation.signal_tables`) put matched beside mismatched; the paper-layout tables
-stay as the paper prints them.
+(matched - mismatched) and its paired permutation p-value; CLIP-pcc needs no truth. Tables 2
+and 3 show, beside each metric, its mismatched baseline, the brain signal and p; the field's
+other metrics get tables of the same layout. With a stage-1 encoder in the run,
+:func:`brain_retrieval` ranks each window's true clip among all test clips from the encoder's
+CLIP-space embedding of the fMRI.
 """
 
 from __future__ import annotations
@@ -42,272 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from glfa.errors import BackboneError, CheckpointError, ConfigError, DataError
-
-# ----------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Cell:
-    """One table cell: its text, whether it is the best of its column, and the p-value it shows (if any)."""
-
-    text: str
-    bold: bool = False
-    p: float | None = None
-
-    def to_markdown(self) -> str:
-        """The text, bold as ``**text**``."""
-        return f"**{self.text}**" if self.bold else self.text
-
-
-@dataclass
-class Table:
-    """A titled table: rendered as Markdown here and as HTML by :mod:`glfa.report`."""
-
-    key: str
-    title: str
-    header: list[str]
-    rows: list[list[Cell]]
-    notes: list[str] = field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        """The table itself: a header line, a rule, one line per row."""
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
-        lines += ["| " + " | ".join(c.to_markdown() for c in row) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
-
-    def to_section(self) -> str:
-        """``## title``, the table and its notes."""
-        notes = "".join(f"\n{n}\n" for n in self.notes)
-        return f"## {self.title}\n\n{self.to_markdown()}{notes}"
-
-
-# ----------------------------------------------------------------------------- alignment protocol
-
-
-@dataclass
-class AlignmentRow:
-    """One row of Table 1: fSC per pair ("1/2") and ISC per subject, for one task."""
-
-    task: str
-    held_out: str | None
-    train_subjects: list[str]
-    fsc: dict[str, float]
-    isc: dict[str, float]
-    fit_seconds: float | None = None
-    final_loss: float | None = None
-
-
-@dataclass
-class DecodingRow:
-    """Inter-subject decoding (Bazeille et al. 2021) of one held-out subject after one alignment.
-
-    ``accuracy``: a linear classifier of the stimulus trained on the other subjects' responses,
-    applied to the held-out subject's; ``mismatched``: the same predictions scored against other
-    stimuli's labels; ``fsc_held`` / ``isc_held``: the held-out subject's mean fSC with the others
-    and its ISC after the same alignment (see :func:`glfa.metrics.decoding.inter_subject_decoding`).
-    """
-
-    held_out: str
-    method: str
-    accuracy: float
-    mismatched: float
-    chance: float
-    fsc_held: float
-    isc_held: float
-    n: int
-
-
-@dataclass
-class AlignmentTable:
-    """The leave-one-subject-out alignment table: an ``identity`` row, then one row per held-out subject.
-
-    ``decoding`` holds the inter-subject decoding rows (identity, tuned smoothing and the
-    alignment, per held-out subject) of the stimulus labels named by ``labels``.
-    """
-
-    subjects: list[str]
-    split: str
-    n_timepoints: int
-    rows: list[AlignmentRow] = field(default_factory=list)
-    decoding: list[DecodingRow] = field(default_factory=list)
-    labels: str = "clip id"
-
-    @property
-    def pairs(self) -> list[str]:
-        """Column names of fSC: ``"a/b"`` for every pair a < b in subject order."""
-        return [f"{a}/{b}" for a, b in itertools.combinations(self.subjects, 2)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data."""
-        return {"subjects": self.subjects, "split": self.split, "n_timepoints": self.n_timepoints,
-                "pairs": self.pairs, "rows": [asdict(r) for r in self.rows],
-                "decoding": [asdict(r) for r in self.decoding], "labels": self.labels}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AlignmentTable:
-        """The table of :meth:`to_dict`'s data."""
-        return cls(subjects=list(data["subjects"]), split=data["split"], n_timepoints=int(data["n_timepoints"]),
-                   rows=[AlignmentRow(**row) for row in data["rows"]],
-                   decoding=[DecodingRow(**row) for row in data.get("decoding", [])],
-                   labels=data.get("labels", "clip id"))
-
-    def to_table(self, title: str = "fSC and ISC before and after GLFA (Table 1)") -> Table:
-        """Table 1's layout; cells that involve the row's held-out (unseen) subject are bold."""
-        head = ["Task"] + [f"fSC {p}" for p in self.pairs] + [f"ISC {s}" for s in self.subjects]
-        rows = []
-        for row in self.rows:
-            cells = [Cell(row.task)]
-            cells += [_value_cell(row.fsc[p], row.held_out in p.split("/")) for p in self.pairs]
-            cells += [_value_cell(row.isc[s], row.held_out == s) for s in self.subjects]
-            rows.append(cells)
-        return Table("table1", title, head, rows,
-                     [f"{self.split} split, {self.n_timepoints} time points; bold: the subject held out of fitting."])
-
-    def decoding_table(self) -> Table | None:
-        """Inter-subject decoding: one row per held-out subject and alignment; None without decoding rows."""
-        if not self.decoding:
-            return None
-        rows = []
-        for r in self.decoding:
-            best = max(d.accuracy for d in self.decoding if d.held_out == r.held_out)
-            rows.append([Cell(r.held_out), Cell(r.method), _value_cell(r.accuracy, r.accuracy == best),
-                         _value_cell(r.mismatched, False), _value_cell(r.chance, False),
-                         _value_cell(r.fsc_held, False), _value_cell(r.isc_held, False)])
-        return Table("decoding", f"Inter-subject decoding of the {self.labels} (Bazeille et al. 2021)",
-                     ["Held out", "Alignment", "accuracy", "mismatched", "chance", "fSC with others", "ISC"], rows,
-                     [f"A ridge classifier of the {self.labels}, trained on the other subjects' aligned {self.split} "
-                      "responses (time points standardised across voxels), applied to the held-out subject's; "
-                      "mismatched: its predictions scored against other stimuli's labels. fSC and ISC reward "
-                      "blur (see the smoothing row); decoding accuracy need not. Bold: the best accuracy per "
-                      "subject."])
-
-    def to_markdown(self) -> str:
-        """Table 1's layout (see :meth:`to_table`) as Markdown, then the decoding table when there is one."""
-        decoding = self.decoding_table()
-        return self.to_table().to_markdown() + ("" if decoding is None else "\n" + decoding.to_section())
-
-
-def _value_cell(value: float, bold: bool) -> Cell:
-    return Cell("nan" if math.isnan(value) else f"{value:.3f}", bold)
-
-
-def alignment_row(task: str, responses: dict[str, np.ndarray], mask: np.ndarray, *, held_out: str | None = None,
-                  train_subjects: list[str] | None = None, fit_seconds: float | None = None,
-                  final_loss: float | None = None) -> AlignmentRow:
-    """fSC for every pair and ISC for every subject of ``responses`` ({subject: [T, ...]}) over ``mask``."""
-    from glfa.metrics.alignment import fsc_matrix, isc
-
-    names = list(responses)
-    matrix = fsc_matrix(responses, mask)
-    fsc = {f"{names[i]}/{names[j]}": float(matrix[i, j]) for i, j in itertools.combinations(range(len(names)), 2)}
-    return AlignmentRow(task=task, held_out=held_out, train_subjects=list(train_subjects or []), fsc=fsc,
-                        isc={s: float(v) for s, v in isc(responses, mask).items()}, fit_seconds=fit_seconds,
-                        final_loss=final_loss)
-
-
-def decoding_rows(held: str, versions: dict[str, dict[str, np.ndarray]], labels: np.ndarray, stimuli: np.ndarray,
-                  mask: np.ndarray) -> list[DecodingRow]:
-    """Inter-subject decoding of ``held`` after each alignment of ``versions`` ({method: {subject: [T, H, W]}})."""
-    from glfa.metrics.alignment import fsc, isc
-    from glfa.metrics.decoding import inter_subject_decoding
-
-    rows = []
-    for method, responses in versions.items():
-        others = {s: x for s, x in responses.items() if s != held}
-        scores = inter_subject_decoding(others, responses[held], labels, stimuli, mask)
-        rows.append(DecodingRow(
-            held_out=held, method=method, accuracy=scores["accuracy"], mismatched=scores["mismatched"],
-            chance=scores["chance"], fsc_held=float(np.mean([fsc(responses[held], x, mask) for x in others.values()])),
-            isc_held=float(isc(responses, mask)[held]), n=scores["n"]))
-    return rows
-
-
-def timepoint_labels(stimuli: np.ndarray, labels: dict[str, str] | None) -> np.ndarray:
-    """The label of every time point's stimulus (the stimulus id itself when ``labels`` is None)."""
-    if labels is None:
-        return np.asarray(stimuli)
-    missing = sorted(set(stimuli) - set(labels))
-    if missing:
-        raise DataError(f"the labels name {len(missing)} of the measured stimuli nowhere, e.g. {missing[:3]}",
-                        field="--labels")
-    return np.array([labels[st] for st in stimuli])
-
-
-def evaluate_alignment(store, config, *, subjects: list[str] | None = None, split: str = "test",
-                       labels: dict[str, str] | None = None, labels_name: str = "clip id",
-                       verbose: bool = False) -> AlignmentTable:
-    """Leave-one-subject-out GLFA alignment on ``store`` (a :class:`~glfa.data.store.StudyStore`).
-
-    Parameters
-    ----------
-    store : StudyStore
-    config : GlfaConfig
-        ``model.glfa`` (parcel, kernel, lambda), ``align`` (steps, batch, optimiser, seed), ``device``.
-    subjects : list of str, optional
-        The subjects of the table (at least 3: two to fit on, one held out); default: every
-        subject of the store.
-    split : str
-        The split measured (``test``); GLFA is always fitted on ``train``.
-    labels : {stimulus id: label}, optional
-        The classes of the decoding rows (e.g. categories, :func:`glfa.metrics.decoding.read_stimulus_labels`);
-        default: every clip is its own class. ``labels_name`` says what they are, for the table.
-    verbose : bool
-        Progress bars and one line per fitted aligner.
-
-    Returns
-    -------
-    AlignmentTable
-        Table 1's rows, and per held-out subject the decoding rows of identity, Gaussian smoothing
-        tuned on the training subjects (:func:`glfa.align.tune_smoothing`) and GLFA.
-    """
-    from glfa.align import GLFAAligner, masked_smooth, responses_from_store, timepoint_stimuli, tune_smoothing
-
-    subjects = list(store.subjects if subjects is None else subjects)
-    if len(subjects) < 3:
-        raise ConfigError(f"leave-one-subject-out alignment needs at least 3 subjects (2 to fit on, 1 held out), "
-                          f"got {subjects}", path=store.path, field="subjects")
-    mask = store.mask
-    test = responses_from_store(store, subjects, split)
-    stimuli = timepoint_stimuli(store, subjects, split)
-    classes = timepoint_labels(stimuli, labels)
-    table = AlignmentTable(subjects=subjects, split=split, n_timepoints=int(next(iter(test.values())).shape[0]),
-                           labels=labels_name)
-    table.rows.append(alignment_row("identity", test, mask))
-    for held in subjects:
-        train_subjects = [s for s in subjects if s != held]
-        train = responses_from_store(store, train_subjects, "train")
-        aligner = GLFAAligner.from_config(config, mask=mask, verbose=verbose).fit(train)
-        sigma = tune_smoothing(train, mask)
-        del train
-        if verbose:
-            print(f"GLFA fitted on {','.join(train_subjects)} in {aligner.fit_seconds_:.1f} s "
-                  f"(L_GLFA {aligner.loss_history_[0]:.4f} -> {aligner.loss_history_[-1]:.4f})")
-        aligned = aligner.transform(test)
-        table.rows.append(alignment_row(f"{','.join(train_subjects)} -> {held}", aligned, mask, held_out=held,
-                                        train_subjects=train_subjects, fit_seconds=aligner.fit_seconds_,
-                                        final_loss=aligner.loss_history_[-1]))
-        smoothed = {s: masked_smooth(x, mask, sigma) for s, x in test.items()}
-        table.decoding += decoding_rows(held, {"identity": test, f"smoothing, sigma {sigma:.3g} tuned on training":
-                                               smoothed, "GLFA": aligned}, classes, stimuli, mask)
-    return table
-
-
-def write_alignment_table(table: AlignmentTable, out_dir: str | Path, config, *, store_path: str | Path) -> dict[str, Path]:
-    """Write ``alignment.json`` (table + resolved config), ``alignment.md`` and ``config.json`` atomically."""
-    from glfa.io import write_bytes_atomic, write_json_atomic
-
-    out = Path(out_dir)
-    data = {"protocol": "alignment/leave-one-subject-out", "store": str(store_path), **table.to_dict(),
-            "config": config.to_dict()}
-    paths = {"json": out / "alignment.json", "markdown": out / "alignment.md", "config": out / "config.json"}
-    write_json_atomic(paths["json"], data)
-    write_bytes_atomic(paths["markdown"], table.to_markdown().encode())
-    write_json_atomic(paths["config"], config.to_dict())
-    return paths
-
-
-# ----------------------------------------------------------------------------- decoding protocols
+from glfa.errors import BackboneError, CheckpointError, DataError
+from glfa.evaluation.alignment import GlfaAlignment, glfa_alignment, open_store
+from glfa.evaluation.tables import Cell, Table, mean_std, signal_cell
+from glfa.metrics.video import PSNR_CAP
 
 #: The paper's names of the methods of the run-folder contract; other methods keep their own name.
 METHOD_LABELS = {"lea": "LEA", "pte-v": "fMRI-PTE-V", "glfa": "GLFA"}
@@ -315,8 +46,13 @@ METHOD_LABELS = {"lea": "LEA", "pte-v": "fMRI-PTE-V", "glfa": "GLFA"}
 _METHOD_RANK = {"lea": 0, "pte-v": 1, "glfa": 3}
 #: The method every other one is t-tested against (supplementary Table 2).
 REFERENCE_METHOD = "glfa"
-#: The decoding protocols, in the order of their tables.
-PROTOCOLS = ("cross-subject", "within-subject", "cross-dataset")
+#: The decoding protocols in the order of their tables, with each table's key and title in the paper's layout.
+PROTOCOL_TABLES = {"cross-subject": ("table2", "Cross-subject decoding (Table 2)"),
+                   "within-subject": ("table3", "Within-subject decoding (Table 3)"),
+                   "cross-dataset": ("supp-table3", "Cross-dataset decoding (supplementary Table 3)")}
+PROTOCOLS = tuple(PROTOCOL_TABLES)
+#: The title suffix of a metric's column of the mismatched baseline and the brain signal.
+MISMATCHED_COLUMN = " mismatched (Δ, p)"
 GENERATE_HINT = "make them with `glfa generate RUN --method M --subject S`"
 #: The significance level of the brain signal (paired permutation test of matched - mismatched).
 SIGNAL_LEVEL = 0.05
@@ -329,6 +65,7 @@ VIDEO_BATCH = 8
 def has_signal(record: dict[str, Any], level: float = SIGNAL_LEVEL) -> bool:
     """Whether a :func:`~glfa.metrics.baseline.brain_signal` record shows matched significantly above mismatched."""
     return record["difference"] > 0 and record["p"] < level
+
 
 VIDEO_CLASSIFIER_UNSET = ("not computed: evaluation.video_classifier is not set (a VideoMAE Kinetics-400 folder, "
                           "e.g. MCG-NJU/videomae-base-finetuned-kinetics)")
@@ -355,6 +92,8 @@ def extra_metric_keys(n_ways: list[int]) -> list[str]:
             + ["psnr", "clip", "clip-pcc"])
 
 
+#: The metrics without a ground truth, hence without a mismatched baseline.
+NO_TRUTH = ("clip-pcc",)
 #: Titles of the metrics that are not N-ways.
 _METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "clip": "CLIP similarity", "clip-pcc": "CLIP-pcc"}
 
@@ -567,29 +306,6 @@ class DecodingResult:
         return [k for k, v in self.brain_signal.items() if not has_signal(v, level)]
 
 
-@dataclass
-class GlfaAlignment:
-    """fSC and ISC of a co-trained model's subjects on the test split, before and after its GLFA layer."""
-
-    method: str
-    model_dir: str
-    store: str
-    table: AlignmentTable
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data."""
-        return {"method": self.method, "model_dir": self.model_dir, "store": self.store, "table": self.table.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GlfaAlignment:
-        """The inverse of :meth:`to_dict`."""
-        return cls(method=data["method"], model_dir=data["model_dir"], store=data["store"],
-                   table=AlignmentTable.from_dict(data["table"]))
-
-
-def _mean_std(summary: dict[str, float]) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
-
 
 @dataclass
 class VideoEvaluation:
@@ -641,36 +357,82 @@ class VideoEvaluation:
 
     # ------------------------------------------------------------------ tables
 
-    def _decoding_table(self, protocol: str, key: str, title: str, metrics: list[str]) -> Table | None:
-        """Rows = methods grouped by task, columns = ``metrics`` as mean ± std; bold: the best of its task."""
+    def _decoding_table(self, protocol: str, key: str, title: str, metrics: list[str], about: str) -> Table | None:
+        """Rows = methods grouped by task; per metric its matched score and, where it has a ground truth, the
+        mismatched baseline with the brain signal (:func:`~glfa.evaluation.tables.signal_cell`).
+
+        The matched column shows mean ± std over clips, bold for the best of its task. The notes
+        say so and what the metrics are (``about``), then why any metric was not computed, then
+        what the mismatched columns hold.
+        """
         tasks = self.tasks(protocol)
         if not tasks:
             return None
         rows = []
         for _, task, results in tasks:
+            summaries = [r.summaries() for r in results]
             # bold: the best of the task's methods (no bold for a task with one method)
-            best = {m: max((r.summary[m]["mean"] for r in results if m in r.summary), default=None)
+            best = {m: max((s[m]["mean"] for s in summaries if m in s), default=None)
                     if len(results) > 1 else None for m in metrics}
-            for i, r in enumerate(results):
+            for i, (r, summary) in enumerate(zip(results, summaries)):
                 cells = [Cell(task if i == 0 else ""), Cell(method_label(r.method))]
-                cells += [Cell(_mean_std(r.summary[m]), r.summary[m]["mean"] == best[m]) if m in r.summary
-                          else Cell("—") for m in metrics]
+                for m in metrics:
+                    cells.append(Cell(mean_std(summary[m]), summary[m]["mean"] == best[m]) if m in summary
+                                 else Cell("—"))
+                    if m not in NO_TRUTH:
+                        cells.append(signal_cell(r.brain_signal[m]) if m in r.brain_signal else Cell("—"))
                 rows.append(cells)
-        return Table(key, title, ["Task", "Method"] + [metric_label(m) for m in metrics], rows,
-                     self._notes(protocol, metrics))
+        header = ["Task", "Method"]
+        for m in metrics:
+            header += [metric_label(m)] if m in NO_TRUTH else [metric_label(m), metric_label(m) + MISMATCHED_COLUMN]
+        counts = "/".join(map(str, sorted({r.count for r in self.results if r.protocol == protocol})))
+        notes = [f"Mean ± standard deviation over the {counts} clips of each task; bold: the best method of its "
+                 f"task. {about}"]
+        return Table(key, title, header, rows, notes + self._not_computed(protocol, metrics) + [self._signal_note()])
 
-    def _notes(self, protocol: str, metrics: list[str]) -> list[str]:
-        ev = self.evaluation
-        counts = sorted({r.count for r in self.results if r.protocol == protocol})
-        notes = [f"Mean ± standard deviation over the {'/'.join(map(str, counts))} clips of each task; bold: the "
-                 f"best method of its task. N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the "
-                 f"classifier's top-{ev.ground_truth_top} on the true frame, seed {ev.seed}."]
+    def _not_computed(self, protocol: str, metrics: list[str]) -> list[str]:
+        """One note per reason a metric of ``metrics`` was not computed on ``protocol``, naming the metrics."""
         reasons: dict[str, list[str]] = {}
         for r in self.results:
             for m, why in r.not_computed.items():
                 if r.protocol == protocol and m in metrics and metric_label(m) not in reasons.setdefault(why, []):
                     reasons[why].append(metric_label(m))
-        return notes + [f"{', '.join(labels)}: {why}" for why, labels in reasons.items()]
+        return [f"{', '.join(labels)}: {why}" for why, labels in reasons.items()]
+
+    def _signal_note(self) -> str:
+        """What the mismatched columns hold, and what "above chance" means."""
+        ev = self.evaluation
+        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
+        partners = signal["partners"] if signal else ev.mismatched_partners
+        return (f"{MISMATCHED_COLUMN.strip()}: the same decoded clips scored against the ground truth of {partners} "
+                f"other test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same partners for "
+                "every method): the mismatched mean, the brain signal Δ = matched - mismatched and its one-sided "
+                f"paired permutation p-value ({ev.permutations} relabellings; coloured in the report: p < 0.001 "
+                "cyan, p < 0.05 pink, else gray). A method decodes the brain only where matched is above mismatched "
+                f"(Δ > 0, p < {SIGNAL_LEVEL}); above 1/N chance says nothing.")
+
+    def _paper_table(self, protocol: str, key: str, title: str, metrics: list[str]) -> Table | None:
+        """Table 2, 3 or supplementary Table 3: the paper's metrics, each beside its mismatched baseline."""
+        ev = self.evaluation
+        return self._decoding_table(protocol, key, title, metrics, (
+            f"N-way top-{ev.top_k}: {ev.trials} trials per clip, ground truth = the classifier's "
+            f"top-{ev.ground_truth_top} on the true frame (MinD-Video's rule; the strict top-1 rule is in the table "
+            f"of the other metrics), seed {ev.seed}."))
+
+    def _extra_table(self, protocol: str, key: str, title: str) -> Table | None:
+        """The field's other metrics of ``protocol`` (strict N-ways, PSNR, CLIP, CLIP-pcc) in the layout of Table 2."""
+        keys = [k for k in extra_metric_keys(self.evaluation.n_ways)
+                if any(k in r.extra_scores for r in self.results if r.protocol == protocol)]
+        if not keys:
+            return None
+        ev = self.evaluation
+        return self._decoding_table(protocol, f"{key}-more", f"{title}: the field's other metrics", keys, (
+            f"N-way strict: top-{ev.top_k} of {ev.trials} trials per clip as in the paper's table, but the ground "
+            f"truth is the classifier's top-1 class on the true frame (the paper's table uses MinD-Video's "
+            f"top-{ev.ground_truth_top}), seed {ev.seed}. PSNR: dB, peak 255, a frame equal to its truth counted as "
+            f"{PSNR_CAP:g} dB. CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real "
+            "frame; CLIP-pcc: consecutive decoded frames against each other (temporal consistency: no ground truth, "
+            "no baseline)."))
 
     def _ttest_table(self) -> Table | None:
         """Supplementary Table 2: each method against GLFA, mean ± std with the t-test's p-value."""
@@ -691,11 +453,11 @@ class VideoEvaluation:
                         continue
                     test = None if is_ref else self.ttest(task, m, r.method, REFERENCE_METHOD)
                     if test is None:
-                        cells.append(Cell(_mean_std(r.summary[m])))
+                        cells.append(Cell(mean_std(r.summary[m])))
                     else:
                         p = test["p"]
                         band = significance(p) if math.isfinite(p) else "undefined"
-                        cells.append(Cell(f"{_mean_std(r.summary[m])} ({band}, p={p:.2g})", p=p))
+                        cells.append(Cell(f"{mean_std(r.summary[m])} ({band}, p={p:.2g})", p=p))
                 rows.append(cells)
         if not rows:
             return None
@@ -704,40 +466,6 @@ class VideoEvaluation:
                      [f"p: two-sample (Student) t-test of the per-clip scores against "
                       f"{method_label(REFERENCE_METHOD)} on the same task, in the paper's bands p<0.001 (cyan), "
                       "p<0.05 (pink), p>0.05 (gray)."])
-
-    def _signal_table(self, protocol: str, key: str, title: str) -> Table | None:
-        """Matched beside mismatched for every method and metric of ``protocol``, with the brain signal's p-value."""
-        ev, rows = self.evaluation, []
-        for _, task, results in self.tasks(protocol):
-            for i, r in enumerate(results):
-                summaries = r.summaries()
-                keys = [k for k in self.metrics + extra_metric_keys(ev.n_ways) if k in summaries]
-                for j, k in enumerate(keys):
-                    rule = "" if "way" not in k else f" (top-{1 if k.endswith('strict') else ev.ground_truth_top} rule)"
-                    cells = [Cell(task if i == j == 0 else ""), Cell(method_label(r.method) if j == 0 else ""),
-                             Cell(metric_label(k) + rule), Cell(_mean_std(summaries[k]))]
-                    signal = r.brain_signal.get(k)
-                    if signal is None:
-                        cells += [Cell("—"), Cell("—"), Cell("—")]
-                    else:
-                        p = signal["p"]
-                        cells += [Cell(f"{signal['mismatched']:.3f}"), Cell(f"{signal['difference']:+.3f}"),
-                                  Cell(f"{p:.2g}", bold=has_signal(signal), p=p)]
-                    rows.append(cells)
-        if not rows:
-            return None
-        signal = next((v for r in self.results for v in r.brain_signal.values()), None)
-        notes = [f"Matched: each decoded clip against its own ground truth (mean ± std over clips). Mismatched: "
-                 f"against the ground truth of {signal['partners'] if signal else ev.mismatched_partners} other "
-                 f"test clips of the task, of other stimuli (seeded, seed {ev.seed}, the same for every method). "
-                 f"Brain signal = matched - mismatched; p: one-sided paired permutation test, {ev.permutations} "
-                 f"relabellings; bold: p < {SIGNAL_LEVEL}. N-way: ground truth = the classifier's "
-                 f"top-{ev.ground_truth_top} classes on the real frame (MinD-Video's rule); strict: its top-1 class. "
-                 "CLIP: cosine of CLIP image embeddings (stage 1's CLIP), decoded frame against real frame; "
-                 "CLIP-pcc: consecutive decoded frames against each other (no ground truth, no baseline).",
-                 "A method decodes the brain only where matched is above mismatched; above 1/N chance says nothing."]
-        return Table(key, title, ["Task", "Method", "Metric", "Matched", "Mismatched", "Brain signal", "p"], rows,
-                     notes)
 
     def _retrieval_table(self) -> Table | None:
         """Brain-to-video retrieval of the stage-1 encoder: top-1 and top-5 with chance, mismatched and p."""
@@ -766,24 +494,19 @@ class VideoEvaluation:
             f"test ({ev.permutations} relabellings), bold: p < {SIGNAL_LEVEL}. It measures what the encoder holds, "
             "whatever the generator makes of it."])
 
-    def signal_tables(self) -> list[Table]:
-        """The brain-signal companions of Tables 2, 3 and supplementary Table 3, then retrieval, where present."""
-        tables = [self._signal_table(protocol, f"{key}-signal", f"{title}: matched against mismatched")
-                  for protocol, key, title in (
-                      ("cross-subject", "table2", "Cross-subject decoding (Table 2)"),
-                      ("within-subject", "table3", "Within-subject decoding (Table 3)"),
-                      ("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)"))]
-        return [t for t in tables + [self._retrieval_table()] if t is not None]
-
     def tables(self) -> list[Table]:
-        """Every table this evaluation has data for, in the paper's order."""
+        """Every table of the paper's layouts this evaluation has data for, in the paper's order.
+
+        Tables 2, 3 and supplementary Table 3 show each metric's mismatched baseline and brain
+        signal beside it.
+        """
+        (key2, title2), (key3, title3), (key_supp3, title_supp3) = PROTOCOL_TABLES.values()
         with_ssim, without_ssim = self.metrics, self.metrics[:-1]
         tables = [
-            self._decoding_table("cross-subject", "table2", "Cross-subject decoding (Table 2)", with_ssim),
-            self._decoding_table("within-subject", "table3", "Within-subject decoding (Table 3)", with_ssim),
+            self._paper_table("cross-subject", key2, title2, with_ssim),
+            self._paper_table("within-subject", key3, title3, with_ssim),
             self._ttest_table(),
-            self._decoding_table("cross-dataset", "supp-table3", "Cross-dataset decoding (supplementary Table 3)",
-                                 without_ssim),
+            self._paper_table("cross-dataset", key_supp3, title_supp3, without_ssim),
         ]
         if tables[3] is not None:
             tables[3].notes.append("SSIM is left out as in the paper's layout (there the two stimulus sets differ "
@@ -792,6 +515,12 @@ class VideoEvaluation:
                                     f"{method_label(a.method)} (Table 1 style)") for a in self.alignment]
         return [t for t in tables if t is not None]
 
+    def extra_tables(self) -> list[Table]:
+        """Beyond the paper: the field's other metrics per protocol, in the layout of Tables 2 and 3 (matched beside
+        mismatched), then brain-to-video retrieval, where present."""
+        tables = [self._extra_table(protocol, key, title) for protocol, (key, title) in PROTOCOL_TABLES.items()]
+        return [t for t in tables + [self._retrieval_table()] if t is not None]
+
     def to_markdown(self) -> str:
         """Every table as a Markdown document."""
         present = {r.protocol for r in self.results}
@@ -799,7 +528,7 @@ class VideoEvaluation:
         parts = [f"# Video decoding: {self.run_dir}\n",
                  f"Config: {self.config_source}. {len(self.results)} generations folders evaluated in "
                  f"{self.seconds:.1f} s.\n"]
-        parts += [t.to_section() for t in self.tables() + self.signal_tables()]
+        parts += [t.to_section() for t in self.tables() + self.extra_tables()]
         if absent:
             parts.append(f"Not in this run: {', '.join(absent)} generations.\n")
         parts += [f"GLFA alignment not measured: {why}\n" for why in self.alignment_skipped]
@@ -1011,70 +740,6 @@ def method_ttests(results: list[DecodingResult], metrics: list[str]) -> list[dic
     return out
 
 
-def _open_store(store, recorded: str):
-    """A StudyStore: ``store`` (a store or a path) when given, else the recorded path; None if it is gone."""
-    from glfa.data.store import StudyStore
-
-    if isinstance(store, StudyStore):
-        return store
-    path = Path(store if store is not None else recorded)
-    return StudyStore.open(path) if path.exists() else None
-
-
-def _glfa_layer(model_dir: Path):
-    """The trained GLFA layer of a co-trained model's encoder, or None when it has none."""
-    from glfa.models.encoder import FmriEncoder
-    from glfa.models.serialization import read_config
-
-    encoder_dir = model_dir / "encoder"
-    saved = read_config(encoder_dir, FmriEncoder.__name__)["config"]
-    if not saved.get("model", {}).get("glfa", {}).get("enabled", False):
-        return None
-    return FmriEncoder.from_pretrained(encoder_dir).glfa.eval()
-
-
-def glfa_alignment(method: str, model_dir: str | Path, store=None) -> tuple[list[GlfaAlignment], str | None]:
-    """fSC and ISC before and after a co-trained model's GLFA layer, one table per held-out subject.
-
-    The layer (``encoder.glfa`` of the co-trained encoder, applied frame-wise) aligns the test
-    responses of the model's training subjects and of each held-out subject. Returns the
-    tables; or no table and None for a model without a GLFA layer (LEA, fMRI-PTE-V); or no table
-    and the reason it cannot be measured (no held-out subject, store not found).
-    """
-    from glfa.align import apply_frames, responses_from_store
-
-    model_dir = Path(model_dir)
-    model = _json_object(model_dir / "model.json", CheckpointError)
-    if model.get("kind") != "cotrain":
-        return [], None
-    if isinstance(model.get("adaptation"), dict):  # glfa adapt: the layer is one subject's, not the shared one
-        return [], (f"{method}: adapted to subject {model['adaptation'].get('subject')!r} alone (glfa adapt); its "
-                    "GLFA layer is not shared by the other subjects")
-    if not (model_dir / "encoder").is_dir():
-        return [], f"{method}: the co-trained model has no encoder/ folder ({model_dir})"
-    layer = _glfa_layer(model_dir)
-    if layer is None:
-        return [], None
-    train, held_out = list(model.get("train_subjects", [])), list(model.get("held_out", []))
-    if not held_out:
-        return [], f"{method}: the model holds no subject out (model.json held_out is empty)"
-    opened = _open_store(store, str(model.get("store", "")))
-    if opened is None:
-        return [], f"{method}: the training store {model.get('store')} is not found (pass the store to evaluate_run)"
-    opened.check_geometry(model.get("geometry"), model_dir)
-    tables = []
-    for held in held_out:
-        subjects = train + [held]
-        responses = responses_from_store(opened, subjects, "test")  # {s: [t, h, w]}
-        aligned = {s: apply_frames(layer, x) for s, x in responses.items()}
-        table = AlignmentTable(subjects=subjects, split="test", n_timepoints=int(len(responses[held])))
-        table.rows.append(alignment_row("identity", responses, opened.mask))
-        table.rows.append(alignment_row(f"{','.join(train)} -> {held}", aligned, opened.mask, held_out=held,
-                                        train_subjects=train))
-        tables.append(GlfaAlignment(method=method, model_dir=str(model_dir), store=str(opened.path), table=table))
-    return tables, None
-
-
 #: The ranks of brain-to-video retrieval: the true clip among the top 1 and the top 5.
 RETRIEVAL_TOPS = (1, 5)
 
@@ -1124,7 +789,7 @@ def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Sc
         if key in seen:
             continue
         seen.add(key)
-        opened = _open_store(store, str(folder.index["store"]))
+        opened = open_store(store, str(folder.index["store"]))
         if opened is None:
             skipped.append(f"{folder.subject}-{folder.split}: the store {folder.index['store']} is not found")
             continue
