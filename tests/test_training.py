@@ -25,7 +25,8 @@ from glfa.data.windows import Window
 from glfa.errors import ConfigError, GlfaError
 from glfa.training.checkpoint import latest_checkpoint
 from glfa.training.loop import IndexStream, _ShardedBatches, main_process_first, train
-from glfa.training.pretrain import PretrainStage, TrainingFrames, run_pretrain
+from glfa.training.pretrain import PretrainStage, TrainingFrames
+from glfa.training.stage import run_stage
 
 SUBJECTS = ["s1", "s2", "s3"]
 TRAIN_STIMULI = ["a", "b", "c"]
@@ -310,7 +311,7 @@ def test_pretrain_init_from_must_match_the_model(tiny_store, tmp_path):
                     decoder_num_heads=2, bottleneck_dim=8)
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(GlfaError, match="patch_size"):
-        run_pretrain(config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
+        run_stage(PretrainStage, config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
 
 
 _MAIN_FIRST = """
