@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from fixtures import kill_after_first_checkpoint
-from test_checkpoint import ToyStage, final_weights, toy_settings
+from fixtures import ToyStage, final_weights, kill_after_first_checkpoint, toy_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

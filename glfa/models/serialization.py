@@ -147,7 +147,9 @@ class PretrainedMixin(abc.ABC):
         return model.to(map_location)
 
     def _checkpointable(self) -> list[torch.nn.Module]:
-        return [m for m in self.modules() if m is not self and isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+        """The submodules with a boolean ``gradient_checkpointing`` switch."""
+        return [m for m in self.modules()
+                if m is not self and isinstance(getattr(m, "gradient_checkpointing", None), bool)]
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the blocks' activations in backward (saves memory, costs one more forward)."""

@@ -147,7 +147,8 @@ class PretrainStage(StudyStage):
 
     def resolved_config(self) -> dict[str, Any]:
         """What every stage records, plus the training frames and the image size."""
-        return {**super().resolved_config(), "training_frames": len(self.dataset()), "image_size": self.store.image_size}
+        return {**super().resolved_config(), "training_frames": len(self.dataset()),
+                "image_size": self.store.image_size}
 
 
 def default_run_dir(config: GlfaConfig) -> Path:
