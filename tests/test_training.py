@@ -313,6 +313,27 @@ def test_pretrain_init_from_must_match_the_model(tiny_store, tmp_path):
         run_stage(PretrainStage, config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
 
 
+def test_the_init_rule_names_the_folder_and_what_it_expected(tiny_store, tmp_path):
+    """An explicit --init of the wrong class, or a run's default start that is not what its stage wrote, is refused."""
+    from glfa.config import ModelConfig
+    from glfa.models.encoder import FmriEncoder
+    from glfa.training.contrastive import ContrastiveStage
+
+    config = validate_config({"model": {"preset": "tiny"}, "device": "cpu"})
+    store = StudyStore.open(tiny_store)
+    encoder = FmriEncoder(ModelConfig.model_validate({"preset": "tiny", "glfa": {"enabled": False}}), SIZE, N)
+    encoder.save_pretrained(tmp_path / "run" / "pte")  # not the FmriPTE that glfa train pretrain writes there
+    for folder in (tmp_path / "run" / "pte", tmp_path / "nowhere"):
+        with pytest.raises(ConfigError, match=r"expected a saved FmriPTE \(fine-tuned PTE\) folder") as err:
+            PretrainStage(config, store, init_from=folder)
+        assert str(folder) in str(err.value) and "init_from" in str(err.value)
+    stage = PretrainStage(config, store, run_dir=tmp_path / "run")  # stage 0 never starts from its own output
+    assert stage.init_from is None and stage.resolved_config()["init_kind"] is None
+    with pytest.raises(ConfigError, match=r"expected the fine-tuned PTE \(FmriPTE\) written by `glfa train pretrain`"):
+        ContrastiveStage(config, store, run_dir=tmp_path / "run")
+    store.close()
+
+
 _MAIN_FIRST = """
 import sys, time
 from pathlib import Path
