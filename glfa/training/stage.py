@@ -78,7 +78,7 @@ class StudyStage(Stage):
     ----------
     train_subjects, held_out : the subjects resolved against the store.
     init_from : the folder the weights start from (None: a random initialisation).
-    init_kind : its :attr:`Start.kind` (None with ``init_from``).
+    init_kind : its :attr:`Start.kind` (None for a random initialisation).
     """
 
     #: What an explicit ``init_from`` may hold.
