@@ -128,32 +128,35 @@ def _print_training(result, what: str, output: str) -> int:
 
 
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
-    from glfa.training.pretrain import run_pretrain
+    from glfa.training.pretrain import PretrainStage
+    from glfa.training.stage import run_stage
 
     config = _config(args)
-    result = run_pretrain(config, Path(args.store), _run_dir(args, config), resume=args.resume, init_from=args.init,
-                          progress=not args.quiet)
+    result = run_stage(PretrainStage, config, Path(args.store), _run_dir(args, config), resume=args.resume,
+                       init_from=args.init, progress=not args.quiet)
     return _print_training(result, "stage 0 (fMRI-PTE fine-tuning)", "pte")
 
 
 def _cmd_train_contrastive(args: argparse.Namespace) -> int:
-    from glfa.training.contrastive import run_contrastive
+    from glfa.training.contrastive import ContrastiveStage
+    from glfa.training.stage import run_stage
 
     config = _config(args)
-    result = run_contrastive(config, Path(args.store), _run_dir(args, config), resume=args.resume,
-                             init_from=args.init, progress=not args.quiet)
+    result = run_stage(ContrastiveStage, config, Path(args.store), _run_dir(args, config), resume=args.resume,
+                       init_from=args.init, progress=not args.quiet)
     return _print_training(result, "stage 1 (contrastive)", "encoder")
 
 
 def _cmd_train_cotrain(args: argparse.Namespace) -> int:
-    from glfa.training.cotrain import run_cotrain
+    from glfa.training.cotrain import CotrainStage
+    from glfa.training.stage import run_stage
 
     config = _config(args)
     if args.generator:
         config.cotrain.generator = args.generator
-    result = run_cotrain(config, Path(args.store), _run_dir(args, config), method=args.method,
-                         glfa=False if args.no_glfa else None, init_from=args.init, resume=args.resume,
-                         progress=not args.quiet)
+    result = run_stage(CotrainStage, config, Path(args.store), _run_dir(args, config), method=args.method,
+                       glfa=False if args.no_glfa else None, init_from=args.init, resume=args.resume,
+                       progress=not args.quiet)
     return _print_training(result, "stage 2 (co-training)", "model")
 
 

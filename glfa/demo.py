@@ -179,22 +179,24 @@ def _round(value: float | None) -> float | None:
 
 def step_pretrain(ctx: DemoContext) -> dict[str, Any]:
     """Stage 0: fine-tune the tiny fMRI-PTE on the training split (or reuse a finished run of the same config)."""
-    from glfa.training.pretrain import run_pretrain
+    from glfa.training.pretrain import PretrainStage
+    from glfa.training.stage import run_stage
 
     ctx.paths["run"] = run_dir = _run_dir(ctx)
     return _trained(ctx, "pretrain", run_dir / "pte",
-                    lambda resume: run_pretrain(ctx.config, ctx.paths["store"], run_dir, resume=resume,
-                                                progress=ctx.progress))
+                    lambda resume: run_stage(PretrainStage, ctx.config, ctx.paths["store"], run_dir, resume=resume,
+                                             progress=ctx.progress))
 
 
 def step_contrastive(ctx: DemoContext) -> dict[str, Any]:
     """Stage 1: the encoder (GLFA off) learns CLIP space from cached stand-in CLIP embeddings of frames and captions."""
-    from glfa.training.contrastive import run_contrastive
+    from glfa.training.contrastive import ContrastiveStage
+    from glfa.training.stage import run_stage
 
     run_dir = ctx.paths["run"]
     return _trained(ctx, "contrastive", run_dir / "contrastive" / "encoder",
-                    lambda resume: run_contrastive(ctx.config, ctx.paths["store"], run_dir, resume=resume,
-                                                   progress=ctx.progress))
+                    lambda resume: run_stage(ContrastiveStage, ctx.config, ctx.paths["store"], run_dir, resume=resume,
+                                             progress=ctx.progress))
 
 
 def step_generator(ctx: DemoContext) -> dict[str, Any]:
@@ -217,12 +219,13 @@ def step_generator(ctx: DemoContext) -> dict[str, Any]:
 
 def _cotrain_step(method: str, glfa: bool) -> Callable[[DemoContext], dict[str, Any]]:
     def step(ctx: DemoContext) -> dict[str, Any]:
-        from glfa.training.cotrain import run_cotrain
+        from glfa.training.cotrain import CotrainStage
+        from glfa.training.stage import run_stage
 
         run_dir = ctx.paths["run"]
         return _trained(ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
-                        lambda resume: run_cotrain(ctx.config, ctx.paths["store"], run_dir, method=method, glfa=glfa,
-                                                   resume=resume, progress=ctx.progress))
+                        lambda resume: run_stage(CotrainStage, ctx.config, ctx.paths["store"], run_dir, method=method,
+                                                 glfa=glfa, resume=resume, progress=ctx.progress))
 
     step.__doc__ = f"Stage 2 {'with' if glfa else 'without'} GLFA: the decoder {method!r} (fMRI tokens replace text)."
     return step
@@ -258,8 +261,9 @@ def step_blurry(ctx: DemoContext) -> dict[str, Any]:
 def step_within(ctx: DemoContext) -> dict[str, Any]:
     """Within-subject baselines: stages 1 and 2 (no GLFA) on each held-out subject's own training windows."""
     from glfa.config import SubjectsConfig
-    from glfa.training.contrastive import run_contrastive
-    from glfa.training.cotrain import run_cotrain
+    from glfa.training.contrastive import ContrastiveStage
+    from glfa.training.cotrain import CotrainStage
+    from glfa.training.stage import run_stage
 
     run_dir, store, results = ctx.paths["run"], ctx.paths["store"], {}
     for subject in ctx.config.subjects.held_out:
@@ -268,12 +272,12 @@ def step_within(ctx: DemoContext) -> dict[str, Any]:
         own = run_dir / f"within-{subject}"
         encoder = own / "contrastive" / "encoder"
         _trained(ctx, f"within-{subject}/contrastive", encoder,
-                 lambda resume: run_contrastive(config, store, own, resume=resume, progress=ctx.progress))
+                 lambda resume: run_stage(ContrastiveStage, config, store, own, resume=resume, progress=ctx.progress))
         method = f"within-{subject}"
         results[subject] = _trained(
             ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
-            lambda resume: run_cotrain(config, store, run_dir, method=method, glfa=False, init_from=encoder,
-                                       resume=resume, progress=ctx.progress))
+            lambda resume: run_stage(CotrainStage, config, store, run_dir, method=method, glfa=False,
+                                     init_from=encoder, resume=resume, progress=ctx.progress))
     return {"path": str(run_dir), **{f"final_loss_{s}": r["final_loss"] for s, r in results.items()},
             "reused": all(r["reused"] for r in results.values())}
 

@@ -40,8 +40,9 @@ The model is trained once per machine: the folder is
 the sha256 of the ``simulation``, ``data`` and ``demo_generator`` config sections (less
 ``cache_dir``), a digest of the training frames and captions, and :data:`FORMAT`. Neither the
 store's path nor its creation time enters the key, so a fresh demo output folder reuses the
-model. It is built in a temporary sibling folder and installed with :func:`os.replace`; a folder
-that is present but incomplete is rebuilt, and temporary folders of killed builds are removed.
+model. It is built in a temporary sibling folder and swapped in whole (:func:`glfa.io.install_dir`,
+which also removes the temporaries of killed builds and keeps those of running ones); a folder that is
+present but incomplete is rebuilt.
 """
 
 from __future__ import annotations
@@ -50,10 +51,9 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,8 @@ from tqdm.auto import tqdm
 from glfa.config import GlfaConfig
 from glfa.data.features import cache_key
 from glfa.errors import StoreError
+from glfa.io import install_dir, write_json_atomic
 from glfa.optim import adamw
-from glfa.io import write_json_atomic
 
 __all__ = ["FORMAT", "KL_WEIGHT", "VAE_ARCH", "UNET_ARCH", "SCHEDULER_CHANGES", "REQUIRED_FILES", "build_demo_generator",
            "demo_generator_dir", "is_complete", "train_demo_generator"]
@@ -197,43 +197,6 @@ def demo_generator_dir(store, config: GlfaConfig, *, cache_dir: str | Path | Non
     return _cache_root(config, cache_dir) / f"{_PREFIX}{key[:16]}"
 
 
-def _remove_stale(target: Path) -> None:
-    """Remove temporary and discarded folders of ``target`` left by processes that no longer run."""
-    for tmp in target.parent.glob(f".{target.name}.*"):
-        pid = tmp.name.rsplit(".", 1)[-1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _install(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` to ``target``, replacing an incomplete ``target``; keep a complete one."""
-    try:
-        os.replace(tmp, target)
-        return
-    except OSError:
-        if is_complete(target):  # a concurrent build finished first: use its folder
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-    discarded = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-old")
-    os.replace(target, discarded)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not is_complete(target):  # nobody else installed one in between
-            raise
-    shutil.rmtree(discarded, ignore_errors=True)
-
-
 def train_demo_generator(store, config: GlfaConfig, *, cache_dir: str | Path | None = None, progress: bool = True,
                          device: str | torch.device | None = None) -> Path:
     """The demo's text-to-video folder for ``store``: reused from the machine's cache, or trained and cached.
@@ -266,16 +229,10 @@ def train_demo_generator(store, config: GlfaConfig, *, cache_dir: str | Path | N
     if is_complete(target):
         _say(f"demo generator: reusing {target}", progress)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
     _say(f"demo generator: {'rebuilding incomplete' if target.exists() else 'training'} {target}", progress)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-tmp")
-    try:
+    with install_dir(target) as tmp:
         metrics = _train(tmp, data, WindowData(store, "test"), config, progress=progress, device=device)
         write_json_atomic(tmp / "metrics.json", metrics)
-        _install(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -374,13 +331,28 @@ def _optimizer(module: torch.nn.Module, learning_rate: float, steps: int):
     return optimizer, schedule
 
 
-def _step(module: torch.nn.Module, optimizer, schedule, loss: torch.Tensor) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    return float(loss.detach())
+def _fit(module: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, *, steps: int,
+         batch_size: int, learning_rate: float, desc: str, progress: bool) -> list[float]:
+    """Train ``module`` for ``steps`` steps; ``loss_of(index)`` is the loss of a batch of sample indices; the losses.
+
+    Batches are :func:`_shuffled_batches` of ``range(n)`` drawn from the global torch RNG; AdamW with
+    :func:`_optimizer`'s cosine decay, gradients clipped at norm 1. Leaves the module in eval mode.
+    """
+    module.train()
+    module.requires_grad_(True)
+    optimizer, schedule = _optimizer(module, learning_rate, steps)
+    batches = _shuffled_batches(n, batch_size, torch.default_generator)
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
+        loss = loss_of(next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    module.eval()
+    return losses
 
 
 def train_vae(vae, frames: np.ndarray, *, steps: int, batch_size: int, learning_rate: float,
@@ -393,18 +365,15 @@ def train_vae(vae, frames: np.ndarray, *, steps: int, batch_size: int, learning_
 
     device = next(vae.parameters()).device
     pixels = frames_to_tensor(frames) * 2 - 1  # [n, 3, h, w]
-    vae.train()
-    vae.requires_grad_(True)
-    optimizer, schedule = _optimizer(vae, learning_rate, steps)
-    batches = _shuffled_batches(len(pixels), batch_size, torch.default_generator)
-    losses = []
-    for _ in tqdm(range(steps), desc="demo generator: VAE", unit="step", disable=not progress, leave=False):
-        x = pixels[next(batches)].to(device)  # [b, 3, h, w]
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        x = pixels[index].to(device)  # [b, 3, h, w]
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(reconstruction, x) + KL_WEIGHT * posterior.kl().mean()
-        losses.append(_step(vae, optimizer, schedule, loss))
-    vae.eval()
+        return F.mse_loss(reconstruction, x) + KL_WEIGHT * posterior.kl().mean()
+
+    losses = _fit(vae, loss_of, len(pixels), steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                  desc="demo generator: VAE", progress=progress)
     vae.requires_grad_(False)
     return losses
 
@@ -420,17 +389,12 @@ def train_unet(unet, scheduler, latents: torch.Tensor, condition: torch.Tensor, 
     from glfa.losses import denoising_loss
 
     device = next(unet.parameters()).device
-    unet.train()
-    unet.requires_grad_(True)
-    optimizer, schedule = _optimizer(unet, learning_rate, steps)
-    batches = _shuffled_batches(len(latents), batch_size, torch.default_generator)
-    losses = []
-    for _ in tqdm(range(steps), desc="demo generator: UNet", unit="step", disable=not progress, leave=False):
-        index = next(batches)
-        loss = denoising_loss(unet, scheduler, latents[index].to(device), condition[index].to(device))
-        losses.append(_step(unet, optimizer, schedule, loss))
-    unet.eval()
-    return losses
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        return denoising_loss(unet, scheduler, latents[index].to(device), condition[index].to(device))
+
+    return _fit(unet, loss_of, len(latents), steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                desc="demo generator: UNet", progress=progress)
 
 
 @torch.no_grad()

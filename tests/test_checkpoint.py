@@ -9,95 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import Dataset
 
 from glfa.errors import CheckpointError
 from glfa.training.checkpoint import (
     capture_rng,
     flatten_optimizer_state,
-    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
     unflatten_optimizer_state,
 )
-from glfa.training.loop import Stage, StepOutput, TrainSettings, train
-from fixtures import dead_pid
-
-# ----------------------------------------------------------------------------- a toy stage (also used by test_training)
-
+from glfa.training.loop import StepOutput, TrainSettings, train
+from fixtures import ToyStage, dead_pid, final_weights, toy_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
-class ToyData(Dataset):
-    """y = x @ w + small noise, fixed by a seed: items depend only on their index."""
-
-    def __init__(self, n: int = 48, dim: int = 6, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.x = rng.normal(size=(n, dim)).astype(np.float32)
-        w = rng.normal(size=(dim, 1)).astype(np.float32)
-        self.y = (self.x @ w + 0.05 * rng.normal(size=(n, 1))).astype(np.float32)
-        self.loaded: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        self.loaded.append(i)
-        return {"x": torch.from_numpy(self.x[i]), "y": torch.from_numpy(self.y[i]), "index": i}
-
-
-class ToyStage(Stage):
-    """A small MLP with dropout and an RNG-drawing step, so data order and RNG both matter."""
-
-    name = "toy"
-
-    def __init__(self, settings: TrainSettings, *, dropout: float = 0.2, noise: float = 0.01, n: int = 48):
-        self.settings = settings
-        self.noise = noise
-        self.dropout = dropout
-        self.data = ToyData(n=n)
-        self.finished: dict[str, nn.Module] = {}
-
-    def build_models(self) -> dict[str, nn.Module]:
-        net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(self.dropout), nn.Linear(16, 1))
-        return {"net": net}
-
-    def dataset(self) -> Dataset:
-        return self.data
-
-    def step(self, models, batch) -> StepOutput:
-        x = batch["x"] + self.noise * torch.randn_like(batch["x"])  # [b, 6]
-        loss = torch.nn.functional.mse_loss(models["net"](x), batch["y"])
-        return StepOutput(loss=loss, logs={"x_mean": x.mean()})
-
-    def finish(self, models, run_dir: Path) -> dict[str, str]:
-        self.finished = models
-        path = run_dir / "toy.txt"
-        path.write_text("done\n")
-        return {"toy": str(path)}
-
-    def resolved_config(self):
-        return {"toy": True}
-
-
-def toy_settings(**values) -> TrainSettings:
-    """Tiny CPU settings for the toy stage."""
-    base = dict(steps=30, batch_size=8, learning_rate=1e-2, weight_decay=0.01, seed=3,
-                checkpoint_every=10, log_every=5, num_workers=0)
-    base.update(values)
-    return TrainSettings(**base)
-
-
-def final_weights(run_dir: Path, stage: str = "toy") -> dict[str, torch.Tensor]:
-    """The trained weights in the newest checkpoint of a run."""
-    newest = latest_checkpoint(run_dir / stage / "checkpoints")
-    return load_file(str(newest / "model-net.safetensors"))
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -19,7 +19,8 @@ from glfa.data.store import StudyStore
 from glfa.errors import ConfigError, StoreError
 from glfa.models.encoder import FmriEncoder
 from glfa.training.checkpoint import latest_checkpoint, load_checkpoint
-from glfa.training.contrastive import ContrastiveStage, run_contrastive
+from glfa.training.contrastive import ContrastiveStage
+from glfa.training.stage import run_stage
 from glfa.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +45,7 @@ def _config(clip_dir: Path, **contrastive) -> dict:
 
 def test_loss_falls_and_fmri_retrieves_its_stimulus(store_path, clip_dir, tmp_path):
     config = validate_config(_config(clip_dir))
-    result = run_contrastive(config, store_path, tmp_path / "run", progress=False)
+    result = run_stage(ContrastiveStage, config, store_path, tmp_path / "run", progress=False)
     first, last = result.history[0], result.history[-1]
     assert last["loss"] < 0.7 * first["loss"]
     assert last["retrieval_image"] > 2 / 6 and last["retrieval_text"] > 2 / 6  # chance 1/6 in batches of 6
@@ -94,8 +95,9 @@ _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
 from glfa.config import load_config
-from glfa.training.contrastive import run_contrastive
-run_contrastive(load_config(sys.argv[1]), sys.argv[2], sys.argv[3], progress=False)
+from glfa.training.contrastive import ContrastiveStage
+from glfa.training.stage import run_stage
+run_stage(ContrastiveStage, load_config(sys.argv[1]), sys.argv[2], sys.argv[3], progress=False)
 """
 
 
@@ -112,8 +114,8 @@ def test_resumed_after_sigkill_ends_with_identical_weights(store_path, clip_dir,
     kill_after_first_checkpoint([sys.executable, "-c", _CHILD, str(config_path), str(store_path), str(killed)],
                                 killed / "contrastive" / "checkpoints" / "latest")
     assert not (killed / "contrastive" / "encoder").exists()  # killed before the end
-    run_contrastive(config, store_path, killed, resume=True, progress=False)  # resumed here, on one thread too
-    run_contrastive(config, store_path, whole, progress=False)  # the uninterrupted run
+    run_stage(ContrastiveStage, config, store_path, killed, resume=True, progress=False)  # resumed here, on one thread too
+    run_stage(ContrastiveStage, config, store_path, whole, progress=False)  # the uninterrupted run
     a = load_file(str(whole / "contrastive" / "encoder" / "model.safetensors"))
     b = load_file(str(killed / "contrastive" / "encoder" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -129,7 +131,7 @@ def test_bad_input_gives_clear_errors(store_path, clip_dir, tmp_path):
         validate_config({**_config(clip_dir), "subjects": {"train": ["s1", "s3"], "held_out": ["s3"]}})
     config = validate_config({**_config(clip_dir), "subjects": {"train": ["s1", "s9"]}})
     with pytest.raises(ConfigError, match="s9"):
-        run_contrastive(config, store_path, tmp_path / "run", progress=False)
+        run_stage(ContrastiveStage, config, store_path, tmp_path / "run", progress=False)
     bare = write_uncaptioned_store(tmp_path / "nocap")
     with pytest.raises(StoreError, match="no captions"):
-        run_contrastive(validate_config(_config(clip_dir)), bare, tmp_path / "run", progress=False)
+        run_stage(ContrastiveStage, validate_config(_config(clip_dir)), bare, tmp_path / "run", progress=False)

@@ -23,7 +23,8 @@ from glfa.data.store import StudyStore
 from glfa.errors import BackboneError, CheckpointError, ConfigError
 from glfa.models.encoder import FmriEncoder
 from glfa.models.pte import FmriPTE
-from glfa.training.cotrain import CotrainStage, TrainableUNet, run_cotrain, trainable_unet_parameters
+from glfa.training.cotrain import CotrainStage, TrainableUNet, trainable_unet_parameters
+from glfa.training.stage import run_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +72,7 @@ def _config(setup, **cotrain):
 @pytest.fixture(scope="module")
 def trained(setup):
     """An uninterrupted run of STEPS steps with GLFA (3 training subjects, 2 windows per step)."""
-    return run_cotrain(setup["config"], setup["store"], setup["run"], progress=False)
+    return run_stage(CotrainStage, setup["config"], setup["store"], setup["run"], progress=False)
 
 
 def _batch(stage: CotrainStage, indices=(0, 5)) -> dict[str, torch.Tensor]:
@@ -220,13 +221,15 @@ def test_cotraining_lowers_the_loss_trains_glfa_and_saves_the_decoder(setup, tra
 
 def test_resumed_after_sigkill_ends_with_identical_weights(setup, trained, tmp_path):
     killed = tmp_path / "killed"
-    code = ("import sys; from glfa.config import load_config; from glfa.training.cotrain import run_cotrain; "
-            "run_cotrain(load_config(sys.argv[1]), sys.argv[2], sys.argv[3], init_from=sys.argv[4], progress=False)")
+    code = ("import sys; from glfa.config import load_config; from glfa.training.cotrain import CotrainStage; "
+            "from glfa.training.stage import run_stage; "
+            "run_stage(CotrainStage, load_config(sys.argv[1]), sys.argv[2], sys.argv[3], init_from=sys.argv[4], "
+            "progress=False)")
     kill_after_first_checkpoint([sys.executable, "-c", code, str(setup["config_path"]), str(setup["store"].path),
                                  str(killed), str(setup["stage1"])], killed / "cotrain-glfa" / "checkpoints" / "latest")
     assert not (killed / "cotrain-glfa" / "model").exists()  # killed before the end
-    result = run_cotrain(setup["config"], setup["store"], killed, init_from=setup["stage1"], resume=True,
-                         progress=False)  # resumed here, on one thread too
+    result = run_stage(CotrainStage, setup["config"], setup["store"], killed, init_from=setup["stage1"], resume=True,
+                       progress=False)  # resumed here, on one thread too
     assert result.resumed_from is not None and result.step == STEPS
     whole, again = Path(trained.outputs["model"]), Path(result.outputs["model"])
     for name in ("encoder/model.safetensors", "unet_trainable.safetensors", "negative.safetensors"):
@@ -236,8 +239,8 @@ def test_resumed_after_sigkill_ends_with_identical_weights(setup, trained, tmp_p
 
 def test_pte_v_with_gradient_checkpointing_and_bf16(setup, tmp_path):
     config = _config(setup, steps=2, gradient_checkpointing=True, mixed_precision="bf16", checkpoint_every=2)
-    result = run_cotrain(config, setup["store"], tmp_path / "run", glfa=False, init_from=setup["stage1"],
-                         progress=False)
+    result = run_stage(CotrainStage, config, setup["store"], tmp_path / "run", glfa=False, init_from=setup["stage1"],
+                       progress=False)
     assert result.stage_dir.name == "cotrain-pte-v" and result.step == 2
     assert all("denoise" in h and "glfa" not in h and np.isfinite(h["loss"]) for h in result.history)
     model_dir = Path(result.outputs["model"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from glfa.cli import main
@@ -84,6 +85,23 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     assert on_disk["steps"]["prepare"]["windows_test"] == prep["windows_test"]
     printed = capsys.readouterr().out
     assert "simulate" in printed and "prepare" in printed and str(out / "summary.json") in printed
+    # What a broken step would change, however little the tiny models decode: GLFA aligns the simulated
+    # subjects (held-out ISC well above the unaligned one), every method decodes every test window into its
+    # own non-blank clip of the generation's size, and the methods' models differ.
+    assert all(align["held_out_isc_glfa"][s] > align["held_out_isc_identity"][s] + 0.1 for s in ("01", "02", "03"))
+    gen = on_disk["config"]["generation"]
+    decoded = {}
+    for method in steps["generate"]["clips"]:
+        with np.load(run / "generations" / method.split("/")[0] / "03-test" / "videos.npz") as videos:
+            clips = decoded[method] = videos["decoded"]
+        assert clips.dtype == np.uint8 and clips.shape == (prep["windows_test"], gen["num_frames"], gen["height"],
+                                                           gen["width"], 3), method
+        assert clips.std() > 5 and len({clip.tobytes() for clip in clips}) == len(clips), method
+    for a, b in (("glfa", "pte-v"), ("glfa", "glfa+blurry"), ("glfa", "within-03"), ("lea", "blurry")):
+        assert not np.array_equal(decoded[f"{a}/03"], decoded[f"{b}/03"]), (a, b)
+    outputs = [*run.glob("**/*.safetensors"), *run.glob("generations/**/videos.npz"), run / "evaluation" / "video.json"]
+    written = {path: path.stat().st_mtime_ns for path in outputs if "checkpoints" not in path.parts}
+    assert len(written) > 10
 
     # Second run, through the command line: the study, the store and the pretrained PTE are reused.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
@@ -95,3 +113,4 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     assert all(again["steps"][name]["reused"] for name in trained)
     assert again["steps"]["generator"]["path"] == steps["generator"]["path"]
     assert again["steps"]["simulate"]["path"] == sim["path"]
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # reused, not written again

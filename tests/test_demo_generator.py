@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,17 +172,24 @@ def test_incomplete_folder_and_dead_temporaries_are_rebuilt(store, tmp_path, mon
     weights = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     assert not dg.is_complete(folder)
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # a process id that no longer runs
-    stale = tmp_path / f".{folder.name}.{dead.pid}-abcdef12-tmp"
-    (stale / "unet").mkdir(parents=True)
-    calls = []
-    real = dg._train
-    monkeypatch.setattr(dg, "_train", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert dg.train_demo_generator(store, config, cache_dir=tmp_path, progress=False) == folder
-    assert calls == [1] and dg.is_complete(folder) and not stale.exists()
-    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights  # deterministic
-    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    # temporaries named by glfa.io in other processes: one that has ended, one still building
+    name = [sys.executable, "-c", "import sys; from pathlib import Path; from glfa.io import temporary_name; "
+            "print(temporary_name(Path(sys.argv[1])), flush=True); sys.stdin.read()", str(folder)]
+    stale = Path(subprocess.run(name, input="", capture_output=True, text=True, check=True).stdout.strip())
+    building = subprocess.Popen(name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        living = Path(building.stdout.readline().strip())
+        for tmp in (stale, living):
+            (tmp / "unet").mkdir(parents=True)
+        calls = []
+        real = dg._train
+        monkeypatch.setattr(dg, "_train", lambda *a, **k: calls.append(1) or real(*a, **k))
+        assert dg.train_demo_generator(store, config, cache_dir=tmp_path, progress=False) == folder
+        assert calls == [1] and dg.is_complete(folder) and not stale.exists() and living.is_dir()
+        assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights  # deterministic
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, living.name])
+    finally:
+        building.communicate("")
 
 
 def test_mismatched_cross_attention_dim_is_a_config_error(store, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,106 +16,10 @@ from glfa.errors import BackboneError, DataError
 from glfa.evaluation import VideoEvaluation, combine_evaluations, evaluate_run, write_video_tables
 from glfa.metrics import fsc, isc, n_way_top_k
 
+from fixtures import (PLANTED_CLIPS as CLIPS, PLANTED_FRAMES as FRAMES, PLANTED_SIZE as SIZE, eval_config,
+                      planted_clips, write_generations, write_model, write_planted_run)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SIZE, FRAMES, CLIPS = 32, 4, 10
-
-
-def planted_clips(n: int = CLIPS, seed: int = 0) -> np.ndarray:
-    """``n`` distinct uint8 clips [n, 4, 32, 32, 3]: smooth random colour fields (the classifier sees them apart)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, size=(n, FRAMES, 4, 4, 3))
-    return np.repeat(np.repeat(coarse, SIZE // 4, axis=2), SIZE // 4, axis=3).round().astype(np.uint8)
-
-
-def write_model(run: Path, method: str, *, train: list[str], held_out: list[str], store: str | Path,
-                config: dict | None = None, kind: str = "cotrain") -> Path:
-    """A decoder model folder holding only model.json (what evaluation reads of it)."""
-    model_dir = run / ("lea/model" if method == "lea" else f"cotrain-{method}/model")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    info = {"kind": kind, "method": method, "generator": "/nowhere", "store": str(store), "train_subjects": train,
-            "held_out": held_out, "config": validate_config(config or {}).to_dict(), "num_frames": 2,
-            "image_size": 16}
-    (model_dir / "model.json").write_text(json.dumps(info))
-    return model_dir
-
-
-def write_generations(run: Path, method: str, subject: str, decoded: np.ndarray, truth: np.ndarray, *,
-                      store: str | Path, split: str = "test", media: bool = False, fps: float = 2.0) -> Path:
-    """A generations folder per the contract; the GIF files (what the report shows) only with ``media``."""
-    from glfa.data.video import write_gif
-
-    folder = run / "generations" / method / f"{subject}-{split}"
-    folder.mkdir(parents=True, exist_ok=True)
-    items = []
-    for i in range(len(decoded)):
-        item = {"index": i, "window": 3 * i, "stimulus_id": f"test{i}", "onset": float(i)}
-        for key, clips in (("decoded", decoded), ("truth", truth)):
-            item[key] = {"mp4": f"{key}/{i:04d}.mp4", "gif": f"{key}/{i:04d}.gif"}
-            if media:
-                write_gif(folder / item[key]["gif"], clips[i], fps)
-        items.append(item)
-    np.savez(folder / "videos.npz", decoded=decoded, truth=truth)
-    model_dir = run / ("lea/model" if method == "lea" else f"cotrain-{method}/model")
-    index = {"method": method, "subject": subject, "split": split, "model_dir": str(model_dir), "store": str(store),
-             "seed": 0, "fps": fps, "generation": {}, "count": len(items), "items": items}
-    (folder / "index.json").write_text(json.dumps(index))
-    return folder
-
-
-def write_planted_run(run: Path, *, store: str | Path = "/data/study", good: str = "glfa", bad: str = "lea",
-                      media: bool = False) -> np.ndarray:
-    """Cross-subject run "s1,s2 -> s3": ``good`` decodes every clip exactly, ``bad`` gives the next clip instead."""
-    truth = planted_clips()
-    for method in (good, bad):
-        write_model(run, method, train=["s1", "s2"], held_out=["s3"], store=store,
-                    kind="lea" if method == "lea" else "cotrain")
-    write_generations(run, good, "s3", truth.copy(), truth, store=store, media=media)
-    write_generations(run, bad, "s3", np.roll(truth, 1, axis=0), truth, store=store, media=media)
-    return truth
-
-
-def sharpen(classifier, inputs: np.ndarray, folder: Path, gain: float = 30.0) -> str:
-    """Make a random tiny classifier tell inputs apart, and save it to ``folder``.
-
-    A random ViT/VideoMAE ranks the classes almost the same for every input (its features are a
-    large constant plus a small input-dependent part), so any clip would score as the truth.
-    The head is re-centred on the mean feature of ``inputs`` and scaled by ``gain`` over their
-    spread: logits = gain * W (h - mean h) / std h, which ranks classes by the input itself.
-    """
-    features = []
-    hook = classifier.model.classifier.register_forward_hook(lambda m, i, o: features.append(i[0].detach()))
-    classifier.probabilities(inputs)
-    hook.remove()
-    h = torch.cat(features).float()  # [n, d]
-    head = classifier.model.classifier
-    with torch.no_grad():
-        head.weight.mul_(gain / h.std(0).mean())
-        head.bias.copy_(-head.weight @ h.mean(0))
-    classifier.model.save_pretrained(folder, safe_serialization=True)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def classifiers(tmp_path_factory) -> dict[str, str]:
-    """Tiny frame (ViT, 1000 classes) and video (VideoMAE, 400 classes) classifiers that tell clips apart."""
-    root = tmp_path_factory.mktemp("classifiers")
-    calibration = planted_clips(30, seed=9)  # not the test clips
-    frame = B.load_frame_classifier(B.tiny_frame_classifier(root / "vit", image_size=SIZE), "cpu")
-    video = B.load_video_classifier(B.tiny_video_classifier(root / "videomae", image_size=SIZE, num_frames=FRAMES),
-                                    "cpu")
-    return {"frame_classifier": sharpen(frame, calibration.reshape(-1, SIZE, SIZE, 3), root / "vit-sharp"),
-            "video_classifier": sharpen(video, calibration, root / "videomae-sharp"),
-            "clip_model": str(B.tiny_clip(root / "clip", dim=32, image_size=SIZE))}
-
-
-def eval_config(classifiers: dict[str, str], **evaluation):
-    """The evaluation settings with the tiny classifiers, and the tiny CLIP as stage 1's (32-d, the tiny preset's)."""
-    networks = {k: v for k, v in classifiers.items() if k != "clip_model"}
-    return validate_config({"device": "cpu", "model": {"preset": "tiny"},
-                            "contrastive": {"clip_model": classifiers.get("clip_model")},
-                            "evaluation": {**networks, "n_ways": [2, 50], **evaluation}})
-
 
 def test_planted_methods_scores_ttests_and_tables(tmp_path, classifiers, monkeypatch):
     run = tmp_path / "run"

@@ -193,6 +193,22 @@ def test_lea_decoder_predicts_each_windows_caption(fitted):
     assert not decoder.encoder.training
 
 
+def test_the_latent_head_is_what_the_linear_clip_head_projects():
+    """LEA reads the encoder's "cls" head: exactly what a hook on ``clip_head.proj`` saw (the latent it read before)."""
+    torch.manual_seed(0)
+    config = ModelConfig.model_validate({"preset": "tiny", "glfa": {"enabled": False},
+                                         "heads": {"clip_head": "linear", "dropout": 0.5}})
+    encoder = FmriEncoder(config, 16, 2)
+    fmri = torch.randn(3, 2, 16, 16)
+    hooked = []
+    hook = encoder.clip_head.proj.register_forward_hook(lambda module, inputs, output: hooked.append(inputs[0]))
+    with torch.no_grad():
+        encoder.eval()(fmri, heads=("clip",))
+    hook.remove()
+    latent = encoder_latent(encoder.train(), fmri)  # dropout off inside, the training mode given back
+    assert latent.shape == (3, 2 * config.pte.embed_dim) and torch.equal(latent, hooked[0]) and encoder.training
+
+
 def test_fit_lea_bad_input(fitted, tmp_path, monkeypatch):
     root, store = fitted["root"], fitted["store"]
     with pytest.raises(CheckpointError, match="no fMRI encoder here"):

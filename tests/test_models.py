@@ -300,6 +300,24 @@ def test_pte_save_load_and_load_into_encoder(tmp_path):
         wider.load_pte(tmp_path / "pte")
 
 
+def test_both_models_share_save_load_and_checkpointing(tmp_path):
+    """FmriPTE and FmriEncoder: a bad saved config is one CheckpointError; the switch reaches every block stack."""
+    models = (FmriPTE.from_config(tiny_config(), IMAGE), FmriEncoder(tiny_config(), IMAGE, FRAMES))
+    for model, stacks in zip(models, (("encoder", "decoder"), ("pte", "temporal"))):
+        model.enable_gradient_checkpointing()
+        assert all(getattr(model, name).gradient_checkpointing for name in stacks) and model.is_gradient_checkpointing
+        model.enable_gradient_checkpointing(False)
+        assert not any(getattr(model, name).gradient_checkpointing for name in stacks)
+        folder = model.save_pretrained(tmp_path / type(model).__name__)
+        assert type(model).read_saved_config(folder) == json.loads((folder / "config.json").read_text())["config"]
+        meta = json.loads((folder / "config.json").read_text())
+        del meta["config"]["image_size"]
+        (folder / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="invalid model config.*image_size") as err:
+            type(model).from_pretrained(folder)
+        assert type(model).__name__ in str(err.value)
+
+
 def test_construction_is_deterministic_under_a_seed():
     x = torch.randn(1, FRAMES, IMAGE, IMAGE)
     outs = []

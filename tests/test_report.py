@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_evaluation_video import FRAMES, classifiers, eval_config, write_planted_run  # noqa: F401 (fixture)
 
+from fixtures import PLANTED_FRAMES as FRAMES, eval_config, write_planted_run
 from glfa.errors import DataError
 from glfa.evaluation import (
     AlignmentRow,
@@ -85,7 +85,7 @@ def parse(path: Path) -> _Page:
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory, classifiers):  # noqa: F811 (the imported fixture)
+def report_run(tmp_path_factory, classifiers):
     run = planted_report_run(tmp_path_factory.mktemp("report") / "run", classifiers)
     return run, write_report(run)
 
@@ -125,7 +125,7 @@ def test_report_is_one_self_contained_file(report_run):
                                                      "generations", "lea", "report.html"]
 
 
-def test_honest_paragraph_follows_the_numbers(report_run, tmp_path, classifiers):  # noqa: F811
+def test_honest_paragraph_follows_the_numbers(report_run, tmp_path, classifiers):
     run, path = report_run
     words = " ".join(parse(path).text)
     assert "SSIM: GLFA is best (1.000 ± 0.000), ahead of LEA" in words

@@ -18,9 +18,7 @@ from glfa import backbones as B
 from glfa.config import load_config
 from glfa.evaluation import evaluate_run
 from glfa.generate import generate
-from tests.fixtures import write_decoding_store
-from tests.test_evaluation_video import classifiers, planted_clips, write_generations, write_model  # noqa: F401
-from tests.fixtures import write_cotrain_model
+from tests.fixtures import planted_clips, write_cotrain_model, write_decoding_store, write_generations, write_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +72,7 @@ def test_two_processes_equal_one(tmp_path):
     assert json.loads((single / "generation.json").read_text())["processes"] == 1
 
 
-def test_evaluate_shares_the_classifier_batches(tmp_path, classifiers):  # noqa: F811
+def test_evaluate_shares_the_classifier_batches(tmp_path, classifiers):
     run = tmp_path / "run"
     truth = planted_clips(20)  # 80 frames: frame batches of 64 and 16, video batches of 8, 8 and 4
     write_model(run, "glfa", train=["s1", "s2"], held_out=["s3"], store="/data/study")

@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from fixtures import kill_after_first_checkpoint
-from test_checkpoint import ToyStage, final_weights, toy_settings
+from fixtures import ToyStage, final_weights, kill_after_first_checkpoint, toy_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +24,8 @@ from glfa.data.windows import Window
 from glfa.errors import ConfigError, GlfaError
 from glfa.training.checkpoint import latest_checkpoint
 from glfa.training.loop import IndexStream, _ShardedBatches, main_process_first, train
-from glfa.training.pretrain import PretrainStage, TrainingFrames, run_pretrain
+from glfa.training.pretrain import PretrainStage, TrainingFrames
+from glfa.training.stage import run_stage
 
 SUBJECTS = ["s1", "s2", "s3"]
 TRAIN_STIMULI = ["a", "b", "c"]
@@ -310,7 +310,28 @@ def test_pretrain_init_from_must_match_the_model(tiny_store, tmp_path):
                     decoder_num_heads=2, bottleneck_dim=8)
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(GlfaError, match="patch_size"):
-        run_pretrain(config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
+        run_stage(PretrainStage, config, tiny_store, tmp_path / "run", init_from=tmp_path / "other", progress=False)
+
+
+def test_the_init_rule_names_the_folder_and_what_it_expected(tiny_store, tmp_path):
+    """An explicit --init of the wrong class, or a run's default start that is not what its stage wrote, is refused."""
+    from glfa.config import ModelConfig
+    from glfa.models.encoder import FmriEncoder
+    from glfa.training.contrastive import ContrastiveStage
+
+    config = validate_config({"model": {"preset": "tiny"}, "device": "cpu"})
+    store = StudyStore.open(tiny_store)
+    encoder = FmriEncoder(ModelConfig.model_validate({"preset": "tiny", "glfa": {"enabled": False}}), SIZE, N)
+    encoder.save_pretrained(tmp_path / "run" / "pte")  # not the FmriPTE that glfa train pretrain writes there
+    for folder in (tmp_path / "run" / "pte", tmp_path / "nowhere"):
+        with pytest.raises(ConfigError, match=r"expected a saved FmriPTE \(fine-tuned PTE\) folder") as err:
+            PretrainStage(config, store, init_from=folder)
+        assert str(folder) in str(err.value) and "init_from" in str(err.value)
+    stage = PretrainStage(config, store, run_dir=tmp_path / "run")  # stage 0 never starts from its own output
+    assert stage.init_from is None and stage.resolved_config()["init_kind"] is None
+    with pytest.raises(ConfigError, match=r"expected the fine-tuned PTE \(FmriPTE\) written by `glfa train pretrain`"):
+        ContrastiveStage(config, store, run_dir=tmp_path / "run")
+    store.close()
 
 
 _MAIN_FIRST = """

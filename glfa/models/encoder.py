@@ -6,6 +6,7 @@ With ``config.glfa.enabled`` False this is fMRI-PTE-V; with it True, the paper's
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -16,7 +17,7 @@ from glfa.errors import CheckpointError, ConfigError, DataError
 from glfa.models.glfa import GLFA
 from glfa.models.heads import ClipHead, TokenProjector
 from glfa.models.pte import FmriPTE, PteEncoder
-from glfa.models.serialization import load_state, load_weights, read_config, save_model
+from glfa.models.serialization import PretrainedMixin, load_state, load_weights, read_config
 from glfa.models.temporal import SpatioTemporalBlock
 
 # PTE constructor arguments that must match for its encoder weights to fit an FmriEncoder.
@@ -26,7 +27,7 @@ _PTE_ENCODER_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_head
 HEADS = ("tokens", "clip", "cls")
 
 
-class FmriEncoder(nn.Module):
+class FmriEncoder(PretrainedMixin, nn.Module):
     """fMRI window [B, n, H, W] -> {"tokens": [B, K, C], "clip": [B, clip_dim], "cls": [B, n, D],
     "aligned": [B, n, H, W]}.
 
@@ -59,16 +60,6 @@ class FmriEncoder(nn.Module):
         self.clip_head = ClipHead(kind=heads.clip_head, dim=pte.embed_dim, num_frames=num_frames,
                                   num_tokens=heads.num_tokens, token_dim=heads.token_dim, clip_dim=heads.clip_dim,
                                   dropout=heads.dropout)
-
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute the PTE and spatiotemporal activations in backward."""
-        self.pte.gradient_checkpointing = enabled
-        self.temporal.gradient_checkpointing = enabled
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        """Whether the PTE and spatiotemporal activations are recomputed in backward."""
-        return self.pte.gradient_checkpointing
 
     def align(self, fmri: torch.Tensor) -> torch.Tensor:
         """GLFA on every frame: [B, n, H, W] -> [B, n, H, W] (the input itself when GLFA is off)."""
@@ -164,22 +155,13 @@ class FmriEncoder(nn.Module):
             raise CheckpointError(f"the weights were trained on '{saved}' flat images, this encoder reads "
                                   f"'{self.geometry}' images (its store's data.geometry)", path=where, field="geometry")
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (model config, image size, frames, geometry) atomically."""
-        config = {"model": self.config.model_dump(mode="json"), "image_size": self.image_size,
-                  "num_frames": self.num_frames, "geometry": self.geometry}
-        return save_model(directory, type(self).__name__, config, self.state_dict())
+    def saved_config(self) -> dict[str, Any]:
+        """The model config, image size, frames and geometry."""
+        return {"model": self.config.model_dump(mode="json"), "image_size": self.image_size,
+                "num_frames": self.num_frames, "geometry": self.geometry}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> FmriEncoder:
-        """Load a model written by :meth:`save_pretrained`."""
-        meta = read_config(directory, cls.__name__)
-        cfg = meta["config"]
-        try:
-            model = cls(ModelConfig.model_validate(cfg["model"]), cfg["image_size"], cfg["num_frames"],
-                        geometry=cfg.get("geometry"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"invalid model config ({exc.__class__.__name__}: {exc})".splitlines()[0],
-                                  path=Path(directory) / "config.json") from None
-        load_state(model, load_weights(directory, meta), directory)
-        return model.to(map_location)
+    def from_saved_config(cls, config: dict[str, Any]) -> FmriEncoder:
+        """An untrained FmriEncoder of a :meth:`saved_config`."""
+        return cls(ModelConfig.model_validate(config["model"]), config["image_size"], config["num_frames"],
+                   geometry=config.get("geometry"))

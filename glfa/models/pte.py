@@ -10,7 +10,6 @@ Linear(D -> patch * patch pixels) -> unpatchify. Loss: MSE on the mask's pixels.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from glfa.errors import ConfigError, DataError
 from glfa.losses import masked_mse
 from glfa.models.layers import TransformerBlock, init_vit_weights, normal_parameter, run_blocks, sincos_pos_embed_2d
-from glfa.models.serialization import load_state, load_weights, read_config, save_model
+from glfa.models.serialization import PretrainedMixin
 
 
 def _check_grid(image_size: int, patch_size: int) -> int:
@@ -95,7 +94,7 @@ class PteDecoder(nn.Module):
         return rearrange(pixels, "n (gh gw) (p1 p2) -> n 1 (gh p1) (gw p2)", gh=self.grid, p1=s, p2=s)
 
 
-class FmriPTE(nn.Module):
+class FmriPTE(PretrainedMixin, nn.Module):
     """fMRI Pretrained Transformer Encoder: encoder + [CLS]-bottleneck decoder (reconstruction pretraining)."""
 
     def __init__(self, *, image_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
@@ -120,16 +119,6 @@ class FmriPTE(nn.Module):
                    num_heads=pte.num_heads, mlp_ratio=pte.mlp_ratio, decoder_depth=pte.decoder_depth,
                    decoder_num_heads=pte.decoder_num_heads, bottleneck_dim=pte.bottleneck_dim)
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute block activations in backward (saves memory, costs one more forward)."""
-        self.encoder.gradient_checkpointing = enabled
-        self.decoder.gradient_checkpointing = enabled
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        """Whether block activations are recomputed in backward."""
-        return self.encoder.gradient_checkpointing
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1, H, W] -> tokens [N, p + 1, D]."""
         return self.encoder(x)
@@ -144,21 +133,11 @@ class FmriPTE(nn.Module):
             x = x[:, None]
         return masked_mse(self(x), x, mask)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomic)."""
-        return save_model(directory, type(self).__name__, {**self.config, "geometry": self.geometry},
-                          self.state_dict())
+    def saved_config(self) -> dict[str, Any]:
+        """The constructor arguments and the images' geometry."""
+        return {**self.config, "geometry": self.geometry}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> FmriPTE:
-        """Load a model written by :meth:`save_pretrained`; CheckpointError naming a bad folder."""
-        meta = read_config(directory, cls.__name__)
-        model = cls(**meta["config"])
-        load_state(model, load_weights(directory, meta), directory)
-        return model.to(map_location)
-
-    @staticmethod
-    def read_saved_config(directory: str | Path) -> dict[str, Any]:
-        """The constructor arguments of a saved FmriPTE."""
-        return dict(read_config(directory, "FmriPTE")["config"])
-
+    def from_saved_config(cls, config: dict[str, Any]) -> FmriPTE:
+        """An untrained FmriPTE of a :meth:`saved_config`."""
+        return cls(**config)

@@ -5,13 +5,17 @@ written first and the config last (each through a temporary file and ``os.replac
 config records the class, a format version and the byte size of the weights, so a folder whose
 write was interrupted, or whose files were truncated or swapped, is refused with a
 :class:`~glfa.errors.CheckpointError` naming it. No pickle is ever read.
+
+:class:`PretrainedMixin` gives a glfa ``nn.Module`` (FmriPTE, FmriEncoder) these as
+``save_pretrained`` / ``from_pretrained``, and one switch for the gradient checkpointing of its blocks.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from safetensors import SafetensorError
@@ -101,3 +105,58 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: st
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"weights do not fit the model: {' '.join(first[:3])}", path=path) from None
+
+
+class PretrainedMixin(abc.ABC):
+    """``save_pretrained`` / ``from_pretrained`` and gradient checkpointing for a glfa ``nn.Module``.
+
+    A subclass says how its constructor arguments become the saved ``config`` (:meth:`saved_config`)
+    and back (:meth:`from_saved_config`); the folder's class is the subclass's name. Gradient
+    checkpointing switches every submodule that has a boolean ``gradient_checkpointing``
+    attribute (the transformer stacks, which pass it to :func:`glfa.models.layers.run_blocks`).
+    """
+
+    @abc.abstractmethod
+    def saved_config(self) -> dict[str, Any]:
+        """The JSON ``config`` that :meth:`from_saved_config` rebuilds this model (untrained) from."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_saved_config(cls, config: dict[str, Any]) -> Self:
+        """A freshly initialised model from a :meth:`saved_config`."""
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomic)."""
+        return save_model(directory, type(self).__name__, self.saved_config(), self.state_dict())
+
+    @classmethod
+    def read_saved_config(cls, directory: str | Path) -> dict[str, Any]:
+        """The saved ``config`` of a folder written by :meth:`save_pretrained` of this class."""
+        return dict(read_config(directory, cls.__name__)["config"])
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
+        """Load a model written by :meth:`save_pretrained`; CheckpointError naming a bad folder."""
+        meta = read_config(directory, cls.__name__)
+        try:
+            model = cls.from_saved_config(meta["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid model config ({exc.__class__.__name__}: {exc})".splitlines()[0],
+                                  path=Path(directory) / CONFIG_NAME) from None
+        load_state(model, load_weights(directory, meta), directory)
+        return model.to(map_location)
+
+    def _checkpointable(self) -> list[torch.nn.Module]:
+        """The submodules with a boolean ``gradient_checkpointing`` switch."""
+        return [m for m in self.modules()
+                if m is not self and isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the blocks' activations in backward (saves memory, costs one more forward)."""
+        for module in self._checkpointable():
+            module.gradient_checkpointing = enabled
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the blocks' activations are recomputed in backward."""
+        return all(module.gradient_checkpointing for module in self._checkpointable())

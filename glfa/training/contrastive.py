@@ -37,21 +37,17 @@ from torch import nn
 from glfa.config import GlfaConfig, ModelConfig
 from glfa.data.datasets import StimulusWindowDataset
 from glfa.data.features import ClipFeatures, clip_features
-from glfa.errors import ConfigError, DataError
+from glfa.errors import DataError
 from glfa.losses import clip_loss
-from glfa.training.loop import (
-    Stage,
-    StepOutput,
-    TrainResult,
-    TrainSettings,
-    main_process_first,
-    process_device,
-    train,
-)
-from glfa.training.pretrain import PTE_DIR, default_run_dir
+from glfa.training.loop import StepOutput, TrainSettings, main_process_first, process_device
+from glfa.training.pretrain import PTE_START
+from glfa.training.stage import Start, StudyStage
 
 STAGE_DIR = "contrastive"
 ENCODER_DIR = "encoder"
+#: Stage 1's output as the start of stage 2.
+STAGE1_START = Start("FmriEncoder", "encoder", "stage-1 encoder", Path(STAGE_DIR) / ENCODER_DIR,
+                     "glfa train contrastive")
 
 
 class LogitScale(nn.Module):
@@ -75,7 +71,7 @@ def stage1_model_config(config: GlfaConfig) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-class ContrastiveStage(Stage):
+class ContrastiveStage(StudyStage):
     """Stage 1 plugged into :func:`~glfa.training.loop.train`: FmriEncoder vs cached frozen CLIP embeddings.
 
     Parameters
@@ -84,11 +80,11 @@ class ContrastiveStage(Stage):
         The experiment config (``model``, ``contrastive``, ``subjects``).
     store
         An open :class:`~glfa.data.store.StudyStore` with captions.
+    run_dir
+        The run folder (default ``output_dir/name``).
     init_from
         A folder written by ``FmriPTE.save_pretrained`` whose encoder weights start the PTE;
         None: ``RUN/pte`` when it exists, else a random initialisation.
-    run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
     clip
         The frozen CLIP: a loaded backbone, or a folder / hub id / None (stand-in), loaded only when
         the store's embedding cache must be built (default ``contrastive.clip_model``).
@@ -97,23 +93,15 @@ class ContrastiveStage(Stage):
     """
 
     name = STAGE_DIR
+    init_accepts = init_defaults = (PTE_START,)
 
-    def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None,
-                 run_dir: str | Path | None = None, clip: Any = None, progress: bool = True):
-        self.config = config
-        self.store = store
-        self.source = config.source
+    def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
+                 init_from: str | Path | None = None, clip: Any = None, progress: bool = True):
+        super().__init__(config, store, run_dir=run_dir, init_from=init_from, progress=progress)
         section = config.contrastive
-        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
         self.settings = TrainSettings.from_config(section, batch_size=section.stimuli_per_batch)
         self.model_config = stage1_model_config(config)
-        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        if init_from is None and (run_dir / PTE_DIR).is_dir():
-            init_from = run_dir / PTE_DIR
-        self.init_from = Path(init_from) if init_from is not None else None
-        if store.image_size % self.model_config.pte.patch_size:
-            raise ConfigError(f"patch_size {self.model_config.pte.patch_size} does not divide the store's image "
-                              f"size {store.image_size}", path=self.source, field="model.pte.patch_size")
+        self.check_patch_size(self.model_config.pte.patch_size)
         self.windows = StimulusWindowDataset(store, self.train_subjects, split="train", with_video=False,
                                              dtype=torch.float16)
         if len(self.windows) == 0:
@@ -196,44 +184,13 @@ class ContrastiveStage(Stage):
         return {"encoder": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The embedding cache, model, subjects, store and initial weights: a resumed run must share them."""
-        return {"clip_cache": self.features.key, "model": self.model_config.model_dump(mode="json"),
-                "train_subjects": self.train_subjects, "store_created": self.store.manifest.get("created"),
-                "dataset_size": len(self.windows), "subjects_per_batch": self.config.contrastive.subjects_per_batch,
-                "init_from": str(self.init_from.resolve()) if self.init_from else None}
+        """The embedding cache, model and subjects per batch besides what every stage's resumed run must share."""
+        return {**super().fingerprint(), "clip_cache": self.features.key,
+                "model": self.model_config.model_dump(mode="json"),
+                "subjects_per_batch": self.config.contrastive.subjects_per_batch}
 
     def resolved_config(self) -> dict[str, Any]:
-        """The full config plus what was resolved against the store and the run folder."""
-        return {"config": self.config.to_dict(), "stage": self.name, "store": str(Path(self.store.path).resolve()),
-                "train_subjects": self.train_subjects, "held_out": self.held_out,
-                "init_from": str(self.init_from) if self.init_from else None,
-                "model": self.model_config.model_dump(mode="json"), "clip_cache": str(self.features.folder),
-                "training_windows": len(self.windows), "image_size": self.store.image_size}
-
-
-def run_contrastive(config: GlfaConfig, store, run_dir: str | Path | None = None, *, resume: bool = False,
-                    progress: bool = True, init_from: str | Path | None = None, clip: Any = None) -> TrainResult:
-    """Train stage 1 on ``store``'s training split; the encoder lands in ``RUN_DIR/contrastive/encoder/``.
-
-    Parameters
-    ----------
-    config
-        The experiment config.
-    store
-        A store folder or an open :class:`~glfa.data.store.StudyStore`.
-    run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
-    resume
-        Continue from the newest checkpoint in ``RUN_DIR/contrastive/checkpoints``.
-    progress
-        Show progress bars.
-    init_from, clip
-        As :class:`ContrastiveStage`.
-    """
-    if isinstance(store, (str, Path)):
-        from glfa.data.store import StudyStore
-
-        store = StudyStore.open(store)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    stage = ContrastiveStage(config, store, init_from=init_from, run_dir=run_dir, clip=clip, progress=progress)
-    return train(stage, run_dir, resume=resume, device=config.device, progress=progress)
+        """What every stage records, plus the stage-1 model, the embedding cache and the training windows."""
+        return {**super().resolved_config(), "model": self.model_config.model_dump(mode="json"),
+                "clip_cache": str(self.features.folder), "training_windows": len(self.windows),
+                "image_size": self.store.image_size}

@@ -28,7 +28,6 @@ written into a temporary folder and renamed into place.
 from __future__ import annotations
 
 import re
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -44,18 +43,11 @@ from torch.utils.data import Dataset
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
 from glfa.io import install_dir, write_json_atomic
-from glfa.training.loop import (
-    Stage,
-    StepOutput,
-    TrainResult,
-    TrainSettings,
-    main_process_first,
-    process_device,
-    train,
-)
-from glfa.training.pretrain import PTE_DIR, default_run_dir
+from glfa.training.contrastive import STAGE1_START
+from glfa.training.loop import StepOutput, TrainSettings, main_process_first, process_device
+from glfa.training.pretrain import PTE_START
+from glfa.training.stage import StudyStage
 
-STAGE1_ENCODER = Path("contrastive") / "encoder"
 MODEL_DIR = "model"
 _METHOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -222,14 +214,6 @@ class CotrainWindows(Dataset):
         return {"fmri": item["fmri"], "latents": self.latents.get(item["window"]), "window": item["window"]}
 
 
-def _saved_class(folder: Path) -> str | None:
-    """The ``class`` of a glfa model folder (None when there is no readable config.json)."""
-    from glfa.models.serialization import read_json_object
-
-    path = folder / "config.json"
-    return read_json_object(path).get("class") if path.is_file() else None
-
-
 def mean_training_fmri(store, subjects: list[str]) -> np.ndarray:
     """float32 [n, H, W]: the mean fMRI window over ``subjects`` x the training windows all of them saw.
 
@@ -274,7 +258,7 @@ def save_decoder_model(target: str | Path, *, encoder: nn.Module, unet_state: di
     return target
 
 
-class CotrainStage(Stage):
+class CotrainStage(StudyStage):
     """Stage 2 plugged into :func:`~glfa.training.loop.train` (see the module docstring).
 
     Parameters
@@ -298,32 +282,29 @@ class CotrainStage(Stage):
         Show a progress bar while the latents cache is built.
     """
 
+    init_accepts = init_defaults = (STAGE1_START, PTE_START)
+    init_required = True
+
     def __init__(self, config: GlfaConfig, store, *, method: str | None = None, glfa: bool | None = None,
                  init_from: str | Path | None = None, generator: str | Path | None = None,
                  run_dir: str | Path | None = None, progress: bool = True):
         from glfa.backbones import load_video_generator
 
-        self.config, self.store, self.source, self.progress = config, store, config.source, progress
-        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
         self.glfa = config.model.glfa.enabled if glfa is None else bool(glfa)
-        if self.glfa and len(self.train_subjects) < 2:
-            raise config.error("model.glfa.enabled", f"GLFA aligns training subjects with each other and needs at "
-                               f"least 2, got {self.train_subjects}; co-train without it (--no-glfa)")
         self.method = method if method is not None else ("glfa" if self.glfa else "pte-v")
         if not _METHOD.match(self.method):
             raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-'",
                               field="method")
         self.name = f"cotrain-{self.method}"
+        super().__init__(config, store, run_dir=run_dir, init_from=init_from, progress=progress)
+        if self.glfa and len(self.train_subjects) < 2:
+            raise config.error("model.glfa.enabled", f"GLFA aligns training subjects with each other and needs at "
+                               f"least 2, got {self.train_subjects}; co-train without it (--no-glfa)")
         self.model_config = config.model.model_copy(
             update={"glfa": config.model.glfa.model_copy(update={"enabled": self.glfa})})
         self.settings = TrainSettings.from_config(
             config.cotrain, batch_size=max(1, config.cotrain.batch_size // len(self.train_subjects)))
-        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        self.init_from, self.init_kind = self._resolve_init(init_from)
-        mask = store.mask  # [H, W] bool
-        if not mask.any():
-            raise DataError("the store's cortex mask selects no pixel", path=store.path, field="mask")
-        self.mask = torch.from_numpy(mask)
+        self.mask = self.cortex_mask()
 
         path = generator if generator is not None else config.cotrain.generator
         if path is None:
@@ -339,26 +320,6 @@ class CotrainStage(Stage):
                                                    source=self.source)
         self._latents = None
         self._windows: CotrainWindows | None = None
-
-    def _resolve_init(self, init_from: str | Path | None) -> tuple[Path, str]:
-        """(folder, "encoder" | "pte") of the weights the encoder starts from."""
-        if init_from is not None:
-            folder = Path(init_from)
-            kind = {"FmriEncoder": "encoder", "FmriPTE": "pte"}.get(_saved_class(folder) or "")
-            if kind is None:
-                raise ConfigError("expected a saved FmriEncoder (stage 1) or FmriPTE (stage 0) folder",
-                                  path=folder, field="init_from")
-            return folder, kind
-        stage1, pte = self.run_dir / STAGE1_ENCODER, self.run_dir / PTE_DIR
-        if _saved_class(stage1) is not None:
-            return stage1, "encoder"
-        if _saved_class(pte) is not None:
-            warnings.warn(f"no stage-1 encoder at {stage1}: co-training starts from the fine-tuned PTE at {pte} "
-                          "(run `glfa train contrastive` first for the paper's recipe)", stacklevel=3)
-            return pte, "pte"
-        raise ConfigError(f"no stage-1 encoder ({stage1}) and no fine-tuned PTE ({pte}) to start from; run "
-                          "`glfa train contrastive` (or `glfa train pretrain`) first, or pass init_from",
-                          path=self.run_dir, field="init_from")
 
     @property
     def latents(self):
@@ -425,49 +386,15 @@ class CotrainStage(Stage):
         return {"model": str(target)}
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must share: model, method, subjects, generator, latents, initial weights."""
-        return {"model": self.model_config.model_dump(mode="json"), "method": self.method, "glfa": self.glfa,
-                "train_subjects": self.train_subjects, "generator": str(Path(self.generator.path).resolve()),
-                "latents": self.latents.key, "init_from": str(self.init_from.resolve()),
-                "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns),
-                "store_created": self.store.manifest.get("created"), "dataset_size": len(self.dataset())}
+        """Model, method, generator, latents and trained UNet parameters besides what every stage's resumed
+        run must share."""
+        return {**super().fingerprint(), "model": self.model_config.model_dump(mode="json"), "method": self.method,
+                "glfa": self.glfa, "generator": str(Path(self.generator.path).resolve()), "latents": self.latents.key,
+                "trainable_unet_patterns": list(self.config.cotrain.trainable_unet_patterns)}
 
     def resolved_config(self) -> dict[str, Any]:
-        """The resolved config plus what was resolved against the store, the run and the generator."""
-        return {"config": self.resolved(), "stage": self.name, "method": self.method, "glfa": self.glfa,
-                "store": str(Path(self.store.path).resolve()), "train_subjects": self.train_subjects,
-                "held_out": self.held_out, "init_from": str(self.init_from), "init_kind": self.init_kind,
+        """What every stage records (with the resolved config), plus method, GLFA flag and batch sizes."""
+        return {**super().resolved_config(), "config": self.resolved(), "method": self.method, "glfa": self.glfa,
                 "windows": len(self.dataset()), "windows_per_step": self.settings.batch_size,
                 "samples_per_step": self.settings.batch_size * len(self.train_subjects),
                 "trainable_unet_parameters": len(self.trainable)}
-
-
-def run_cotrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *, method: str | None = None,
-                glfa: bool | None = None, resume: bool = False, progress: bool = True,
-                init_from: str | Path | None = None, generator: str | Path | None = None) -> TrainResult:
-    """Co-train the encoder and the UNet on ``store``'s training split; the model lands in
-    ``RUN_DIR/cotrain-<method>/model/``.
-
-    Parameters
-    ----------
-    config
-        The experiment config.
-    store
-        A store folder or an open :class:`~glfa.data.store.StudyStore`.
-    run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
-    method, glfa, init_from, generator
-        As :class:`CotrainStage`.
-    resume
-        Continue from the newest checkpoint in ``RUN_DIR/cotrain-<method>/checkpoints``.
-    progress
-        Show progress bars.
-    """
-    if isinstance(store, (str, Path)):
-        from glfa.data.store import StudyStore
-
-        store = StudyStore.open(store)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    stage = CotrainStage(config, store, method=method, glfa=glfa, init_from=init_from, generator=generator,
-                         run_dir=run_dir, progress=progress)
-    return train(stage, run_dir, resume=resume, device=config.device, progress=progress)

@@ -18,9 +18,12 @@ from torch.utils.data import Dataset
 
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
-from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
+from glfa.training.loop import StepOutput, TrainSettings
+from glfa.training.stage import Start, StudyStage
 
 PTE_DIR = "pte"
+#: Stage 0's output as the start of a later stage (or the UK Biobank fMRI-PTE as stage 0's own start).
+PTE_START = Start("FmriPTE", "pte", "fine-tuned PTE", Path(PTE_DIR), "glfa train pretrain")
 
 
 class TrainingFrames(Dataset):
@@ -62,7 +65,7 @@ class TrainingFrames(Dataset):
         return {"fmri": torch.from_numpy(frames[j][None].copy())}  # [1, H, W]
 
 
-class PretrainStage(Stage):
+class PretrainStage(StudyStage):
     """Stage 0 plugged into :func:`~glfa.training.loop.train`: FmriPTE, masked reconstruction MSE.
 
     Parameters
@@ -72,24 +75,22 @@ class PretrainStage(Stage):
         ``subjects`` for who trains).
     store
         An open :class:`~glfa.data.store.StudyStore`.
+    run_dir, progress
+        As :class:`~glfa.training.stage.StudyStage`.
     init_from
         A folder written by ``FmriPTE.save_pretrained`` (e.g. converted UK Biobank fMRI-PTE
         weights) to fine-tune; None starts from a random initialisation.
     """
 
     name = "pretrain"
+    init_accepts = (PTE_START,)
 
-    def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None):
-        self.config = config
-        self.store = store
-        self.source = config.source
-        self.train_subjects, self.held_out = config.check_subjects(store.subjects)
+    def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
+                 init_from: str | Path | None = None, progress: bool = True):
+        super().__init__(config, store, run_dir=run_dir, init_from=init_from, progress=progress)
         self.settings = TrainSettings.from_config(config.pretrain)
-        self.init_from = Path(init_from) if init_from is not None else None
-        mask = store.mask  # [H, W] bool
-        if not mask.any():
-            raise DataError("the store's cortex mask selects no pixel", path=store.path, field="mask")
-        self.mask = torch.from_numpy(mask)
+        self.check_patch_size(config.model.pte.patch_size)
+        self.mask = self.cortex_mask()
         self._frames: TrainingFrames | None = None
 
     def _expected_config(self) -> dict[str, Any]:
@@ -105,9 +106,6 @@ class PretrainStage(Stage):
         from glfa.models.pte import FmriPTE
 
         expected = self._expected_config()
-        if self.store.image_size % self.config.model.pte.patch_size:
-            raise ConfigError(f"patch_size {self.config.model.pte.patch_size} does not divide the store's "
-                              f"image size {self.store.image_size}", path=self.source, field="model.pte.patch_size")
         if self.init_from is None:
             return {"pte": FmriPTE(**expected, geometry=self.store.geometry)}
         saved = FmriPTE.read_saved_config(self.init_from)
@@ -144,48 +142,15 @@ class PretrainStage(Stage):
         return {"pte": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:
-        """Model, subjects, store and initial weights: a resumed run must share them."""
-        # The store by its creation stamp, not its path: a moved store still resumes, a rebuilt one does not.
-        return {"model": self._expected_config(), "train_subjects": self.train_subjects,
-                "store_created": self.store.manifest.get("created"), "dataset_size": len(self.dataset()),
-                "init_from": str(self.init_from.resolve()) if self.init_from else None}
+        """The model besides what every stage's resumed run must share."""
+        return {**super().fingerprint(), "model": self._expected_config()}
 
     def resolved_config(self) -> dict[str, Any]:
-        """The full config plus what was resolved against the store."""
-        return {"config": self.config.to_dict(), "stage": self.name, "store": str(Path(self.store.path).resolve()),
-                "train_subjects": self.train_subjects, "held_out": self.held_out,
-                "init_from": str(self.init_from) if self.init_from else None,
-                "training_frames": len(self.dataset()), "image_size": self.store.image_size}
+        """What every stage records, plus the training frames and the image size."""
+        return {**super().resolved_config(), "training_frames": len(self.dataset()),
+                "image_size": self.store.image_size}
 
 
 def default_run_dir(config: GlfaConfig) -> Path:
     """``output_dir/name``: the run folder shared by the stages of one experiment."""
     return Path(config.output_dir) / config.name
-
-
-def run_pretrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *, resume: bool = False,
-                 init_from: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Fine-tune fMRI-PTE on ``store``'s training split; the PTE lands in ``RUN_DIR/pte/``.
-
-    Parameters
-    ----------
-    config
-        The experiment config.
-    store
-        A store folder or an open :class:`~glfa.data.store.StudyStore`.
-    run_dir
-        The run folder (default :func:`default_run_dir`).
-    resume
-        Continue from the newest checkpoint in ``RUN_DIR/pretrain/checkpoints``.
-    init_from
-        A saved FmriPTE folder to start from (None: random initialisation).
-    progress
-        Show a progress bar.
-    """
-    if isinstance(store, (str, Path)):
-        from glfa.data.store import StudyStore
-
-        store = StudyStore.open(store)
-    stage = PretrainStage(config, store, init_from=init_from)
-    return train(stage, run_dir if run_dir is not None else default_run_dir(config), resume=resume,
-                 device=config.device, progress=progress)
