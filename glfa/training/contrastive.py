@@ -39,6 +39,7 @@ from glfa.data.datasets import StimulusWindowDataset
 from glfa.data.features import ClipFeatures, clip_features
 from glfa.errors import ConfigError, DataError
 from glfa.losses import clip_loss
+from glfa.runs import CONTRASTIVE, RunLayout, default_run_dir
 from glfa.training.loop import (
     Stage,
     StepOutput,
@@ -48,10 +49,6 @@ from glfa.training.loop import (
     process_device,
     train,
 )
-from glfa.training.pretrain import PTE_DIR, default_run_dir
-
-STAGE_DIR = "contrastive"
-ENCODER_DIR = "encoder"
 
 
 class LogitScale(nn.Module):
@@ -88,7 +85,7 @@ class ContrastiveStage(Stage):
         A folder written by ``FmriPTE.save_pretrained`` whose encoder weights start the PTE;
         None: ``RUN/pte`` when it exists, else a random initialisation.
     run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+        The run folder (default :func:`~glfa.runs.default_run_dir`).
     clip
         The frozen CLIP: a loaded backbone, or a folder / hub id / None (stand-in), loaded only when
         the store's embedding cache must be built (default ``contrastive.clip_model``).
@@ -96,7 +93,7 @@ class ContrastiveStage(Stage):
         Show a progress bar while building the embedding cache.
     """
 
-    name = STAGE_DIR
+    name = CONTRASTIVE
 
     def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None,
                  run_dir: str | Path | None = None, clip: Any = None, progress: bool = True):
@@ -108,8 +105,8 @@ class ContrastiveStage(Stage):
         self.settings = TrainSettings.from_config(section, batch_size=section.stimuli_per_batch)
         self.model_config = stage1_model_config(config)
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        if init_from is None and (run_dir / PTE_DIR).is_dir():
-            init_from = run_dir / PTE_DIR
+        if init_from is None and RunLayout(run_dir).pte.is_dir():
+            init_from = RunLayout(run_dir).pte
         self.init_from = Path(init_from) if init_from is not None else None
         if store.image_size % self.model_config.pte.patch_size:
             raise ConfigError(f"patch_size {self.model_config.pte.patch_size} does not divide the store's image "
@@ -192,7 +189,7 @@ class ContrastiveStage(Stage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Save the encoder into ``RUN_DIR/contrastive/encoder/``."""
-        path = models["encoder"].save_pretrained(Path(run_dir) / STAGE_DIR / ENCODER_DIR)
+        path = models["encoder"].save_pretrained(RunLayout(run_dir).stage1_encoder)
         return {"encoder": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -222,7 +219,7 @@ def run_contrastive(config: GlfaConfig, store, run_dir: str | Path | None = None
     store
         A store folder or an open :class:`~glfa.data.store.StudyStore`.
     run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+        The run folder (default :func:`~glfa.runs.default_run_dir`).
     resume
         Continue from the newest checkpoint in ``RUN_DIR/contrastive/checkpoints``.
     progress

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
 from glfa.io import install_dir, write_json_atomic
+from glfa.runs import RunLayout, default_run_dir
 from glfa.training.loop import (
     Stage,
     StepOutput,
@@ -53,10 +54,7 @@ from glfa.training.loop import (
     process_device,
     train,
 )
-from glfa.training.pretrain import PTE_DIR, default_run_dir
 
-STAGE1_ENCODER = Path("contrastive") / "encoder"
-MODEL_DIR = "model"
 _METHOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -313,7 +311,7 @@ class CotrainStage(Stage):
         if not _METHOD.match(self.method):
             raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-'",
                               field="method")
-        self.name = f"cotrain-{self.method}"
+        self.name = RunLayout.cotrain_stage(self.method)
         self.model_config = config.model.model_copy(
             update={"glfa": config.model.glfa.model_copy(update={"enabled": self.glfa})})
         self.settings = TrainSettings.from_config(
@@ -349,7 +347,7 @@ class CotrainStage(Stage):
                 raise ConfigError("expected a saved FmriEncoder (stage 1) or FmriPTE (stage 0) folder",
                                   path=folder, field="init_from")
             return folder, kind
-        stage1, pte = self.run_dir / STAGE1_ENCODER, self.run_dir / PTE_DIR
+        stage1, pte = RunLayout(self.run_dir).stage1_encoder, RunLayout(self.run_dir).pte
         if _saved_class(stage1) is not None:
             return stage1, "encoder"
         if _saved_class(pte) is not None:
@@ -413,7 +411,7 @@ class CotrainStage(Stage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Write ``RUN/cotrain-<method>/model/`` (negative condition, encoder, trained UNet parameters)."""
-        target = Path(run_dir) / self.name / MODEL_DIR
+        target = RunLayout(run_dir).cotrain_model(self.method)
         save_decoder_model(target, encoder=models["encoder"], unet_state=models["unet"].state_dict(),
                            mean_fmri=mean_training_fmri(self.store, self.train_subjects), info={
                                "method": self.method, "generator": str(Path(self.generator.path).resolve()),
@@ -455,7 +453,7 @@ def run_cotrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
     store
         A store folder or an open :class:`~glfa.data.store.StudyStore`.
     run_dir
-        The run folder (default :func:`~glfa.training.pretrain.default_run_dir`).
+        The run folder (default :func:`~glfa.runs.default_run_dir`).
     method, glfa, init_from, generator
         As :class:`CotrainStage`.
     resume

@@ -18,9 +18,8 @@ from torch.utils.data import Dataset
 
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
+from glfa.runs import PRETRAIN, RunLayout, default_run_dir
 from glfa.training.loop import Stage, StepOutput, TrainResult, TrainSettings, train
-
-PTE_DIR = "pte"
 
 
 class TrainingFrames(Dataset):
@@ -77,7 +76,7 @@ class PretrainStage(Stage):
         weights) to fine-tune; None starts from a random initialisation.
     """
 
-    name = "pretrain"
+    name = PRETRAIN
 
     def __init__(self, config: GlfaConfig, store, *, init_from: str | Path | None = None):
         self.config = config
@@ -140,7 +139,7 @@ class PretrainStage(Stage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Save the fine-tuned PTE into ``RUN_DIR/pte/``."""
-        path = models["pte"].save_pretrained(Path(run_dir) / PTE_DIR)
+        path = models["pte"].save_pretrained(RunLayout(run_dir).pte)
         return {"pte": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -158,11 +157,6 @@ class PretrainStage(Stage):
                 "training_frames": len(self.dataset()), "image_size": self.store.image_size}
 
 
-def default_run_dir(config: GlfaConfig) -> Path:
-    """``output_dir/name``: the run folder shared by the stages of one experiment."""
-    return Path(config.output_dir) / config.name
-
-
 def run_pretrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *, resume: bool = False,
                  init_from: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Fine-tune fMRI-PTE on ``store``'s training split; the PTE lands in ``RUN_DIR/pte/``.
@@ -174,7 +168,7 @@ def run_pretrain(config: GlfaConfig, store, run_dir: str | Path | None = None, *
     store
         A store folder or an open :class:`~glfa.data.store.StudyStore`.
     run_dir
-        The run folder (default :func:`default_run_dir`).
+        The run folder (default :func:`~glfa.runs.default_run_dir`).
     resume
         Continue from the newest checkpoint in ``RUN_DIR/pretrain/checkpoints``.
     init_from
