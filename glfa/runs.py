@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunLayout", "default_run_dir", "same_store", "store_tag", "PRETRAIN", "CONTRASTIVE", "LEA", "BLURRY",
-           "OWN_FOLDER"]
+           "OWN_FOLDER", "GENERATIONS_INDEX"]
 
 #: Stage folders (and config sections) of stages 0 and 1.
 PRETRAIN = "pretrain"
