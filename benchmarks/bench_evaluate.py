@@ -33,6 +33,7 @@ import torch
 def demo_like_run(run: Path, *, clips: int, methods: int, frames: int = 6, size: int = 64, per_stimulus: int = 4):
     """Generations folders of ``methods`` methods decoding ``clips`` windows; returns the demo's evaluation config."""
     from glfa.config import validate_config
+    from glfa.runs import RunLayout
 
     config = validate_config({"device": "cpu", "model": {"preset": "tiny"},
                               "evaluation": {"n_ways": [2, 50], "trials": 100}})
@@ -45,12 +46,12 @@ def demo_like_run(run: Path, *, clips: int, methods: int, frames: int = 6, size:
     truth = videos()
     for m in range(methods):
         method = f"method{m}"
-        model_dir = run / f"cotrain-{method}" / "model"
+        model_dir = RunLayout(run).model_dir(method)
         model_dir.mkdir(parents=True)
         (model_dir / "model.json").write_text(json.dumps({
             "kind": "cotrain", "method": method, "store": "/data/study", "train_subjects": ["01", "02"],
             "held_out": ["03"], "config": config.to_dict()}))
-        folder = run / "generations" / method / "03-test"
+        folder = RunLayout(run).generations(method, "03", "test")
         folder.mkdir(parents=True)
         np.savez(folder / "videos.npz", decoded=videos(), truth=truth)
         items = [{"index": i, "window": i, "stimulus_id": f"stim{i // per_stimulus}", "onset": 0.0}

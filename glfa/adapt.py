@@ -49,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from glfa.errors import CheckpointError, ConfigError, DataError, NotFittedError
+from glfa.runs import GENERATIONS_INDEX, OWN_FOLDER, RunLayout
 
 METHODS = ("glfa", "linear", "full")
 SUBJECT_MAP = "subject_map.safetensors"
@@ -466,12 +467,13 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
                               f"{', itself adapted' if info.get('adaptation') else ''}); adaptation starts from one "
                               "trained with GLFA (glfa train cotrain)", path=base_dir / MODEL_INFO, field="--base")
     name = name if name is not None else default_name(method, subject, minutes)
-    if not _NAME.match(name) or name in (base, "lea"):
+    if not _NAME.match(name) or name in (base, *OWN_FOLDER):
         raise ConfigError(f"the adapted model's name {name!r} names a new folder RUN/cotrain-<name>: use letters, "
-                          f"digits, '.', '_' or '-', and not the base model's name", field="--name")
-    target = run_dir / f"cotrain-{name}" / "model"
+                          f"digits, '.', '_' or '-', and not the base model's name or one of {list(OWN_FOLDER)}",
+                          field="--name")
+    target = RunLayout(run_dir).cotrain_model(name)
     if (target / MODEL_INFO).is_file() and not read_model_info(target).get("adaptation"):
-        raise ConfigError(f"RUN/cotrain-{name} holds a trained model that is not an adaptation; choose another name",
+        raise ConfigError("holds a trained model that is not an adaptation; choose another name",
                           path=target, field="--name")
     if config is None:
         config = validate_config(info["config"], str(base_dir / MODEL_INFO))
@@ -630,11 +632,14 @@ def _signal(record: dict[str, float] | None) -> str:
 
 
 def _generations(run_dir: Path, method: str, subject: str, store, config, device, progress: bool) -> Path:
-    """``RUN/generations/<method>/<subject>-test``, decoded again unless it is newer than its model."""
-    from glfa.generate import generate, model_dir_for
+    """``method``'s clips of ``subject``'s test windows of ``store``, decoded again unless newer than its model."""
+    from glfa.generate import decoded_store_tag, generate, model_dir_for
+    from glfa.pipeline import MODEL_INFO, read_model_info
 
-    folder = run_dir / "generations" / method / f"{subject}-test"
-    index, model = folder / "index.json", model_dir_for(run_dir, method) / "model.json"
+    model_dir = model_dir_for(run_dir, method)
+    tag = decoded_store_tag(read_model_info(model_dir), store)
+    folder = RunLayout(run_dir).generations(method, subject, "test", tag)
+    index, model = folder / GENERATIONS_INDEX, model_dir / MODEL_INFO
     if index.is_file() and index.stat().st_mtime >= model.stat().st_mtime:
         return folder
     return generate(run_dir, method=method, subject=subject, split="test", store=store, config=config,
@@ -646,7 +651,7 @@ def _adapted(run_dir: Path, *, subject: str, minutes: float, method: str, base: 
     """The adapted model folder of one setting: reused when its record matches, else fitted."""
     from glfa.pipeline import read_model_info
 
-    target = run_dir / f"cotrain-{default_name(method, subject, minutes)}" / "model"
+    target = RunLayout(run_dir).cotrain_model(default_name(method, subject, minutes))
     if (target / "model.json").is_file():
         record = read_model_info(target).get("adaptation", {})
         if (record.get("settings") == config.adapt.model_dump(mode="json") and record.get("base_method") == base
@@ -723,7 +728,7 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
     scorers = Scorers.from_config(config, device_)
     settings = []
     for role, method, m, model_dir in plan:
-        name = model_dir.parent.name.removeprefix("cotrain-") if model_dir.parent.name != "lea" else "lea"
+        name = RunLayout(run_dir).method_of(model_dir)
         folder = GenerationsFolder.open(_generations(run_dir, name, subject, store, config, device, progress), run_dir)
         decoded, truth = folder.videos()
         scores, _, signal, not_computed = score_clips(decoded, truth, ev, scorers, folder.stimuli())
@@ -750,7 +755,7 @@ def write_adaptation_table(table: AdaptationTable, out_dir: str | Path | None = 
     """Write ``adaptation-<subject>.json`` and ``.md`` atomically (default ``RUN/evaluation``)."""
     from glfa.io import write_bytes_atomic, write_json_atomic
 
-    out = Path(out_dir) if out_dir is not None else Path(table.run_dir) / "evaluation"
+    out = Path(out_dir) if out_dir is not None else RunLayout(table.run_dir).evaluation
     paths = {"json": out / f"adaptation-{table.subject}.json", "markdown": out / f"adaptation-{table.subject}.md"}
     write_json_atomic(paths["json"], table.to_dict())
     write_bytes_atomic(paths["markdown"], table.to_markdown().encode())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from glfa import __version__
 from glfa.errors import ConfigError, DataError, GlfaError
+from glfa.runs import RunLayout, default_run_dir  # the standard library only: --help stays fast
 
 
 def _config(args: argparse.Namespace):
@@ -31,8 +32,6 @@ def _output(path: str | Path, kind: str, field: str) -> Path:
 
 def _run_dir(args: argparse.Namespace, config) -> Path:
     """The run folder of ``glfa train``: ``--out``, else OUTPUT_DIR/NAME of the config; checked writable."""
-    from glfa.training.pretrain import default_run_dir
-
     return _output(args.out if args.out else default_run_dir(config), "dir", "--out")
 
 
@@ -283,7 +282,8 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
                    help="start from pure noise or from RUN/blurry/model's latents (writes generations/METHOD+blurry); "
                         "default: generation.init")
     p.add_argument("--split", choices=["train", "test"], default="test", help="windows to decode (default: test)")
-    p.add_argument("--store", default=None, help="study store (default: the one the decoder was trained on)")
+    p.add_argument("--store", default=None, help="study store (default: the one the decoder was trained on; another "
+                   "store's clips go to generations/METHOD/S-SPLIT@STORE-TAG)")
     p.add_argument("-c", "--config", help="YAML config whose 'generation' section overrides the trained one")
     p.add_argument("--batch-size", type=int, default=8, help="windows per denoising batch (default 8)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
@@ -475,8 +475,7 @@ def _cmd_evaluate_alignment(args: argparse.Namespace) -> int:
     from glfa.evaluation import evaluate_alignment, write_alignment_table
 
     config = _config(args)
-    out = _output(args.output if args.output else Path(config.output_dir) / config.name / "alignment", "dir",
-                  "--output")
+    out = _output(args.output if args.output else RunLayout(default_run_dir(config)).alignment, "dir", "--output")
     store = StudyStore.open(args.store)
     subjects = _subject_list(args.subjects) if args.subjects else None
     labels, labels_name = _decoding_labels(args)
@@ -522,7 +521,7 @@ def _cmd_evaluate_run(args: argparse.Namespace) -> int:
 
     config = _config(args) if args.config else None
     methods = _subject_list(args.methods) if args.methods else None
-    out = _output(Path(args.run) / "evaluation", "dir", "RUN/evaluation")
+    out = _output(RunLayout(args.run).evaluation, "dir", "RUN/evaluation")
     evaluation = evaluate_run(Path(args.run), config=config, methods=methods, progress=not args.quiet)
     if not Processes(evaluation.config.get("device")).is_main:
         return 0  # under accelerate launch every process holds the result; the main one writes it
@@ -618,7 +617,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from glfa.report import write_report
 
-    out = _output(args.out if args.out else Path(args.run) / "report.html", "file", "--out")
+    out = _output(args.out if args.out else RunLayout(args.run).report, "file", "--out")
     path = write_report(Path(args.run), out=out)
     print(f"report written to {path} (one self-contained HTML file; open it in a browser)")
     return 0

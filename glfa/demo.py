@@ -48,6 +48,7 @@ from glfa import __version__
 from glfa.config import GlfaConfig, load_config
 from glfa.errors import StoreError
 from glfa.io import write_json_atomic
+from glfa.runs import BLURRY, CONTRASTIVE, GENERATIONS_INDEX, LEA, PRETRAIN, RunLayout
 
 __all__ = ["QUICK", "STEPS", "DemoContext", "demo_config", "run_demo"]
 
@@ -159,15 +160,15 @@ def _run_dir(ctx: DemoContext) -> Path:
     return ctx.out / f"run-{_key({'store': str(ctx.paths['store'].absolute()), **data})}"
 
 
-def _trained(ctx: DemoContext, stage_folder: str, output: Path, fit: Callable[[bool], Any]) -> dict[str, Any]:
-    """Run a training stage unless ``RUN/<stage_folder>/metrics.json`` and ``output`` say it finished.
+def _trained(run: RunLayout, stage: str, output: Path, fit: Callable[[bool], Any]) -> dict[str, Any]:
+    """Run a training stage unless the stage's ``metrics.json`` in ``run`` and ``output`` say it finished.
 
     ``fit(resume)`` trains; an unfinished stage folder (a killed demo) is resumed from its checkpoint.
     """
-    metrics_path = ctx.paths["run"] / stage_folder / "metrics.json"
+    metrics_path = run.metrics(stage)
     reused = metrics_path.is_file() and output.exists()
     if not reused:
-        fit((ctx.paths["run"] / stage_folder / "checkpoints").is_dir())
+        fit(run.checkpoints(stage).is_dir())
     metrics = json.loads(metrics_path.read_text())
     return {"path": str(output), "reused": reused, "steps": metrics.get("steps"),
             "first_loss": _round(metrics.get("first_loss")), "final_loss": _round(metrics.get("final_loss"))}
@@ -183,7 +184,8 @@ def step_pretrain(ctx: DemoContext) -> dict[str, Any]:
     from glfa.training.stage import run_stage
 
     ctx.paths["run"] = run_dir = _run_dir(ctx)
-    return _trained(ctx, "pretrain", run_dir / "pte",
+    run = RunLayout(run_dir)
+    return _trained(run, PRETRAIN, run.pte,
                     lambda resume: run_stage(PretrainStage, ctx.config, ctx.paths["store"], run_dir, resume=resume,
                                              progress=ctx.progress))
 
@@ -194,7 +196,8 @@ def step_contrastive(ctx: DemoContext) -> dict[str, Any]:
     from glfa.training.stage import run_stage
 
     run_dir = ctx.paths["run"]
-    return _trained(ctx, "contrastive", run_dir / "contrastive" / "encoder",
+    run = RunLayout(run_dir)
+    return _trained(run, CONTRASTIVE, run.stage1_encoder,
                     lambda resume: run_stage(ContrastiveStage, ctx.config, ctx.paths["store"], run_dir, resume=resume,
                                              progress=ctx.progress))
 
@@ -223,7 +226,8 @@ def _cotrain_step(method: str, glfa: bool) -> Callable[[DemoContext], dict[str, 
         from glfa.training.stage import run_stage
 
         run_dir = ctx.paths["run"]
-        return _trained(ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
+        run = RunLayout(run_dir)
+        return _trained(run, run.cotrain_stage(method), run.cotrain_model(method),
                         lambda resume: run_stage(CotrainStage, ctx.config, ctx.paths["store"], run_dir, method=method,
                                                  glfa=glfa, resume=resume, progress=ctx.progress))
 
@@ -235,7 +239,7 @@ def step_lea(ctx: DemoContext) -> dict[str, Any]:
     """The LEA baseline: ridge from the stage-1 encoder's latent to the generator's caption tokens."""
     from glfa.baselines.lea import fit_lea
 
-    model = ctx.paths["run"] / "lea" / "model"
+    model = RunLayout(ctx.paths["run"]).model_dir(LEA)
     reused = (model / "model.json").is_file()
     if not reused:
         fit_lea(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
@@ -245,9 +249,9 @@ def step_lea(ctx: DemoContext) -> dict[str, Any]:
 
 def step_blurry(ctx: DemoContext) -> dict[str, Any]:
     """The blurry decoder: ridge from the stage-1 encoder's latent to the generator's VAE latents of the frames."""
-    from glfa.baselines.blurry import BLURRY_DIR, fit_blurry
+    from glfa.baselines.blurry import fit_blurry
 
-    model = ctx.paths["run"] / BLURRY_DIR
+    model = RunLayout(ctx.paths["run"]).model_dir(BLURRY)
     settings = ctx.config.blurry.model_dump(mode="json")
     reused = (model / "model.json").is_file() and \
         json.loads((model / "model.json").read_text())["config"]["blurry"] == settings
@@ -266,16 +270,18 @@ def step_within(ctx: DemoContext) -> dict[str, Any]:
     from glfa.training.stage import run_stage
 
     run_dir, store, results = ctx.paths["run"], ctx.paths["store"], {}
+    run = RunLayout(run_dir)
     for subject in ctx.config.subjects.held_out:
         config = ctx.config.model_copy(deep=True)
         config.subjects = SubjectsConfig(train=[subject], held_out=[])
-        own = run_dir / f"within-{subject}"
-        encoder = own / "contrastive" / "encoder"
-        _trained(ctx, f"within-{subject}/contrastive", encoder,
-                 lambda resume: run_stage(ContrastiveStage, config, store, own, resume=resume, progress=ctx.progress))
-        method = f"within-{subject}"
+        own = run.within(subject)
+        encoder = own.stage1_encoder
+        _trained(own, CONTRASTIVE, encoder,
+                 lambda resume: run_stage(ContrastiveStage, config, store, own.root, resume=resume,
+                                          progress=ctx.progress))
+        method = run.within_method(subject)
         results[subject] = _trained(
-            ctx, f"cotrain-{method}", run_dir / f"cotrain-{method}" / "model",
+            run, run.cotrain_stage(method), run.cotrain_model(method),
             lambda resume: run_stage(CotrainStage, config, store, run_dir, method=method, glfa=False,
                                      init_from=encoder, resume=resume, progress=ctx.progress))
     return {"path": str(run_dir), **{f"final_loss_{s}": r["final_loss"] for s, r in results.items()},
@@ -302,36 +308,38 @@ def step_generate(ctx: DemoContext) -> dict[str, Any]:
     from glfa.generate import BLURRY_SUFFIX, clip_settings, generate, model_dir_for
 
     run_dir = ctx.paths["run"]
+    run = RunLayout(run_dir)
     written, reused = {}, []
     for subject in ctx.config.subjects.held_out:
-        for method, init in (*DEMO_METHODS, (f"within-{subject}", "noise")):
+        for method, init in (*DEMO_METHODS, (run.within_method(subject), "noise")):
             settings = clip_settings(ctx.config.generation.model_copy(update={"init": init}))
             name = method + BLURRY_SUFFIX if init == "blurry" else method
-            index_path = run_dir / "generations" / name / f"{subject}-test" / "index.json"
-            models = [model_dir_for(run_dir, m) / "model.json" for m in {method, "blurry" if init == "blurry" else method}]
+            index_path = run.generations(name, subject, "test") / GENERATIONS_INDEX
+            models = [model_dir_for(run_dir, m) / "model.json" for m in {method, BLURRY if init == "blurry" else method}]
             if _fresh(index_path, models) and json.loads(index_path.read_text())["generation"] == settings:
                 reused.append(name)
             else:
                 generate(run_dir, method=method, subject=subject, split="test", config=ctx.config, init=init,
                          progress=ctx.progress)
             written[f"{name}/{subject}"] = json.loads(index_path.read_text())["count"]
-    return {"path": str(run_dir / "generations"), "clips": written, "reused": len(reused) == len(written)}
+    return {"path": str(run.generations_root), "clips": written, "reused": len(reused) == len(written)}
 
 
 def step_evaluate(ctx: DemoContext) -> dict[str, Any]:
     """Video metrics (SSIM, N-way top-K) of every method's decoded clips, with t-tests; alignment before/after."""
     from glfa.evaluation import VideoEvaluation, evaluate_run, write_video_tables
 
-    out = ctx.paths["run"] / "evaluation"
-    indexes = list((ctx.paths["run"] / "generations").glob("*/*/index.json"))
+    run = RunLayout(ctx.paths["run"])
+    saved = run.video_evaluation
+    indexes = [folder / GENERATIONS_INDEX for _, folder in run.generations_folders()]
     settings = ctx.config.evaluation.model_dump(mode="json")
-    reused = _fresh(out / "video.json", indexes) and VideoEvaluation.load(out / "video.json").config["evaluation"] == settings
+    reused = _fresh(saved, indexes) and VideoEvaluation.load(saved).config["evaluation"] == settings
     if reused:
-        evaluation = VideoEvaluation.load(out / "video.json")
-        paths = {"markdown": out / "video.md"}
+        evaluation = VideoEvaluation.load(saved)
+        paths = {"markdown": saved.with_suffix(".md")}
     else:
-        evaluation = evaluate_run(ctx.paths["run"], config=ctx.config, progress=ctx.progress)
-        paths = write_video_tables(evaluation, out)
+        evaluation = evaluate_run(run.root, config=ctx.config, progress=ctx.progress)
+        paths = write_video_tables(evaluation, run.evaluation)
     if ctx.progress:
         print(Path(paths["markdown"]).read_text())
     means = {f"{r.method}/{r.subject}": {k: f"{v['mean']:.3f}±{v['std']:.3f}" for k, v in r.summary.items()}
@@ -355,8 +363,8 @@ def step_adapt(ctx: DemoContext) -> dict[str, Any]:
     out = {}
     for subject in ctx.config.subjects.held_out:
         table = evaluate_adaptation(ctx.paths["run"], subject=subject, minutes=[0.0, *ADAPT_MINUTES],
-                                    methods=["glfa"], ceiling=f"within-{subject}", config=ctx.config, labels=labels,
-                                    labels_name=name, progress=ctx.progress)
+                                    methods=["glfa"], ceiling=RunLayout.within_method(subject), config=ctx.config,
+                                    labels=labels, labels_name=name, progress=ctx.progress)
         paths = write_adaptation_table(table)
         if ctx.progress:
             print(table.to_markdown())
@@ -388,7 +396,8 @@ def step_align(ctx: DemoContext) -> dict[str, Any]:
         table = evaluate_alignment(store, ctx.config, labels=labels, labels_name=name)
     finally:
         store.close()
-    paths = write_alignment_table(table, ctx.out / "alignment", ctx.config, store_path=ctx.paths["store"])
+    # beside the runs, shared by them (the report finds it there)
+    paths = write_alignment_table(table, RunLayout(ctx.out).alignment, ctx.config, store_path=ctx.paths["store"])
     if ctx.progress:
         print(table.to_markdown())
     rows = table.to_dict()["rows"]

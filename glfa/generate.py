@@ -1,6 +1,7 @@
 """``glfa generate``: decode every window of one subject and split into mp4/gif clips beside the truth.
 
-Output (``RUN/generations/<method>/<subject>-<split>/``)::
+Output (``RUN/generations/<method>/<subject>-<split>/``, with ``@<store tag>`` after it when the store
+is not the one the decoder was trained on: :meth:`glfa.runs.RunLayout.generations`)::
 
     decoded/0000.mp4, decoded/0000.gif, ...   the decoded clips, at ``generation.fps``
     truth/0000.mp4, truth/0000.gif, ...       the stimulus frames of each window, resampled to the
@@ -37,32 +38,27 @@ from glfa.data.video import resample_video, write_gif, write_video
 from glfa.errors import CheckpointError, DataError
 from glfa.io import check_output, remove_stale_temporaries, replace_dir, temporary_name, write_json_atomic
 from glfa.pipeline import MODEL_INFO, FmriToVideoPipeline, read_model_info
+from glfa.runs import BLURRY, GENERATIONS_INDEX, RunLayout, same_store, store_tag
 from glfa.training.loop import Processes
 
-INDEX = "index.json"
 VIDEOS = "videos.npz"
 TIMING = "generation.json"
 SHARES = ".shares"  # each process's items and timing, merged by the main process and removed
 
 
-#: Methods whose model folder is ``RUN/<method>/model`` (every other one is ``RUN/cotrain-<method>/model``).
-OWN_FOLDER = ("lea", "blurry")
 #: Suffix of the generations folder of a method started from the blurry decoder's latents.
 BLURRY_SUFFIX = "+blurry"
 
 
 def available_methods(run_dir: str | Path) -> list[str]:
     """The methods with a decoder model in ``run_dir``: ``cotrain-<method>/model`` names, then ``lea``, ``blurry``."""
-    run_dir = Path(run_dir)
-    methods = sorted(p.parent.name.removeprefix("cotrain-") for p in run_dir.glob("cotrain-*/model")
-                     if (p / MODEL_INFO).is_file())
-    return methods + [m for m in OWN_FOLDER if (run_dir / m / "model" / MODEL_INFO).is_file()]
+    layout = RunLayout(run_dir)
+    return [m for m in layout.decoder_methods() if (layout.model_dir(m) / MODEL_INFO).is_file()]
 
 
 def decoder_folder(run_dir: Path, method: str) -> Path:
     """Where a method's decoder model lives in ``run_dir`` (``METHOD+blurry`` decodes with METHOD's)."""
-    method = method.removesuffix(BLURRY_SUFFIX)
-    return run_dir / method / "model" if method in OWN_FOLDER else run_dir / f"cotrain-{method}" / "model"
+    return RunLayout(run_dir).model_dir(method.removesuffix(BLURRY_SUFFIX))
 
 
 def model_dir_for(run_dir: str | Path, method: str) -> Path:
@@ -84,6 +80,17 @@ def model_dir_for(run_dir: str | Path, method: str) -> Path:
                               f"{found if found else 'no decoder model: run glfa train cotrain first'}",
                               path=run_dir, field="method")
     return path
+
+
+def decoded_store_tag(info: dict, store: StudyStore) -> str | None:
+    """The :func:`~glfa.runs.store_tag` of ``store`` in its generations folder's name; None for the decoder's own.
+
+    ``info`` is the decoder's ``model.json``; a store other than the one it was trained on
+    (cross-dataset decoding) gets its own folder, so its clips never replace the own store's.
+    """
+    if same_store(info, {"store": str(store.path), "store_identity": store.identity}):
+        return None
+    return store_tag(store.path, store.identity)
 
 
 def generation_config(info: dict, config: GlfaConfig | GenerationConfig | None, model_dir: Path) -> GenerationConfig:
@@ -171,6 +178,9 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
         ``"noise"`` or ``"blurry"``, overriding ``generation.init``. With ``blurry`` a diffusion
         method starts from ``RUN/blurry/model``'s latents noised to ``generation.init_strength``
         and writes ``generations/<method>+blurry/``.
+
+    The folder is ``RUN/generations/<method>/<subject>-<split>``, with ``@<store tag>`` after it
+    when ``store`` is not the one the decoder was trained on (:func:`decoded_store_tag`).
     progress
         Show a progress bar over the clips (the main process's).
     """
@@ -189,7 +199,7 @@ def generate(run_dir: str | Path, *, method: str, subject: str, split: str = "te
         store = StudyStore.open(store if store is not None else info["store"])
     store.check_geometry(info.get("geometry"), model_dir)
     windows = _subject_windows(store, subject, split)
-    out = run_dir / "generations" / name / f"{subject}-{split}"
+    out = RunLayout(run_dir).generations(name, subject, split, decoded_store_tag(info, store))
     procs = Processes(device)
     tmp_name = None
     if procs.is_main:
@@ -265,7 +275,7 @@ def _decoder(run_dir: Path, model_dir: Path, info: dict, gen: GenerationConfig, 
     blurry = None
     if gen.init == "blurry":
         try:
-            blurry_dir = model_dir_for(run_dir, "blurry")
+            blurry_dir = model_dir_for(run_dir, BLURRY)
         except CheckpointError:
             raise CheckpointError("generation.init is 'blurry' but this run has no blurry decoder (RUN/blurry/model); "
                                   "train it first: glfa train blurry -c CONFIG --store STORE", path=run_dir,
@@ -348,7 +358,7 @@ def _finish_folder(tmp: Path, run_dir: Path, method: str, subject: str, split: s
         "decode_seconds": decoding, "clips_per_second": n / decoding if decoding else None,
         "batch_size": batch_size, "device": main["device"], "dtype": main["dtype"], "processes": processes,
     })
-    write_json_atomic(tmp / INDEX, {
+    write_json_atomic(tmp / GENERATIONS_INDEX, {
         "method": method, "kind": info["kind"], "subject": subject, "split": split,
         "subject_role": "train" if subject in info["train_subjects"] else
                         "held_out" if subject in info["held_out"] else "other",

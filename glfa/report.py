@@ -47,6 +47,7 @@ from glfa.evaluation import (
     metric_label,
     method_label,
 )
+from glfa.runs import RunLayout
 
 #: Decoded clips shown per task (evenly spaced over its test windows).
 GALLERY_CAP = 12
@@ -122,7 +123,8 @@ def table_html(table: Table) -> str:
 
 def standalone_alignment(run_dir: Path) -> tuple[AlignmentTable, Path] | None:
     """The table of ``glfa evaluate alignment`` in ``RUN/alignment`` or beside the run, if there is one."""
-    for path in (run_dir / "alignment" / "alignment.json", run_dir.parent / "alignment" / "alignment.json"):
+    for folder in (RunLayout(run_dir).alignment, RunLayout(run_dir.parent).alignment):  # the demo's: beside its runs
+        path = folder / "alignment.json"
         if path.is_file():
             try:
                 return AlignmentTable.from_dict(json.loads(path.read_text())), path
@@ -341,7 +343,7 @@ def alignment_plot(table: AlignmentTable, title: str) -> str:
 def training_logs(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """``{stage: [log entries]}`` of every ``RUN/<stage>/metrics.jsonl`` (bad lines skipped)."""
     logs = {}
-    for path in sorted(run_dir.glob("*/metrics.jsonl")):
+    for path in RunLayout(run_dir).metrics_logs():
         entries = []
         for line in path.read_text().splitlines():
             try:
@@ -486,7 +488,7 @@ def adaptation_plot(sweep: dict[str, Any]) -> str:
 def adaptation_html(run_dir: Path) -> list[str]:
     """The report's section on adapting to a new subject: every ``RUN/evaluation/adaptation-*.json``
     (``glfa evaluate adaptation``) as its curve and its notes; nothing when there is none."""
-    sweeps = sorted((run_dir / "evaluation").glob("adaptation-*.json"))
+    sweeps = RunLayout(run_dir).adaptation_sweeps()
     if not sweeps:
         return []
     parts = ["<h2>A new subject in minutes: the data-efficiency curve</h2>"]
@@ -561,10 +563,11 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError("run folder not found", path=run_dir)
-    path = run_dir / "evaluation" / "video.json"
+    layout = RunLayout(run_dir)
+    path = layout.video_evaluation
     if not path.is_file():
         raise DataError("this run has not been evaluated (no evaluation/video.json); run `glfa evaluate RUN` first",
                         path=run_dir)
     html_text = render_report(run_dir, VideoEvaluation.load(path))
-    out = Path(out) if out is not None else run_dir / "report.html"
+    out = Path(out) if out is not None else layout.report
     return write_bytes_atomic(out, html_text.encode())

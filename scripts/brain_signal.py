@@ -26,6 +26,7 @@ import torch
 
 from glfa.backbones import load_clip, load_frame_classifier
 from glfa.metrics.video import n_way_top_k, ssim_scores
+from glfa.runs import CONTRASTIVE, RunLayout
 
 
 def pairwise_two_way(pred: np.ndarray, real: np.ndarray, trials: int, seed: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def retrieval(run: Path, folder: Path, subject: str, truth: np.ndarray, dim: int
     store = StudyStore.open(index["store"])
     windows = {w.index: w for w in store.windows("test")}
     fmri = torch.from_numpy(np.stack([store.fmri(subject, windows[it["window"]]) for it in index["items"]]))
-    encoder = FmriEncoder.from_pretrained(run / "contrastive" / "encoder").eval()
+    encoder = FmriEncoder.from_pretrained(RunLayout(run).stage1_encoder).eval()
     with torch.no_grad():
         brain = torch.nn.functional.normalize(encoder(fmri.float(), heads=("clip",))["clip"].float(), dim=-1)
     clip = load_clip(None, dim=dim, device="cpu")
@@ -81,9 +82,9 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=10000)
     parser.add_argument("--trials", type=int, default=100)
     args = parser.parse_args()
-    folders = sorted((args.run / "generations").glob(f"*/{args.subject}-test/videos.npz"))
-    if args.methods:
-        folders = [f for f in folders if f.parent.parent.name in args.methods]
+    run = RunLayout(args.run)
+    folders = [folder / "videos.npz" for method, folder in run.generations_folders()
+               if folder == run.generations(method, args.subject, "test") and method in (args.methods or [method])]
     classifier = load_frame_classifier(None, device="cpu")
     results, real, truth = {}, None, None
     for path in folders:
@@ -101,8 +102,8 @@ def main() -> None:
         line = "  ".join(f"{k} {v['matched']:.3f}/{v['mismatched']:.3f} ({v['signal']:+.3f}, p={v['p']:.4f})"
                          for k, v in results[method].items() if isinstance(v, dict))
         print(f"{method:>16}: {line}", flush=True)
-    if truth is not None and (args.run / "contrastive" / "encoder").is_dir():
-        config = json.loads((args.run / "contrastive" / "config.json").read_text())
+    if truth is not None and run.stage1_encoder.is_dir():
+        config = json.loads(run.stage_config(CONTRASTIVE).read_text())
         results["retrieval"] = retrieval(args.run, folders[-1].parent, args.subject, truth, config["model"]["heads"]["clip_dim"])
         print("retrieval (stage-1 encoder):", json.dumps(results["retrieval"]))
     print(json.dumps(results, indent=1))

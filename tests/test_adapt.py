@@ -133,6 +133,7 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
         (["--minutes", "0.01"], "hold no whole window"),
         (["--minutes", "1", "--base", "pte-v"], "no model for method 'pte-v'"),
         (["--minutes", "1", "--name", "glfa"], "not the base model's name"),
+        (["--minutes", "1", "--name", "blurry"], "or one of ['lea', 'blurry']"),  # RUN/blurry/model would hide it
         (["--minutes", "1", "--name", "within"], "not an adaptation; choose another name"),
         (["--minutes", "1", "--store", str(_store_without_shared_stimuli(tmp_path / "store"))],
          "watched none of the training stimuli that the trained subjects"),

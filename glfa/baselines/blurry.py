@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from glfa.baselines.lea import STAGE1_ENCODER, EncoderRidge, RidgeProblem, sample_latents, write_ridge_model
+from glfa.baselines.lea import EncoderRidge, RidgeProblem, sample_latents, write_ridge_model
 from glfa.config import GlfaConfig
+from glfa.runs import BLURRY, RunLayout
 
-BLURRY_DIR = Path("blurry") / "model"
-#: The encoder each kind of features is read from by default (inside the run folder).
-DEFAULT_ENCODERS = {"aligned": Path("cotrain-glfa") / "model" / "encoder", "latent": STAGE1_ENCODER}
+#: The encoder each kind of features is read from by default: that of the run's decoder of this
+#: method, or (None) the stage-1 encoder.
+DEFAULT_ENCODERS = {"aligned": "glfa", "latent": None}
 
 
 class BlurryDecoder(EncoderRidge):
@@ -93,6 +94,6 @@ def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
     info = {**problem.info("blurry", ridge, "scaled VAE latents of the window's stored frames", read),
             "features": settings.features, "pool": settings.pool, "latent_shape": list(latent_shape),
             "target_variance": float(np.var(y.astype(np.float64), axis=0).mean())}
-    target = problem.run_dir / BLURRY_DIR
+    target = RunLayout(problem.run_dir).model_dir(BLURRY)
     write_ridge_model(target, info, problem.encoder, ridge, "latent_shape", latent_shape)
     return target

@@ -40,13 +40,12 @@ import torch
 
 from glfa.config import GlfaConfig
 from glfa.errors import BackboneError, CheckpointError, DataError, NotFittedError
+from glfa.runs import LEA, RunLayout, default_run_dir
 
 MODEL_INFO = "model.json"
 NEGATIVE = "negative.safetensors"
 ENCODER_DIR = "encoder"
 RIDGE = "ridge.safetensors"
-LEA_DIR = Path("lea") / "model"
-STAGE1_ENCODER = Path("contrastive") / "encoder"
 _RIDGE_KEYS = ("coef", "intercept", "x_mean", "alpha")
 
 
@@ -296,26 +295,30 @@ class RidgeProblem:
     @classmethod
     def prepare(cls, config: GlfaConfig, section: str, store, run_dir: str | Path | None,
                 encoder_dir: str | Path | None, generator: str | Path | None, *, predicts: str,
-                with_text_encoder: bool, default_encoder: Path = STAGE1_ENCODER) -> RidgeProblem:
+                with_text_encoder: bool, default_encoder: str | None = None) -> RidgeProblem:
         """Open the store, load the encoder and generator, list the samples; errors name what is wrong.
 
         ``predicts`` completes the error for a missing generator ("... whose <predicts> it predicts");
-        the encoder is ``encoder_dir``, else ``RUN/default_encoder``.
+        the encoder is ``encoder_dir``, else the one of the run's decoder of method ``default_encoder``,
+        else (None) the stage-1 encoder ``RUN/contrastive/encoder``.
         """
         from glfa.backbones import load_video_generator
         from glfa.data.store import StudyStore
         from glfa.devices import resolve_device
-        from glfa.training.pretrain import default_run_dir
 
         if isinstance(store, (str, Path)):
             store = StudyStore.open(store)
         train_subjects, held_out = config.check_subjects(store.subjects)
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        if encoder_dir is None:
+            run = RunLayout(run_dir)
+            encoder_dir = run.stage1_encoder if default_encoder is None else \
+                run.model_dir(default_encoder) / ENCODER_DIR
         generator_path = generator if generator is not None else config.cotrain.generator
         if generator_path is None:
             raise config.error("cotrain.generator", "no video generator: set cotrain.generator to the diffusers "
                                f"text-to-video folder whose {predicts} it predicts, or pass --generator DIR")
-        encoder_dir = Path(encoder_dir) if encoder_dir is not None else run_dir / default_encoder
+        encoder_dir = Path(encoder_dir)
         device = resolve_device(config.device)
         encoder = load_encoder(encoder_dir, store, device)
         gen = load_video_generator(generator_path, device=device, with_text_encoder=with_text_encoder)
@@ -388,7 +391,7 @@ def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, enc
     device = next(encoder.parameters()).device
     negative_latent = encoder_latent(encoder, torch.from_numpy(mean_fmri)[None].to(device)).double().cpu().numpy()
     negative = ridge.predict(negative_latent).reshape(token_shape)  # [K, C]
-    target = problem.run_dir / LEA_DIR
+    target = RunLayout(problem.run_dir).model_dir(LEA)
     write_ridge_model(target, problem.info("lea", ridge, "generator text tokens of the middle frame's caption"),
                       encoder, ridge, "token_shape", token_shape,
                       extra={NEGATIVE: {"mean_fmri": mean_fmri, "tokens": negative}})

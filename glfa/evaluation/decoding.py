@@ -39,6 +39,7 @@ from glfa.errors import BackboneError, CheckpointError, DataError
 from glfa.evaluation.alignment import GlfaAlignment, glfa_alignment, open_store
 from glfa.evaluation.tables import Cell, Table, mean_std, signal_cell
 from glfa.metrics.video import PSNR_CAP
+from glfa.runs import CONTRASTIVE, RunLayout, same_store
 
 #: The paper's names of the methods of the run-folder contract; other methods keep their own name.
 METHOD_LABELS = {"lea": "LEA", "pte-v": "fMRI-PTE-V", "glfa": "GLFA"}
@@ -226,7 +227,7 @@ class GenerationsFolder:
         """(protocol, task label) from what the model was trained on."""
         train = [str(s) for s in self.model.get("train_subjects", [])]
         trained_store, store = self.model.get("store"), self.index["store"]
-        if trained_store and not _same_store(self.model, self.index):
+        if trained_store and not same_store(self.model, self.index):
             protocol, task = "cross-dataset", f"{Path(trained_store).name} -> {Path(store).name}: {self.subject}"
         elif self.subject in train:
             protocol, task = "within-subject", f"subject {self.subject}"
@@ -235,36 +236,24 @@ class GenerationsFolder:
         return protocol, task if self.split == "test" else f"{task} ({self.split} split)"
 
 
-def _same_store(model: dict[str, Any], index: dict[str, Any]) -> bool:
-    """Whether the model was trained on the store its clips were decoded from.
-
-    Stores are compared by the identity of their content, so a copied or moved store is the same
-    study; runs made before stores had an identity fall back to comparing paths.
-    """
-    trained, decoded = model.get("store_identity"), index.get("store_identity")
-    if trained and decoded:
-        return trained == decoded
-    return Path(model["store"]).resolve() == Path(index["store"]).resolve()
-
-
 def find_generations(run_dir: str | Path, methods: list[str] | None = None) -> list[GenerationsFolder]:
     """Every generations folder of ``run_dir`` (of ``methods`` only, when given), checked, in sorted order."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError("run folder not found", path=run_dir)
-    root = run_dir / "generations"
-    folders = sorted(p.parent for p in root.glob("*/*/index.json"))
-    if not folders:
+    layout = RunLayout(run_dir)
+    found = layout.generations_folders()  # [(method, folder)]
+    if not found:
         raise DataError(f"no generations in this run (expected generations/<method>/<subject>-<split>/index.json); "
                         f"{GENERATE_HINT}", path=run_dir)
     if methods is not None:
-        have = sorted({p.parent.name for p in folders})
+        have = sorted({method for method, _ in found})
         missing = [m for m in methods if m not in have]
         if missing:
             raise DataError(f"no generations of method(s) {missing}; this run has {have}; {GENERATE_HINT}",
-                            path=root, field="methods")
-        folders = [p for p in folders if p.parent.name in methods]
-    return [GenerationsFolder.open(p, run_dir) for p in folders]
+                            path=layout.generations_root, field="methods")
+        found = [(method, p) for method, p in found if method in methods]
+    return [GenerationsFolder.open(p, run_dir) for _, p in found]
 
 
 @dataclass
@@ -778,10 +767,11 @@ def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Sc
     """
     from glfa.metrics.baseline import brain_signal, mismatched_partners, retrieval_hits
 
-    encoder_dir = run_dir / "contrastive" / "encoder"
+    layout = RunLayout(run_dir)
+    encoder_dir = layout.stage1_encoder
     if not (encoder_dir / "config.json").is_file():
         return [], [f"no stage-1 encoder ({encoder_dir}): retrieval needs `glfa train` stage 1 in this run"]
-    stage = run_dir / "contrastive" / "config.json"
+    stage = layout.stage_config(CONTRASTIVE)
     train_subjects = _json_object(stage).get("train_subjects", []) if stage.is_file() else []
     records, skipped, seen = [], [], set()
     for folder in folders:
@@ -920,7 +910,7 @@ def combine_evaluations(sources: list[str | Path], out_dir: str | Path) -> Video
     """
     if len(sources) < 2:
         raise DataError(f"expected at least two evaluated runs to combine, got {len(sources)}", field="runs")
-    paths = [Path(src) / "evaluation" / "video.json" if Path(src).is_dir() else Path(src) for src in sources]
+    paths = [RunLayout(src).video_evaluation if Path(src).is_dir() else Path(src) for src in sources]
     for path in paths:
         if not path.is_file():
             raise DataError("no video evaluation here; run `glfa evaluate RUN` on the run first", path=path)
@@ -954,7 +944,7 @@ def write_video_tables(evaluation: VideoEvaluation, out_dir: str | Path | None =
     """Write ``video.json`` (everything) and ``video.md`` (the tables) atomically; default ``RUN/evaluation``."""
     from glfa.io import write_bytes_atomic, write_json_atomic
 
-    out = Path(out_dir) if out_dir is not None else Path(evaluation.run_dir) / "evaluation"
+    out = Path(out_dir) if out_dir is not None else RunLayout(evaluation.run_dir).evaluation
     paths = {"json": out / "video.json", "markdown": out / "video.md"}
     write_json_atomic(paths["json"], evaluation.to_dict())
     write_bytes_atomic(paths["markdown"], evaluation.to_markdown().encode())

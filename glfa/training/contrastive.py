@@ -39,15 +39,13 @@ from glfa.data.datasets import StimulusWindowDataset
 from glfa.data.features import ClipFeatures, clip_features
 from glfa.errors import DataError
 from glfa.losses import clip_loss
+from glfa.runs import CONTRASTIVE, RunLayout
 from glfa.training.loop import StepOutput, TrainSettings, main_process_first, process_device
 from glfa.training.pretrain import PTE_START
 from glfa.training.stage import Start, StudyStage
 
-STAGE_DIR = "contrastive"
-ENCODER_DIR = "encoder"
 #: Stage 1's output as the start of stage 2.
-STAGE1_START = Start("FmriEncoder", "encoder", "stage-1 encoder", Path(STAGE_DIR) / ENCODER_DIR,
-                     "glfa train contrastive")
+STAGE1_START = Start("FmriEncoder", "encoder", "stage-1 encoder", "stage1_encoder", "glfa train contrastive")
 
 
 class LogitScale(nn.Module):
@@ -92,7 +90,7 @@ class ContrastiveStage(StudyStage):
         Show a progress bar while building the embedding cache.
     """
 
-    name = STAGE_DIR
+    name = CONTRASTIVE
     init_accepts = init_defaults = (PTE_START,)
 
     def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
@@ -180,7 +178,7 @@ class ContrastiveStage(StudyStage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Save the encoder into ``RUN_DIR/contrastive/encoder/``."""
-        path = models["encoder"].save_pretrained(Path(run_dir) / STAGE_DIR / ENCODER_DIR)
+        path = models["encoder"].save_pretrained(RunLayout(run_dir).stage1_encoder)
         return {"encoder": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:

@@ -43,12 +43,12 @@ from torch.utils.data import Dataset
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
 from glfa.io import install_dir, write_json_atomic
+from glfa.runs import RunLayout
 from glfa.training.contrastive import STAGE1_START
 from glfa.training.loop import StepOutput, TrainSettings, main_process_first, process_device
 from glfa.training.pretrain import PTE_START
 from glfa.training.stage import StudyStage
 
-MODEL_DIR = "model"
 _METHOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -295,7 +295,7 @@ class CotrainStage(StudyStage):
         if not _METHOD.match(self.method):
             raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-'",
                               field="method")
-        self.name = f"cotrain-{self.method}"
+        self.name = RunLayout.cotrain_stage(self.method)
         super().__init__(config, store, run_dir=run_dir, init_from=init_from, progress=progress)
         if self.glfa and len(self.train_subjects) < 2:
             raise config.error("model.glfa.enabled", f"GLFA aligns training subjects with each other and needs at "
@@ -374,7 +374,7 @@ class CotrainStage(StudyStage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Write ``RUN/cotrain-<method>/model/`` (negative condition, encoder, trained UNet parameters)."""
-        target = Path(run_dir) / self.name / MODEL_DIR
+        target = RunLayout(run_dir).cotrain_model(self.method)
         save_decoder_model(target, encoder=models["encoder"], unet_state=models["unet"].state_dict(),
                            mean_fmri=mean_training_fmri(self.store, self.train_subjects), info={
                                "method": self.method, "generator": str(Path(self.generator.path).resolve()),

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from glfa.config import TrainCommon
 from glfa.errors import CheckpointError, ConfigError, DataError
 from glfa.optim import adamw
+from glfa.runs import RunLayout
 from glfa.training.checkpoint import (
     Checkpoint,
     capture_rng,
@@ -446,9 +447,10 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
     """
     settings = stage.settings
     run_dir = Path(run_dir)
-    stage_dir = run_dir / stage.name
-    ckpt_root = stage_dir / "checkpoints"
-    metrics_path = stage_dir / "metrics.jsonl"
+    layout = RunLayout(run_dir)
+    stage_dir = layout.stage(stage.name)
+    ckpt_root = layout.checkpoints(stage.name)
+    metrics_path = layout.metrics_log(stage.name)
     accelerator = make_accelerator(settings, device=device, source=stage.source,
                                    find_unused_parameters=stage.find_unused_parameters)
     distributed = str(accelerator.distributed_type)
@@ -469,7 +471,7 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
     if main:
         clean_partial(ckpt_root)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(stage_dir / "config.json", stage.resolved_config())
+        write_json_atomic(layout.stage_config(stage.name), stage.resolved_config())
         if start is not None:
             _truncate_log(metrics_path, start.step)
         elif metrics_path.exists():
@@ -617,7 +619,7 @@ def train(stage: Stage, run_dir: str | Path, *, resume: bool = False, device: st
             "num_processes": world,
             "device": str(accelerator.device),
         }
-        write_json_atomic(stage_dir / "metrics.json", summary)
+        write_json_atomic(layout.metrics(stage.name), summary)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir=run_dir, stage_dir=stage_dir, step=step, outputs=outputs, metrics=summary,
                        history=history, checkpoint=last_path,

@@ -18,12 +18,12 @@ from torch.utils.data import Dataset
 
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
+from glfa.runs import PRETRAIN, RunLayout
 from glfa.training.loop import StepOutput, TrainSettings
 from glfa.training.stage import Start, StudyStage
 
-PTE_DIR = "pte"
 #: Stage 0's output as the start of a later stage (or the UK Biobank fMRI-PTE as stage 0's own start).
-PTE_START = Start("FmriPTE", "pte", "fine-tuned PTE", Path(PTE_DIR), "glfa train pretrain")
+PTE_START = Start("FmriPTE", "pte", "fine-tuned PTE", "pte", "glfa train pretrain")
 
 
 class TrainingFrames(Dataset):
@@ -82,7 +82,7 @@ class PretrainStage(StudyStage):
         weights) to fine-tune; None starts from a random initialisation.
     """
 
-    name = "pretrain"
+    name = PRETRAIN
     init_accepts = (PTE_START,)
 
     def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
@@ -138,7 +138,7 @@ class PretrainStage(StudyStage):
 
     def finish(self, models: dict[str, nn.Module], run_dir: Path) -> dict[str, str]:
         """Save the fine-tuned PTE into ``RUN_DIR/pte/``."""
-        path = models["pte"].save_pretrained(Path(run_dir) / PTE_DIR)
+        path = models["pte"].save_pretrained(RunLayout(run_dir).pte)
         return {"pte": str(path)}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -151,6 +151,3 @@ class PretrainStage(StudyStage):
                 "image_size": self.store.image_size}
 
 
-def default_run_dir(config: GlfaConfig) -> Path:
-    """``output_dir/name``: the run folder shared by the stages of one experiment."""
-    return Path(config.output_dir) / config.name

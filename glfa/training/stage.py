@@ -27,6 +27,7 @@ import torch
 
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError
+from glfa.runs import RunLayout, default_run_dir
 from glfa.training.loop import Stage, TrainResult, train
 
 
@@ -39,14 +40,14 @@ class Start:
     saved_class : the class recorded in the folder's ``config.json`` (``FmriPTE``, ``FmriEncoder``).
     kind : the short name a stage's resolved config records (``pte``, ``encoder``).
     what : how messages name it ("fine-tuned PTE").
-    run_path : where a run folder keeps it, relative to the run folder.
+    layout_attr : the :class:`~glfa.runs.RunLayout` property that names it in a run folder.
     command : the command that writes it there.
     """
 
     saved_class: str
     kind: str
     what: str
-    run_path: Path
+    layout_attr: str
     command: str
 
 
@@ -90,7 +91,6 @@ class StudyStage(Stage):
 
     def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
                  init_from: str | Path | None = None, progress: bool = True):
-        from glfa.training.pretrain import default_run_dir
 
         self.config, self.store, self.source, self.progress = config, store, config.source, progress
         self.train_subjects, self.held_out = config.check_subjects(store.subjects)
@@ -108,7 +108,7 @@ class StudyStage(Stage):
             expected = " or ".join(f"{s.saved_class} ({s.what})" for s in self.init_accepts)
             raise ConfigError(f"expected a saved {expected} folder", path=folder, field="init_from")
         for i, start in enumerate(self.init_defaults):
-            folder = self.run_dir / start.run_path
+            folder = getattr(RunLayout(self.run_dir), start.layout_attr)
             if not folder.is_dir():
                 continue
             if saved_class(folder) != start.saved_class:
@@ -116,12 +116,12 @@ class StudyStage(Stage):
                                   path=folder, field="init_from")
             if i:
                 first = self.init_defaults[0]
-                warnings.warn(f"no {first.what} at {self.run_dir / first.run_path}: {self.name} starts from the "
+                warnings.warn(f"no {first.what} at {getattr(RunLayout(self.run_dir), first.layout_attr)}: {self.name} starts from the "
                               f"{start.what} at {folder} (run `{first.command}` first for the paper's recipe)",
                               stacklevel=4)
             return folder, start.kind
         if self.init_required:
-            missing = " and no ".join(f"{s.what} ({self.run_dir / s.run_path})" for s in self.init_defaults)
+            missing = " and no ".join(f"{s.what} ({getattr(RunLayout(self.run_dir), s.layout_attr)})" for s in self.init_defaults)
             commands = "".join(f" (or `{s.command}`)" for s in self.init_defaults[1:])
             raise ConfigError(f"no {missing} to start from; run `{self.init_defaults[0].command}`{commands} first, "
                               "or pass init_from",
@@ -177,7 +177,6 @@ def run_stage(stage: type[StudyStage], config: GlfaConfig, store, run_dir: str |
     **options
         The stage's own keyword arguments (``init_from``; ``clip``; ``method``, ``glfa``, ``generator``).
     """
-    from glfa.training.pretrain import default_run_dir
 
     if isinstance(store, (str, Path)):
         from glfa.data.store import StudyStore
