@@ -550,7 +550,11 @@ class AdaptationSetting:
     fSC with the trained subjects), ``isc`` and ``decoding`` (:func:`~glfa.metrics.decoding.inter_subject_decoding`),
     empty for a model without GLFA; ``video`` the ``{"mean", "std", "n"}`` over clips of every metric
     that :func:`glfa.evaluation.score_clips` computes, ``scores`` the per-clip values, ``brain_signal``
-    each metric's matched and mismatched means, their difference and its permutation p-value.
+    each metric's matched and mismatched means, their difference and its permutation p-value;
+    ``retrieval`` the stage-1 encoder's brain-to-video retrieval of the subject's test windows through
+    the setting's front end (:func:`subject_front_end`), ``{"1": ..., "5": ...}`` as
+    :func:`glfa.evaluation.brain_retrieval` records each top (hit rate, chance, mismatched, p);
+    empty when the run has no stage-1 encoder (``not_computed`` says so).
     """
 
     role: str
@@ -564,6 +568,7 @@ class AdaptationSetting:
     video: dict[str, dict[str, float]]
     scores: dict[str, list[float]]
     brain_signal: dict[str, dict[str, float]]
+    retrieval: dict[str, dict[str, float]]
     not_computed: dict[str, str]
 
     @property
@@ -596,21 +601,25 @@ class AdaptationTable:
         """The table: one row per setting, mean ± std (over test time points or clips), and notes."""
         metrics = list(dict.fromkeys(k for s in self.settings for k in s.video))
         signals = [m for m in SIGNAL_METRICS if any(m in s.brain_signal for s in self.settings)]
+        tops = list(dict.fromkeys(t for s in self.settings for t in s.retrieval))
         head = ["Setting", "minutes used", "windows", "fSC with trained", "ISC", f"decoding {self.labels}",
-                "mismatched", *metrics, *[f"{m}: matched - mismatched (p)" for m in signals], "fit (s)"]
+                "mismatched", *[f"retrieval top-{t} (chance)" for t in tops], *metrics,
+                *[f"{m}: matched - mismatched (p)" for m in signals], "fit (s)"]
         lines = [f"## Adapting to subject {self.subject} ({','.join(self.train_subjects)} -> {self.subject})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in self.settings:
             a = s.alignment
             cells = [s.label, _fmt(s.minutes_used), _fmt(s.windows), _mean_std(a.get("fsc")), _fmt(a.get("isc")),
                      _fmt(a.get("decoding", {}).get("accuracy")), _fmt(a.get("decoding", {}).get("mismatched")),
-                     *[_mean_std(s.video.get(m)) for m in metrics], *[_signal(s.brain_signal.get(m)) for m in signals],
+                     *[_hits(s.retrieval.get(t)) for t in tops], *[_mean_std(s.video.get(m)) for m in metrics], *[_signal(s.brain_signal.get(m)) for m in signals],
                      _fmt(s.fit_seconds, 1)]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"Test windows of subject {self.subject}. fSC: mean ± std over test time points of its spatial "
                  "correlation with the trained subjects (their responses through the base model's GLFA layer, "
                  "its through the setting's own); decoding: inter-subject decoding (Bazeille et al. 2021), "
-                 "mismatched beside it; video metrics: mean ± std over clips. —: not applicable."]
+                 "mismatched beside it; retrieval: the true clip among the test clips' top-k by the stage-1 "
+                 "encoder's CLIP-space embedding of the fMRI (through the setting's own front end); video "
+                 "metrics: mean ± std over clips. —: not applicable."]
         reasons = dict.fromkeys(f"{m}: {why}" for s in self.settings for m, why in s.not_computed.items())
         return "\n".join(lines) + "\n\n" + "\n\n".join(notes + list(reasons) + self.skipped) + "\n"
 
@@ -623,6 +632,10 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _mean_std(summary: dict[str, float] | None) -> str:
     return "—" if not summary else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _hits(record: dict[str, float] | None) -> str:
+    return "—" if not record else f"{record['matched']:.3f} ({record['chance']:.3f})"
 
 
 def _signal(record: dict[str, float] | None) -> str:
@@ -676,7 +689,7 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
     from glfa.config import validate_config
     from glfa.data.store import StudyStore
     from glfa.devices import resolve_device
-    from glfa.evaluation import GenerationsFolder, Scorers, score_clips, timepoint_labels
+    from glfa.evaluation import GenerationsFolder, Scorers, brain_retrieval, score_clips, timepoint_labels
     from glfa.generate import available_methods, model_dir_for
     from glfa.metrics.alignment import fsc_per_timepoint, isc
     from glfa.metrics.decoding import inter_subject_decoding
@@ -736,12 +749,15 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
                 "fsc": summarize(np.nanmean([fsc_per_timepoint(mine, x, mask) for x in trained.values()], axis=0)),
                 "isc": float(isc({**trained, subject: mine}, mask)[subject]),
                 "decoding": inter_subject_decoding(trained, mine, classes, stimuli, mask)}
+        retrieval, why = brain_retrieval(run_dir, [folder], scorers, ev, device_, store, front_end=front)
+        not_computed.update({"retrieval": reason for reason in why})
         settings.append(AdaptationSetting(
             role=role, method=method, minutes=m, model=name, minutes_used=record.get("minutes_used"),
             windows=len(record["windows"]) if record else None, fit_seconds=record.get("fit_seconds"),
             alignment=alignment, video={k: summarize(v) for k, v in scores.items()}, scores=scores,
             brain_signal={k: {f: v[f] for f in ("matched", "mismatched", "difference", "p")}
-                          for k, v in signal.items()}, not_computed=not_computed))
+                          for k, v in signal.items()}, retrieval=retrieval[0]["top"] if retrieval else {},
+            not_computed=not_computed))
     return AdaptationTable(run_dir=str(run_dir), subject=subject, base=base, train_subjects=train, labels=labels_name,
                            settings=settings, config=config.to_dict(), skipped=skipped)
 

@@ -4,6 +4,7 @@ recovery of planted subject differences on the synthetic study."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,7 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
                                  store_dir=Path(base["store"]))
     info = json.loads((within / "model.json").read_text())
     (within / "model.json").write_text(json.dumps({**info, "train_subjects": ["s3"], "held_out": []}))
+    stage1 = _stage1_encoder(run, store)
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
         **FAST, "device": "cpu", "model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}},
@@ -304,6 +306,15 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
         aligned = {s: layer(torch.from_numpy(x)).numpy() for s, x in test.items()}
     expected = np.mean([fsc_per_timepoint(aligned["s3"], aligned[s], store.mask) for s in ("s1", "s2")], axis=0)
     assert data["settings"][0]["alignment"]["fsc"]["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    # retrieval of each setting: the stage-1 encoder reads the subject's fMRI through the setting's own front end
+    clip = B.load_clip(None, "cpu", dim=32)
+    for setting in data["settings"]:
+        expected = _retrieval_by_hand(run, setting["model"], store, stage1, clip)
+        assert set(setting["retrieval"]) == {"1", "5"}, setting["label"]
+        for top, hits in expected.items():
+            assert setting["retrieval"][top]["matched"] == pytest.approx(hits), (setting["label"], top)
+            assert setting["retrieval"][top]["chance"] == pytest.approx(int(top) / n_test)
+    assert "retrieval top-1 (chance)" in printed
     # the report draws the curves (one panel per metric, a line per method, the ceiling dashed)
     from glfa.report import adaptation_html
 
@@ -317,3 +328,41 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
     assert main([*args, "--minutes", "0,x"]) == 2 and "comma-separated numbers" in capsys.readouterr().err
     assert main([*args, "--methods", "ridge"]) == 2 and "adaptation methods" in capsys.readouterr().err
     assert main([*args, "--minutes", "0.01"]) == 2 and "no whole window" in capsys.readouterr().err
+    # without a stage-1 encoder the sweep still runs and says why retrieval is missing
+    shutil.rmtree(run / "contrastive")
+    assert main([*args, "--minutes", "0.2", "--methods", "glfa"]) == 0
+    setting = json.loads((run / "evaluation" / "adaptation-s3.json").read_text())["settings"][0]
+    assert setting["retrieval"] == {} and "no stage-1 encoder" in setting["not_computed"]["retrieval"]
+
+
+def _stage1_encoder(run: Path, store) -> FmriEncoder:
+    """A tiny stage-1 encoder (no GLFA, as stage 1 trains it) saved as RUN/contrastive/encoder."""
+    from glfa.config import validate_config
+
+    torch.manual_seed(3)
+    encoder = FmriEncoder(validate_config({"model": {"preset": "tiny", "glfa": {"enabled": False}}}).model,
+                          store.image_size, store.fmri_frames).eval()
+    encoder.save_pretrained(run / "contrastive" / "encoder")
+    return encoder
+
+
+def _retrieval_by_hand(run: Path, method: str, store, stage1: FmriEncoder, clip) -> dict[str, float]:
+    """Top-1 and top-5 hit rates of the test windows, computed window by window from the model folder's files:
+    S's frames through its subject map (linear) and its encoder's GLFA layer, then the stage-1 encoder's CLIP
+    head, ranked against the mean cosine with each true clip's frame embeddings."""
+    model = run / f"cotrain-{method}" / "model"
+    layer = FmriEncoder.from_pretrained(model / "encoder").glfa.eval()
+    subject_map = model / "subject_map.safetensors"
+    front = (lambda x: layer(load_subject_map(subject_map)(x))) if subject_map.is_file() else layer
+    folder = run / "generations" / method / "s3-test"
+    windows = {w.index: w for w in store.windows()}
+    items = [windows[item["window"]] for item in json.loads((folder / "index.json").read_text())["items"]]
+    with np.load(folder / "videos.npz") as npz:
+        truth = npz["truth"]
+    with torch.no_grad():
+        fmri = [stage1(front(torch.from_numpy(store.fmri("s3", w)))[None], heads=("clip",))["clip"][0] for w in items]
+    frames = [clip.embed_images(video) for video in truth]
+    similarity = np.array([[float(torch.nn.functional.cosine_similarity(f[None], e).mean()) for e in frames]
+                           for f in fmri])
+    ahead = [int((similarity[i] >= similarity[i, i]).sum()) - 1 for i in range(len(items))]
+    return {str(top): float(np.mean([a < top for a in ahead])) for top in (1, 5)}
