@@ -295,9 +295,16 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
 def _cmd_adapt(args: argparse.Namespace) -> int:
     import json
 
-    from glfa.adapt import adapt_model
+    from glfa.adapt import adapt_model, trained_config
+    from glfa.generate import model_dir_for
 
     config = _config(args) if args.config else None
+    if args.denoising_weight is not None:
+        if not args.denoising_weight >= 0:
+            raise ConfigError(f"expected a weight >= 0, got {args.denoising_weight}", field="--denoising-weight")
+        config = config if config is not None else trained_config(model_dir_for(Path(args.run), args.base))
+        config = config.model_copy(update={"adapt": config.adapt.model_copy(
+            update={"denoising_weight": args.denoising_weight})})
     out = adapt_model(Path(args.run), subject=args.subject, minutes=args.minutes, method=args.method, name=args.name,
                       base=args.base, config=config, store=args.store, progress=not args.quiet)
     record = json.loads((out / "model.json").read_text())["adaptation"]
@@ -320,6 +327,9 @@ def _register_adapt(sub: argparse._SubParsersAction) -> None:
                    help="glfa: the subject's own GLFA layer (default); linear: per-parcel ridge into the trained "
                         "subjects' mean response; full: glfa plus the token projector")
     p.add_argument("--name", default=None, help="the new method's name (default: adapt-METHOD-SUBJECT-MINUTESmin)")
+    p.add_argument("--denoising-weight", type=float, default=None,
+                   help="glfa/full: add this weight x the denoising loss through the frozen encoder and UNet to "
+                        "L_GLFA (default: the config's adapt.denoising_weight, 0)")
     p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
     p.add_argument("--store", default=None, help="study store (default: the one the model was trained on)")
     p.add_argument("-c", "--config", help="YAML config whose 'adapt' section is used (default: the trained one)")

@@ -333,8 +333,10 @@ class AdaptConfig(_Strict):
     """Adapting a trained cross-subject model to a new subject from a few minutes of data (``glfa adapt``).
 
     ``glfa``/``full``: the subject's own copy of the trained GLFA layer, fitted with L_GLFA against
-    the trained subjects' aligned responses (lambda from ``model.glfa``); ``full`` then fine-tunes the
-    token projector. ``linear``: cross-validated ridge per parcel (``model.glfa.parcel_size``).
+    the trained subjects' aligned responses (lambda from ``model.glfa``), optionally plus
+    ``denoising_weight`` x the stage-2 denoising loss through the frozen rest of the decoder; ``full``
+    then fine-tunes the token projector. ``linear``: cross-validated ridge per parcel
+    (``model.glfa.parcel_size``).
     """
 
     steps: int = Field(100, gt=0, description="AdamW steps fitting the subject's GLFA layer (the cost does not "
@@ -343,6 +345,11 @@ class AdaptConfig(_Strict):
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="pulls the layer toward the identity, not toward the trained "
                                 "layer; off by default")
+    denoising_weight: float = Field(0.0, ge=0, description="glfa/full: weight of the denoising loss added to L_GLFA "
+                                    "at every step: the subject's windows through its layer, the frozen encoder and "
+                                    "the frozen UNet, on the windows' VAE latents (0: L_GLFA alone)")
+    denoising_batch_size: int = Field(2, gt=0, description="glfa/full with denoising_weight > 0: windows per step "
+                                      "of the denoising loss")
     projector_steps: int = Field(100, gt=0, description="full: AdamW steps fine-tuning the token projector")
     projector_batch_size: int = Field(8, gt=0, description="full: windows per step")
     projector_learning_rate: float = Field(1e-4, gt=0)

@@ -128,6 +128,16 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
     assert "on 6 training windows (0.17 of the 0.2 minutes asked)" in capsys.readouterr().out
     assert json.loads((run / "cotrain-mine" / "model" / "model.json").read_text())["adaptation"]["settings"][
         "steps"] == FAST["adapt"]["steps"]
+    # --denoising-weight: 0 is the plain fit bit for bit; 0.5 moves only the subject's GLFA layer away from it
+    weights = {}
+    for w in ("0", "0.5"):
+        assert main([*args, "--minutes", "0.2", "--name", f"mine-{w}", "--denoising-weight", w]) == 0
+        record = json.loads((run / f"cotrain-mine-{w}" / "model" / "model.json").read_text())["adaptation"]
+        assert record["settings"]["denoising_weight"] == float(w)
+        weights[w] = FmriEncoder.from_pretrained(run / f"cotrain-mine-{w}" / "model" / "encoder").state_dict()
+    plain = FmriEncoder.from_pretrained(run / "cotrain-mine" / "model" / "encoder").state_dict()
+    assert all(torch.equal(plain[k], weights["0"][k]) for k in plain)
+    assert {k.split(".")[0] for k in plain if not torch.equal(plain[k], weights["0.5"][k])} == {"glfa"}
     for extra, message in [
         (["--minutes", "1", "--subject", "s1"], "one of the model's training subjects"),
         (["--minutes", "0"], "positive number of minutes"),
@@ -135,12 +145,47 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
         (["--minutes", "1", "--base", "pte-v"], "no model for method 'pte-v'"),
         (["--minutes", "1", "--name", "glfa"], "not the base model's name"),
         (["--minutes", "1", "--name", "within"], "not an adaptation; choose another name"),
+        (["--minutes", "1", "--denoising-weight", "-1"], "--denoising-weight: expected a weight >= 0"),
         (["--minutes", "1", "--store", str(_store_without_shared_stimuli(tmp_path / "store"))],
          "watched none of the training stimuli that the trained subjects"),
     ]:
         assert main([*args, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_denoising_term_trains_the_layer_through_the_frozen_rest(run):
+    """The optional denoising loss of glfa adapt: its gradient reaches the subject's GLFA layer through the frozen
+    encoder and UNet, whose parameters never change; the global RNG is left as it was."""
+    from glfa.adapt import DenoisingTerm, fit_subject_layer, window_frames
+
+    base = run / "cotrain-glfa" / "model"
+    store = StudyStore.open(json.loads((base / "model.json").read_text())["store"])
+    windows, _ = adaptation_windows(store, "s3", ["s1", "s2"], 0.2)
+    term = DenoisingTerm.for_model(base, store, "s3", windows, weight=0.5, batch_size=2, seed=0,
+                                   device=torch.device("cpu"))
+    frozen = {**{f"encoder.{k}": v.clone() for k, v in term.encoder.state_dict().items() if not k.startswith("glfa.")},
+              **{f"unet.{k}": v.clone() for k, v in term.unet.state_dict().items()}}
+    layer = FmriEncoder.from_pretrained(base / "encoder").glfa.requires_grad_(True)
+    rng = torch.get_rng_state()
+    term(layer).backward()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    rest = [p for n, p in term.encoder.named_parameters() if not n.startswith("glfa.")] + list(term.unet.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in rest)
+
+    frames, _ = window_frames(store, ["s3", "s1", "s2"], windows)
+    x = frames.pop("s3")
+    settings = dict(consistency_weight=0.5, steps=5, batch_size=8, learning_rate=0.05, weight_decay=0.0, seed=0,
+                    device=torch.device("cpu"))
+    trained = FmriEncoder.from_pretrained(base / "encoder").glfa
+    plain, plain_losses = fit_subject_layer(trained, x, list(frames.values()), store.mask, **settings)
+    denoised, losses = fit_subject_layer(trained, x, list(frames.values()), store.mask, denoising=term, **settings)
+    assert losses[0] > plain_losses[0]  # the same first batch of frames, plus the denoising loss
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), denoised.state_dict().values()))
+    after = {**{f"encoder.{k}": v for k, v in term.encoder.state_dict().items() if not k.startswith("glfa.")},
+             **{f"unet.{k}": v for k, v in term.unet.state_dict().items()}}
+    assert after.keys() == frozen.keys() and all(torch.equal(after[k], frozen[k]) for k in frozen)
 
 
 def test_parcel_ridge_recovers_a_planted_linear_map():
