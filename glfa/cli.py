@@ -175,7 +175,7 @@ def _cmd_train_blurry(args: argparse.Namespace) -> int:
     if args.generator:
         config.cotrain.generator = args.generator
     path = fit_blurry(config, Path(args.store), args.out, encoder_dir=args.encoder, progress=not args.quiet)
-    print(f"blurry decoder (ridge from fMRI features to the generator's VAE latents) saved to {path}")
+    print(f"blurry decoder ({config.blurry.kind} from fMRI features to the generator's VAE latents) saved to {path}")
     return 0
 
 
@@ -213,8 +213,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
                       "generator's text tokens", _cmd_train_lea)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
-    q = _train_parser(stages, "blurry", "the low-level decoder: ridge from fMRI features (blurry.features) to the "
-                      "generator's VAE latents of the window's frames (RUN/blurry/model)", _cmd_train_blurry)
+    q = _train_parser(stages, "blurry", "the low-level decoder: ridge or a small conv net (blurry.kind) from fMRI "
+                      "features (blurry.features) to the generator's VAE latents of the window's frames "
+                      "(RUN/blurry/model)", _cmd_train_blurry)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
     q.add_argument("--encoder", default=None,
                    help="the fMRI encoder folder it reads (default: RUN/cotrain-glfa/model/encoder for "

@@ -253,13 +253,28 @@ class LeaConfig(_Strict):
 
 
 class BlurryConfig(LeaConfig):
-    """The low-level decoder (``glfa train blurry``): ridge, with LEA's settings, from fMRI features to the
-    generator's VAE latents of the window's stored frames."""
+    """The low-level decoder (``glfa train blurry``): from fMRI features to the generator's VAE latents of the
+    window's stored frames, by ridge (with LEA's settings) or by a small convolutional network."""
 
+    kind: Literal["ridge", "conv"] = Field(
+        "ridge", description="ridge: cross-validated ridge (alphas, cv_folds); conv: a small convolutional network "
+        "from the pooled aligned images (features: aligned) trained with MSE (conv_* settings)")
     features: Literal["aligned", "latent"] = Field(
         "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
         "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
     pool: int = Field(16, gt=0, description="side of the pooled aligned images")
+    conv_channels: int = Field(64, gt=0, description="conv: channels of every hidden convolution")
+    conv_steps: int = Field(2000, gt=0, description="conv: AdamW steps")
+    conv_batch_size: int = Field(32, gt=0, description="conv: samples (subject x window) per step")
+    conv_learning_rate: float = Field(1e-3, gt=0)
+    conv_weight_decay: float = Field(1e-4, ge=0)
+    seed: int = Field(0, description="conv: initial weights and batches")
+
+    @model_validator(mode="after")
+    def _conv_reads_images(self) -> BlurryConfig:
+        if self.kind == "conv" and self.features != "aligned":
+            raise ValueError("kind 'conv' reads images: it needs features 'aligned'")
+        return self
 
 
 class DemoGeneratorConfig(_Strict):
