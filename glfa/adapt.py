@@ -299,10 +299,10 @@ def fit_subject_layer(layer: nn.Module, x: np.ndarray, others: list[np.ndarray],
 class DenoisingTerm:
     """``weight`` x the stage-2 denoising loss of the new subject's windows through a GLFA layer and the frozen rest.
 
-    Each call draws ``batch_size`` of the windows (seeded), takes them through the given layer in
-    place of the encoder's GLFA layer, then through the frozen encoder (PTE, spatiotemporal block,
-    token projector) to condition the frozen UNet, and returns ``weight`` x
-    :func:`glfa.losses.denoising_loss` on the windows' VAE latents, as stage 2 computes it
+    Each call draws ``batch_size`` of the windows (seeded), reads their fMRI from the store, takes it
+    through the given layer in place of the encoder's GLFA layer, then through the frozen encoder
+    (PTE, spatiotemporal block, token projector) to condition the frozen UNet, and returns ``weight``
+    x :func:`glfa.losses.denoising_loss` on the windows' VAE latents, as stage 2 computes it
     (:func:`glfa.training.cotrain.cotrain_step`). Its noise and timesteps come from a seed drawn from
     the term's own generator, so the fit is reproducible and the global RNG untouched. Only the
     layer receives gradients: the encoder's and the UNet's parameters are frozen here.
@@ -312,20 +312,20 @@ class DenoisingTerm:
     encoder : the trained FmriEncoder.
     unet : the generator's UNet carrying the trained model's parameters.
     scheduler : the generator's DDPM scheduler.
-    fmri : float32 ``[B, n, H, W]`` the new subject's windows.
-    latents : ``[B, c, m, h', w']`` their scaled VAE latents.
+    store, subject, windows : where the new subject's fMRI windows ``[n, H, W]`` are read, a batch at a time.
+    latents : the windows' scaled VAE latents (:class:`~glfa.data.features.LatentFeatures`, by window index).
     """
 
-    def __init__(self, encoder: nn.Module, unet: nn.Module, scheduler, fmri: np.ndarray, latents: torch.Tensor, *,
+    def __init__(self, encoder: nn.Module, unet: nn.Module, scheduler, store, subject: str, windows: list, latents, *,
                  weight: float, batch_size: int, seed: int):
-        if len(fmri) != len(latents) or len(fmri) == 0:
-            raise DataError(f"expected latents for each of the {len(fmri)} windows, got {len(latents)}",
-                            field="latents")
+        missing = [w.index for w in windows if w.index not in latents.windows]
+        if missing or not windows:
+            raise DataError(f"expected the VAE latents of every window; {len(missing)} of {len(windows)} missing "
+                            f"(e.g. {missing[:5]})", path=store.path, field="latents")
         self.encoder = encoder.eval().requires_grad_(False)
         self.unet = unet.eval().requires_grad_(False)
-        self.scheduler = scheduler
-        self.fmri = torch.from_numpy(np.ascontiguousarray(fmri, np.float32))
-        self.latents = latents.float()
+        self.scheduler, self.latents = scheduler, latents
+        self.store, self.subject, self.windows = store, subject, windows
         self.weight, self.batch_size = float(weight), int(batch_size)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -334,13 +334,15 @@ class DenoisingTerm:
         from glfa.losses import denoising_loss
 
         device = next(layer.parameters()).device
-        idx = torch.randperm(len(self.fmri), generator=self.generator)[:self.batch_size]
+        batch = [self.windows[i] for i in torch.randperm(len(self.windows), generator=self.generator)[:self.batch_size]]
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        self.encoder.glfa = layer
-        tokens = self.encoder(self.fmri[idx].to(device), heads=("tokens",))["tokens"]  # [b, K, C]
+        fmri = torch.from_numpy(np.stack([self.store.fmri(self.subject, w) for w in batch])).float()  # [b, n, H, W]
+        latents = self.latents.stack([w.index for w in batch]).float()  # [b, c, m, h', w']
+        self.encoder.glfa = layer  # the layer being fitted stands in for the trained one
+        tokens = self.encoder(fmri.to(device), heads=("tokens",))["tokens"]  # [b, K, C]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            loss = denoising_loss(self.unet, self.scheduler, self.latents[idx].to(device), tokens)
+            loss = denoising_loss(self.unet, self.scheduler, latents.to(device), tokens)
         return self.weight * loss
 
     @classmethod
@@ -356,10 +358,10 @@ class DenoisingTerm:
         generator = load_video_generator(read_model_info(model_dir)["generator"], device=device,
                                          with_text_encoder=False)
         overlay_unet(generator.unet, model_dir / UNET_TRAINABLE)
-        cache = vae_latents(store, generator, split="train", progress=progress)
         return cls(FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device), generator.unet,
-                   generator.scheduler, np.stack([store.fmri(subject, w) for w in windows]),
-                   cache.stack([w.index for w in windows]), weight=weight, batch_size=batch_size, seed=seed)
+                   generator.scheduler, store, subject, windows, vae_latents(store, generator, split="train",
+                                                                             progress=progress),
+                   weight=weight, batch_size=batch_size, seed=seed)
 
 
 class SubjectAdapter(BaseEstimator):
@@ -697,8 +699,8 @@ class AdaptationTable:
             a = s.alignment
             cells = [s.label, _fmt(s.minutes_used), _fmt(s.windows), _mean_std(a.get("fsc")), _fmt(a.get("isc")),
                      _fmt(a.get("decoding", {}).get("accuracy")), _fmt(a.get("decoding", {}).get("mismatched")),
-                     *[_hits(s.retrieval.get(t)) for t in tops], *[_mean_std(s.video.get(m)) for m in metrics], *[_signal(s.brain_signal.get(m)) for m in signals],
-                     _fmt(s.fit_seconds, 1)]
+                     *[_hits(s.retrieval.get(t)) for t in tops], *[_mean_std(s.video.get(m)) for m in metrics],
+                     *[_signal(s.brain_signal.get(m)) for m in signals], _fmt(s.fit_seconds, 1)]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"Test windows of subject {self.subject}. fSC: mean ± std over test time points of its spatial "
                  "correlation with the trained subjects (their responses through the base model's GLFA layer, "
@@ -835,7 +837,8 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
                 "isc": float(isc({**trained, subject: mine}, mask)[subject]),
                 "decoding": inter_subject_decoding(trained, mine, classes, stimuli, mask)}
         retrieval, why = brain_retrieval(run_dir, [folder], scorers, ev, device_, store, front_end=front)
-        not_computed.update({"retrieval": reason for reason in why})
+        if why:
+            not_computed["retrieval"] = "; ".join(why)
         settings.append(AdaptationSetting(
             role=role, method=method, minutes=m, model=name, minutes_used=record.get("minutes_used"),
             windows=len(record["windows"]) if record else None, fit_seconds=record.get("fit_seconds"),

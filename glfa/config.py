@@ -263,11 +263,17 @@ class BlurryConfig(LeaConfig):
         "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
         "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
     pool: int = Field(16, gt=0, description="side of the pooled aligned images")
-    conv_channels: int = Field(64, gt=0, description="conv: channels of every hidden convolution")
+    conv_channels: int = Field(32, gt=0, description="conv: channels of the coarse map and of every hidden "
+                               "convolution")
+    conv_grid: int = Field(8, gt=0, description="conv: side of the coarse map the linear readout fills")
     conv_steps: int = Field(2000, gt=0, description="conv: AdamW steps")
     conv_batch_size: int = Field(32, gt=0, description="conv: samples (subject x window) per step")
     conv_learning_rate: float = Field(1e-3, gt=0)
     conv_weight_decay: float = Field(1e-4, ge=0)
+    conv_validation: float = Field(0.1, ge=0, lt=1, description="conv: share of the training stimuli held out to "
+                                   "keep the network of the lowest validation MSE (0: every sample trains, the last "
+                                   "step is kept)")
+    conv_eval_every: int = Field(50, gt=0, description="conv: steps between validation measurements")
     seed: int = Field(0, description="conv: initial weights and batches")
 
     @model_validator(mode="after")

@@ -258,20 +258,21 @@ CONV = {"kind": "conv", "conv_channels": 16, "conv_batch_size": 16, "conv_learni
 
 
 def test_the_conv_decoder_fits_planted_latents_better_than_the_mean(tmp_path, monkeypatch):
-    """Latents planted as a per-pixel linear map of the pooled flat images: the conv decoder trained on s1 predicts
-    them for a new subject's test windows far better than the training latents' mean does."""
+    """Latents planted as a low-rank linear map of the pooled flat images (every pixel to every latent pixel, as a
+    flat map relates to the picture): the conv decoder trained on s1 predicts them for a new subject's test windows
+    far better than the training latents' mean does."""
     generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=32, sample_size=16)
-    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=32))
+    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=96))  # 288 training windows
     config = blurry_config(tmp_path, generator, subjects={"train": ["s1"], "held_out": ["s3"]},
-                           blurry={**CONV, "conv_steps": 100})
+                           blurry={**CONV, "conv_steps": 600})
     encoder_dir = tmp_path / "run" / "contrastive" / "encoder"
     save_encoder(config, store, tmp_path / "run")  # no GLFA: the aligned images are the flat images
     rng = np.random.default_rng(0)
-    weights, bias = torch.from_numpy(rng.normal(size=(4, 4, 2))).float(), 0.5
+    weights = torch.from_numpy(rng.normal(size=(2 * 8 * 8, 3)) @ rng.normal(size=(3, 4 * 4 * 8 * 8)) / 8).float()
     windows = store.windows("train")
 
-    def planted(fmri):  # [b, n, 16, 16] -> [b, 4, 4, 8, 8]: every latent pixel a mix of the frames' pooled pixel
-        return torch.einsum("bnhw,cmn->bcmhw", torch.nn.functional.avg_pool2d(fmri, 2), weights) + bias
+    def planted(fmri):  # [b, n, 16, 16] -> [b, 4, 4, 8, 8]
+        return (torch.nn.functional.avg_pool2d(fmri, 2).flatten(1) @ weights).reshape(len(fmri), 4, 4, 8, 8) + 0.5
 
     targets = planted(torch.stack([torch.from_numpy(store.fmri("s1", w)) for w in windows]))
 
@@ -290,7 +291,7 @@ def test_the_conv_decoder_fits_planted_latents_better_than_the_mean(tmp_path, mo
     mean = targets.half().float().mean(0)
     error = float(((decoder.latents(unseen) - expected) ** 2).mean())
     baseline = float(((mean - expected) ** 2).mean())
-    assert error < 0.2 * baseline, (error, baseline)
+    assert error < 0.4 * baseline, (error, baseline)
 
 
 def test_conv_decoder_round_trip_and_its_clips(run, tmp_path):
@@ -311,12 +312,23 @@ def test_conv_decoder_round_trip_and_its_clips(run, tmp_path):
     with torch.no_grad():
         by_hand = net(torch.nn.functional.avg_pool2d(encoder.align(fmri), 2))  # 16 -> 8 pixels a side
     torch.testing.assert_close(decoder.latents(fmri), by_hand, rtol=0, atol=0)
+    # early stopping keeps the network of the lowest validation MSE, measured on the held-out stimulus
+    x, rows = np.random.default_rng(0).normal(size=(12, 2, 8, 8)), np.arange(12) % 6
+    y = torch.randn(6, 4, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    groups = [f"stim{r // 2}" for r in rows]  # 3 stimuli of 2 windows
+    settings = config.blurry.model_copy(update={"conv_steps": 20, "conv_eval_every": 5, "conv_validation": 0.3,
+                                                "conv_learning_rate": 0.05})
+    fitted, losses, validation = fit_conv_decoder(x, y, rows, groups, settings, "cpu")
+    assert len(losses) == 20 and validation["steps"] == [5, 10, 15, 20] and len(validation["stimuli"]) == 1
+    held = [i for i, g in enumerate(groups) if g in validation["stimuli"]]
+    with torch.no_grad():
+        mse = float(((fitted(torch.from_numpy(x[held]).float()) - y[rows[held]]) ** 2).mean())
+    assert mse == pytest.approx(min(validation["mse"]), rel=1e-5)
+    assert validation["best_step"] == validation["steps"][int(np.argmin(validation["mse"]))] < 20  # not the last
     # save -> load keeps every weight and buffer
-    x = np.random.default_rng(0).normal(size=(6, 2, 8, 8))
-    fitted, losses = fit_conv_decoder(x, torch.randn(3, 4, 4, 2, 2), np.arange(6) % 3, config.blurry, "cpu")
     fitted.save_pretrained(tmp_path / "net")
     again = ConvLatentDecoder.from_pretrained(tmp_path / "net")
-    assert fitted.config == again.config and len(losses) == 10
+    assert fitted.config == again.config
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in fitted.state_dict().items())
     # the blurry method's clips and the blurry start read it like the ridge
     out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)

@@ -12,9 +12,9 @@ each window's latents held once and shared by every subject. Two kinds (``blurry
 
 - ``ridge``: a linear map from the flattened features to the flattened latents,
   :class:`~glfa.baselines.lea.RidgeCV` with folds split by stimulus (:class:`BlurryDecoder`);
-- ``conv``: a small convolutional network from the pooled aligned images (the window's n
-  frames as channels) to the latent grid, trained with MSE (:class:`ConvLatentDecoder`,
-  :class:`ConvBlurryDecoder`).
+- ``conv``: a small network from the pooled aligned images: a linear readout into a coarse map,
+  then convolutions up to the latent grid, trained with MSE, keeping the step of the lowest
+  MSE on held-out training stimuli (:class:`ConvLatentDecoder`, :class:`ConvBlurryDecoder`).
 
 Its predicted latents serve twice:
 
@@ -56,7 +56,7 @@ from glfa.baselines.lea import (
     write_ridge_model,
 )
 from glfa.config import BlurryConfig, GlfaConfig
-from glfa.errors import CheckpointError
+from glfa.errors import CheckpointError, DataError
 
 BLURRY_DIR = Path("blurry") / "model"
 CONV_DIR = "conv"
@@ -76,29 +76,32 @@ class BlurryDecoder(EncoderRidge):
 
 
 class ConvLatentDecoder(nn.Module):
-    """Pooled aligned flat images ``[B, n, p, p]`` (the window's n frames as channels) -> scaled latents ``[B, c, m, h', w']``.
+    """Pooled aligned flat images ``[B, n, p, p]`` -> scaled latents ``[B, c, m, h', w']`` (readout, convolutions).
 
     The input is standardised with the training samples' mean image (``x_mean`` ``[n, p, p]``) and
-    overall standard deviation (``x_std``); two 3 x 3 convolutions with GELU at p x p, a bilinear
-    resize to the latent grid h' x w', a 3 x 3 convolution with GELU and a 3 x 3 convolution to the
-    c * m latent planes, plus the training latents' mean (``y_mean`` ``[c, m, h', w']``). The last
-    convolution starts at zero, so the untrained network predicts the mean.
+    overall standard deviation (``x_std``). A cortical flat map does not lay the visual field out
+    as the picture is laid out, so the first step is a linear readout of every pooled pixel of the
+    n frames into a coarse ``channels x grid x grid`` map (with GELU); then a 3 x 3 convolution with
+    GELU, a bilinear resize to the latent grid h' x w', a 3 x 3 convolution with GELU and a 3 x 3
+    convolution to the c * m latent planes, plus the training latents' mean (``y_mean``
+    ``[c, m, h', w']``). The last convolution starts at zero, so the untrained network predicts the mean.
 
     Parameters
     ----------
     frames : n, fMRI frames per window.
     pool : p, side of the pooled images.
     latent_shape : ``(c, m, h', w')``.
-    channels : width of the hidden convolutions.
+    channels : width of the coarse map and of the hidden convolutions.
+    grid : side of the coarse map.
     """
 
-    def __init__(self, *, frames: int, pool: int, latent_shape, channels: int):
+    def __init__(self, *, frames: int, pool: int, latent_shape, channels: int, grid: int):
         super().__init__()
-        self.frames, self.pool, self.channels = int(frames), int(pool), int(channels)
+        self.frames, self.pool, self.channels, self.grid = int(frames), int(pool), int(channels), int(grid)
         self.latent_shape = tuple(int(v) for v in latent_shape)
         c, m, h, w = self.latent_shape
-        self.encode = nn.Sequential(nn.Conv2d(frames, channels, 3, padding=1), nn.GELU(),
-                                    nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
+        self.readout = nn.Sequential(nn.Linear(frames * pool * pool, channels * grid * grid), nn.GELU())
+        self.refine = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
         self.decode = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(channels, c * m, 3, padding=1))
         nn.init.zeros_(self.decode[-1].weight)
@@ -111,13 +114,14 @@ class ConvLatentDecoder(nn.Module):
     def config(self) -> dict[str, Any]:
         """The constructor arguments (saved in ``config.json``)."""
         return {"frames": self.frames, "pool": self.pool, "latent_shape": list(self.latent_shape),
-                "channels": self.channels}
+                "channels": self.channels, "grid": self.grid}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, n, p, p]`` -> ``[B, c, m, h', w']``."""
         c, _, h, w = self.latent_shape
-        hidden = self.encode((x - self.x_mean) / self.x_std)  # [b, C, p, p]
-        hidden = nn.functional.interpolate(hidden, size=(h, w), mode="bilinear", align_corners=False)
+        coarse = self.readout(((x - self.x_mean) / self.x_std).flatten(1))  # [b, C * g * g]
+        hidden = self.refine(rearrange(coarse, "b (k g1 g2) -> b k g1 g2", g1=self.grid, g2=self.grid))
+        hidden = nn.functional.interpolate(hidden, size=(h, w), mode="bilinear", align_corners=False)  # [b, C, h, w]
         return rearrange(self.decode(hidden), "b (c m) h w -> b c m h w", c=c) + self.y_mean
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -141,41 +145,77 @@ class ConvLatentDecoder(nn.Module):
         return model.to(map_location)
 
 
-def fit_conv_decoder(x: np.ndarray, y: torch.Tensor, y_rows: np.ndarray, settings: BlurryConfig, device,
-                     progress: bool = False) -> tuple[ConvLatentDecoder, list[float]]:
-    """Train a :class:`ConvLatentDecoder` with MSE: sample i's images ``x[i]`` ``[n, p, p]`` -> latents ``y[y_rows[i]]``.
+def fit_conv_decoder(x: np.ndarray, y: torch.Tensor, y_rows: np.ndarray, groups, settings: BlurryConfig, device,
+                     progress: bool = False) -> tuple[ConvLatentDecoder, list[float], dict[str, Any]]:
+    """Train a :class:`ConvLatentDecoder` with MSE: sample i's images ``x[i]`` ``[n, p, p]`` -> ``y[y_rows[i]]``.
 
     ``y`` ``[U, c, m, h', w']`` holds each window's latents once (any float dtype; cast a batch at a
-    time). AdamW with ``blurry.conv_*``; the initial weights and the batches come from ``blurry.seed``.
-    Returns the network (eval mode, on ``device``) and the loss at every step.
+    time); ``groups`` (``[N]``) names each sample's stimulus. With ``blurry.conv_validation`` > 0
+    that share of the stimuli (at least one, drawn with ``blurry.seed``) is held out, its MSE
+    measured every ``blurry.conv_eval_every`` steps and after the last, and the network of the
+    lowest validation MSE kept (a small network overfits a few hundred samples quickly); with 0
+    every sample trains and the last step is kept. AdamW with ``blurry.conv_*``; the initial
+    weights and the batches come from ``blurry.seed``.
+
+    Returns
+    -------
+    (the network in eval mode on ``device``, the training loss at every step,
+    ``{"stimuli", "steps", "mse", "best_step"}`` of the validation (empty without one))
     """
     from glfa.optim import adamw
 
     xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # [N, n, p, p]
     rows = torch.from_numpy(np.asarray(y_rows, dtype=np.int64))
+    groups = np.asarray(list(groups))
+    names = np.unique(groups)
+    count = max(1, round(settings.conv_validation * len(names))) if settings.conv_validation > 0 else 0
+    held = np.random.default_rng(settings.seed).permutation(names)[:count]
+    if len(held) == len(names):
+        raise DataError(f"blurry.conv_validation holds out all {len(names)} training stimuli; lower it or give more "
+                        "stimuli", field="blurry.conv_validation")
+    val = torch.from_numpy(np.flatnonzero(np.isin(groups, held)))
+    train = torch.from_numpy(np.flatnonzero(~np.isin(groups, held)))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global RNG untouched
         torch.manual_seed(settings.seed)
         net = ConvLatentDecoder(frames=xs.shape[1], pool=xs.shape[2], latent_shape=y.shape[1:],
-                                channels=settings.conv_channels)
-    counts = torch.bincount(rows, minlength=len(y))  # [U]: every sample weighs its window's latents
+                                channels=settings.conv_channels, grid=settings.conv_grid)
+    counts = torch.bincount(rows[train], minlength=len(y))  # [U]: every training sample weighs its window's latents
     total = torch.zeros(y.shape[1:], dtype=torch.float64)
     for i in torch.nonzero(counts).flatten().tolist():  # a window at a time: no float64 copy of every latent
         total += int(counts[i]) * y[i].double()
-    net.x_mean.copy_(xs.mean(0))
-    net.x_std.fill_(max(float(xs.std()), 1e-8))
-    net.y_mean.copy_(total / len(rows))
+    net.x_mean.copy_(xs[train].mean(0))
+    net.x_std.fill_(max(float(xs[train].std()), 1e-8))
+    net.y_mean.copy_(total / len(train))
     net = net.to(device).train()
+
+    def validation_mse() -> float:
+        net.eval()
+        with torch.no_grad():
+            summed = sum(float(nn.functional.mse_loss(net(xs[part].to(device)), y[rows[part]].to(device).float(),
+                                                      reduction="sum")) for part in val.split(256))
+        net.train()
+        return summed / (len(val) * int(np.prod(y.shape[1:])))
+
     optimizer = adamw(net.parameters(), lr=settings.conv_learning_rate, weight_decay=settings.conv_weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
-    history = []
-    for _ in tqdm(range(settings.conv_steps), desc="blurry conv", disable=not progress, leave=False):
-        idx = torch.randperm(len(xs), generator=generator)[:settings.conv_batch_size]
+    history, validation, best = [], {"stimuli": [str(g) for g in held], "steps": [], "mse": []}, None
+    for step in tqdm(range(1, settings.conv_steps + 1), desc="blurry conv", disable=not progress, leave=False):
+        idx = train[torch.randperm(len(train), generator=generator)[:settings.conv_batch_size]]
         loss = nn.functional.mse_loss(net(xs[idx].to(device)), y[rows[idx]].to(device).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
-    return net.eval().requires_grad_(False), history
+        if len(val) and (step % settings.conv_eval_every == 0 or step == settings.conv_steps):
+            validation["steps"].append(step)
+            validation["mse"].append(validation_mse())
+            if best is None or validation["mse"][-1] < min(validation["mse"][:-1]):
+                best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if best is None:
+        return net.eval().requires_grad_(False), history, {}
+    net.load_state_dict(best)
+    validation["best_step"] = validation["steps"][int(np.argmin(validation["mse"]))]
+    return net.eval().requires_grad_(False), history, validation
 
 
 class ConvBlurryDecoder:
@@ -289,10 +329,10 @@ def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
                           ridge, "latent_shape", latent_shape)
         return target
     images = x.reshape(len(x), problem.store.fmri_frames, settings.pool, settings.pool)  # [N, n, p, p]
-    net, losses = fit_conv_decoder(images, cache.latents, y_rows, settings, next(problem.encoder.parameters()).device,
-                                   progress)
+    net, losses, validation = fit_conv_decoder(images, cache.latents, y_rows, problem.groups, settings,
+                                               next(problem.encoder.parameters()).device, progress)
     info = {**problem.info("blurry", None, target_text, read), **shared, "loss_first": losses[0],
-            "loss_last": losses[-1], "train_mse": float(np.mean(losses[-max(1, len(losses) // 10):]))}
+            "loss_last": losses[-1], "validation": validation}
     with install_dir(target) as tmp:
         problem.encoder.save_pretrained(tmp / ENCODER_DIR)
         net.save_pretrained(tmp / CONV_DIR)
