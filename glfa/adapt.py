@@ -8,7 +8,9 @@ watched too):
 
 - ``glfa``: S's own copy of the GLFA layer (global map and local kernels), started from the trained
   layer and fitted with L_GLFA (paper eq. 3) against the trained subjects' aligned responses,
-  which stay fixed (:func:`fit_subject_layer`).
+  which stay fixed (:func:`fit_subject_layer`); with ``adapt.denoising_weight`` W > 0, plus W x the
+  stage-2 denoising loss of S's windows through the layer and the frozen rest of the decoder
+  (:class:`DenoisingTerm`).
 - ``linear``: the classic baseline: per parcel, cross-validated ridge from S's pixels to the trained
   subjects' mean response (:class:`ParcelLinearMap`), followed by the trained layer.
 - ``full``: ``glfa``, then the encoder's token projector fine-tuned so that S's tokens match the
@@ -244,7 +246,7 @@ def load_subject_map(path: str | Path, device: str | torch.device = "cpu") -> Pa
 
 def fit_subject_layer(layer: nn.Module, x: np.ndarray, others: list[np.ndarray], mask: np.ndarray, *,
                       consistency_weight: float, steps: int, batch_size: int, learning_rate: float,
-                      weight_decay: float, seed: int, device: torch.device,
+                      weight_decay: float, seed: int, device: torch.device, denoising: DenoisingTerm | None = None,
                       progress: bool = False) -> tuple[nn.Module, list[float]]:
     """A copy of the trained GLFA ``layer`` fitted to one new subject; returns it (on the CPU) and its losses.
 
@@ -262,6 +264,8 @@ def fit_subject_layer(layer: nn.Module, x: np.ndarray, others: list[np.ndarray],
     x : ``[F, H, W]`` the new subject's frames (masked here, a batch at a time).
     others : the trained subjects' frames ``[F, H, W]`` at the same time points.
     mask : ``[H, W]`` bool, the visual cortex (the store's mask).
+    denoising : added to every step's loss, called with the layer being fitted (:class:`DenoisingTerm`);
+        None: L_GLFA alone.
     """
     from glfa.devices import flush_denormals
     from glfa.losses import glfa_loss
@@ -284,11 +288,81 @@ def fit_subject_layer(layer: nn.Module, x: np.ndarray, others: list[np.ndarray],
             with torch.no_grad():
                 yb = frozen(torch.stack([frames(o, idx) for o in others]).mean(0))  # A(mean_t x_t): [b, h, w]
             loss = glfa_loss(torch.stack([model(xb), yb]), torch.stack([xb, yb]), mask, consistency_weight)
+            if denoising is not None:
+                loss = loss + denoising(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             history.append(float(loss.detach()))
     return model.eval().requires_grad_(False).cpu(), history
+
+
+class DenoisingTerm:
+    """``weight`` x the stage-2 denoising loss of the new subject's windows through a GLFA layer and the frozen rest.
+
+    Each call draws ``batch_size`` of the windows (seeded), reads their fMRI from the store, takes it
+    through the given layer in place of the encoder's GLFA layer, then through the frozen encoder
+    (PTE, spatiotemporal block, token projector) to condition the frozen UNet, and returns ``weight``
+    x :func:`glfa.losses.denoising_loss` on the windows' VAE latents, as stage 2 computes it
+    (:func:`glfa.training.cotrain.cotrain_step`). Its noise and timesteps come from a seed drawn from
+    the term's own generator, so the fit is reproducible and the global RNG untouched. Only the
+    layer receives gradients: the encoder's and the UNet's parameters are frozen here.
+
+    Parameters
+    ----------
+    encoder : the trained FmriEncoder.
+    unet : the generator's UNet carrying the trained model's parameters.
+    scheduler : the generator's DDPM scheduler.
+    store, subject, windows : where the new subject's fMRI windows ``[n, H, W]`` are read, a batch at a time.
+    latents : the windows' scaled VAE latents (:class:`~glfa.data.features.LatentFeatures`, by window index).
+    """
+
+    def __init__(self, encoder: nn.Module, unet: nn.Module, scheduler, store, subject: str, windows: list, latents, *,
+                 weight: float, batch_size: int, seed: int):
+        missing = [w.index for w in windows if w.index not in latents.windows]
+        if missing or not windows:
+            raise DataError(f"expected the VAE latents of every window; {len(missing)} of {len(windows)} missing "
+                            f"(e.g. {missing[:5]})", path=store.path, field="latents")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler, self.latents = scheduler, latents
+        self.store, self.subject, self.windows = store, subject, windows
+        self.weight, self.batch_size = float(weight), int(batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, layer: nn.Module) -> torch.Tensor:
+        """The weighted loss of one batch of windows through ``layer`` (a scalar with a gradient to ``layer``)."""
+        from glfa.losses import denoising_loss
+
+        device = next(layer.parameters()).device
+        batch = [self.windows[i] for i in torch.randperm(len(self.windows), generator=self.generator)[:self.batch_size]]
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        fmri = torch.from_numpy(np.stack([self.store.fmri(self.subject, w) for w in batch])).float()  # [b, n, H, W]
+        latents = self.latents.stack([w.index for w in batch]).float()  # [b, c, m, h', w']
+        self.encoder.glfa = layer  # the layer being fitted stands in for the trained one
+        tokens = self.encoder(fmri.to(device), heads=("tokens",))["tokens"]  # [b, K, C]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            loss = denoising_loss(self.unet, self.scheduler, latents.to(device), tokens)
+        return self.weight * loss
+
+    @classmethod
+    def for_model(cls, model_dir: Path, store, subject: str, windows: list, *, weight: float, batch_size: int,
+                  seed: int, device: torch.device, progress: bool = False) -> DenoisingTerm:
+        """The term of a trained decoder model folder: its encoder, its generator with its trained UNet
+        parameters, and the store's VAE latents cache of the training windows (built on first use)."""
+        from glfa.backbones import load_video_generator
+        from glfa.data.features import vae_latents
+        from glfa.models.encoder import FmriEncoder
+        from glfa.pipeline import ENCODER_DIR, UNET_TRAINABLE, overlay_unet, read_model_info
+
+        generator = load_video_generator(read_model_info(model_dir)["generator"], device=device,
+                                         with_text_encoder=False)
+        overlay_unet(generator.unet, model_dir / UNET_TRAINABLE)
+        return cls(FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device), generator.unet,
+                   generator.scheduler, store, subject, windows, vae_latents(store, generator, split="train",
+                                                                             progress=progress),
+                   weight=weight, batch_size=batch_size, seed=seed)
 
 
 class SubjectAdapter(BaseEstimator):
@@ -337,11 +411,12 @@ class SubjectAdapter(BaseEstimator):
                    alphas=tuple(a.alphas), cv_folds=a.cv_folds, seed=a.seed, device=config.device)
 
     def fit(self, x: np.ndarray, others: Mapping[str, np.ndarray], layer: nn.Module, groups: np.ndarray,
-            mask: np.ndarray, progress: bool = False) -> SubjectAdapter:
+            mask: np.ndarray, denoising: DenoisingTerm | None = None, progress: bool = False) -> SubjectAdapter:
         """Fit on the new subject's frames ``x`` ``[F, H, W]`` and the trained subjects' at the same time points.
 
         ``layer`` is the trained GLFA layer; ``groups`` (``[F]``) numbers each frame's stimulus; ``mask``
-        (``[H, W]`` bool) is the visual cortex, outside which frames are zero.
+        (``[H, W]`` bool) is the visual cortex, outside which frames are zero; ``denoising``
+        (glfa/full) is added to every step's L_GLFA.
         """
         from glfa.devices import resolve_device
 
@@ -369,7 +444,7 @@ class SubjectAdapter(BaseEstimator):
             self.subject_layer_, self.loss_history_ = fit_subject_layer(
                 self.layer_, x, list(others.values()), mask, consistency_weight=self.consistency_weight, steps=self.steps,
                 batch_size=self.batch_size, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                seed=self.seed, device=resolve_device(self.device), progress=progress)
+                seed=self.seed, device=resolve_device(self.device), denoising=denoising, progress=progress)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -437,6 +512,14 @@ def default_name(method: str, subject: str, minutes: float) -> str:
     return f"adapt-{method}-{subject}-{minutes:g}min"
 
 
+def trained_config(model_dir: str | Path):
+    """The config a trained decoder model folder was trained with (``model.json``'s ``config``), validated."""
+    from glfa.config import validate_config
+    from glfa.pipeline import MODEL_INFO, read_model_info
+
+    return validate_config(read_model_info(Path(model_dir))["config"], str(Path(model_dir) / MODEL_INFO))
+
+
 def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: str = "glfa", name: str | None = None,
                 base: str = "glfa", config=None, store=None, progress: bool = True) -> Path:
     """Adapt the run's trained model ``base`` to ``subject`` on its first ``minutes``; returns the new model folder.
@@ -447,11 +530,12 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
     subject, minutes : the new subject and how much of its training-split fMRI to fit on.
     method : ``glfa``, ``linear`` or ``full`` (module docstring).
     name : the new method's name, ``RUN/cotrain-<name>/model`` (default :func:`default_name`).
-    config : a GlfaConfig whose ``adapt`` section is used (default: the base model's saved config).
+    config : a GlfaConfig whose ``adapt`` section is used (default: the base model's saved config,
+        :func:`trained_config`).
     store : the study store or its path (default: the one the base model was trained on).
     """
-    from glfa.config import validate_config
     from glfa.data.store import StudyStore
+    from glfa.devices import resolve_device
     from glfa.generate import model_dir_for
     from glfa.models.encoder import FmriEncoder
     from glfa.pipeline import ENCODER_DIR, MODEL_INFO, NEGATIVE, UNET_TRAINABLE, read_model_info
@@ -476,7 +560,7 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
         raise ConfigError("holds a trained model that is not an adaptation; choose another name",
                           path=target, field="--name")
     if config is None:
-        config = validate_config(info["config"], str(base_dir / MODEL_INFO))
+        config = trained_config(base_dir)
     if not isinstance(store, StudyStore):
         store = StudyStore.open(store if store is not None else info["store"])
     encoder = FmriEncoder.from_pretrained(base_dir / ENCODER_DIR)
@@ -487,8 +571,12 @@ def adapt_model(run_dir: str | Path, *, subject: str, minutes: float, method: st
     windows, used = adaptation_windows(store, subject, train, minutes)
     frames, groups = window_frames(store, [subject, *train], windows)
     x = frames.pop(subject)
+    a = config.adapt
+    denoising = None if method == "linear" or a.denoising_weight == 0 else DenoisingTerm.for_model(
+        base_dir, store, subject, windows, weight=a.denoising_weight, batch_size=a.denoising_batch_size, seed=a.seed,
+        device=resolve_device(config.device), progress=progress)
     adapter = SubjectAdapter.from_config(config, method).fit(x, frames, encoder.glfa, groups, store.mask,
-                                                             progress=progress)
+                                                             denoising=denoising, progress=progress)
     del x, frames
     record: dict[str, Any] = {
         "method": method, "subject": subject, "minutes": minutes, "minutes_used": used, "base_method": base,
@@ -552,7 +640,11 @@ class AdaptationSetting:
     fSC with the trained subjects), ``isc`` and ``decoding`` (:func:`~glfa.metrics.decoding.inter_subject_decoding`),
     empty for a model without GLFA; ``video`` the ``{"mean", "std", "n"}`` over clips of every metric
     that :func:`glfa.evaluation.score_clips` computes, ``scores`` the per-clip values, ``brain_signal``
-    each metric's matched and mismatched means, their difference and its permutation p-value.
+    each metric's matched and mismatched means, their difference and its permutation p-value;
+    ``retrieval`` the stage-1 encoder's brain-to-video retrieval of the subject's test windows through
+    the setting's front end (:func:`subject_front_end`), ``{"1": ..., "5": ...}`` as
+    :func:`glfa.evaluation.brain_retrieval` records each top (hit rate, chance, mismatched, p);
+    empty when the run has no stage-1 encoder (``not_computed`` says so).
     """
 
     role: str
@@ -566,6 +658,7 @@ class AdaptationSetting:
     video: dict[str, dict[str, float]]
     scores: dict[str, list[float]]
     brain_signal: dict[str, dict[str, float]]
+    retrieval: dict[str, dict[str, float]]
     not_computed: dict[str, str]
 
     @property
@@ -598,21 +691,25 @@ class AdaptationTable:
         """The table: one row per setting, mean ± std (over test time points or clips), and notes."""
         metrics = list(dict.fromkeys(k for s in self.settings for k in s.video))
         signals = [m for m in SIGNAL_METRICS if any(m in s.brain_signal for s in self.settings)]
+        tops = list(dict.fromkeys(t for s in self.settings for t in s.retrieval))
         head = ["Setting", "minutes used", "windows", "fSC with trained", "ISC", f"decoding {self.labels}",
-                "mismatched", *metrics, *[f"{m}: matched - mismatched (p)" for m in signals], "fit (s)"]
+                "mismatched", *[f"retrieval top-{t} (chance)" for t in tops], *metrics,
+                *[f"{m}: matched - mismatched (p)" for m in signals], "fit (s)"]
         lines = [f"## Adapting to subject {self.subject} ({','.join(self.train_subjects)} -> {self.subject})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in self.settings:
             a = s.alignment
             cells = [s.label, _fmt(s.minutes_used), _fmt(s.windows), _mean_std(a.get("fsc")), _fmt(a.get("isc")),
                      _fmt(a.get("decoding", {}).get("accuracy")), _fmt(a.get("decoding", {}).get("mismatched")),
-                     *[_mean_std(s.video.get(m)) for m in metrics], *[_signal(s.brain_signal.get(m)) for m in signals],
-                     _fmt(s.fit_seconds, 1)]
+                     *[_hits(s.retrieval.get(t)) for t in tops], *[_mean_std(s.video.get(m)) for m in metrics],
+                     *[_signal(s.brain_signal.get(m)) for m in signals], _fmt(s.fit_seconds, 1)]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"Test windows of subject {self.subject}. fSC: mean ± std over test time points of its spatial "
                  "correlation with the trained subjects (their responses through the base model's GLFA layer, "
                  "its through the setting's own); decoding: inter-subject decoding (Bazeille et al. 2021), "
-                 "mismatched beside it; video metrics: mean ± std over clips. —: not applicable."]
+                 "mismatched beside it; retrieval: the true clip among the test clips' top-k by the stage-1 "
+                 "encoder's CLIP-space embedding of the fMRI (through the setting's own front end); video "
+                 "metrics: mean ± std over clips. —: not applicable."]
         reasons = dict.fromkeys(f"{m}: {why}" for s in self.settings for m, why in s.not_computed.items())
         return "\n".join(lines) + "\n\n" + "\n\n".join(notes + list(reasons) + self.skipped) + "\n"
 
@@ -625,6 +722,10 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _mean_std(summary: dict[str, float] | None) -> str:
     return "—" if not summary else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _hits(record: dict[str, float] | None) -> str:
+    return "—" if not record else f"{record['matched']:.3f} ({record['chance']:.3f})"
 
 
 def _signal(record: dict[str, float] | None) -> str:
@@ -678,10 +779,9 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
     labels : {stimulus: class} of the decoding column (default: every clip its own class).
     """
     from glfa.align import apply_frames, responses_from_store, timepoint_stimuli
-    from glfa.config import validate_config
     from glfa.data.store import StudyStore
     from glfa.devices import resolve_device
-    from glfa.evaluation import GenerationsFolder, Scorers, score_clips, timepoint_labels
+    from glfa.evaluation import GenerationsFolder, Scorers, brain_retrieval, score_clips, timepoint_labels
     from glfa.generate import available_methods, model_dir_for
     from glfa.metrics.alignment import fsc_per_timepoint, isc
     from glfa.metrics.decoding import inter_subject_decoding
@@ -696,7 +796,7 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
         raise DataError(f"expected minutes >= 0, got {minutes}", field="--minutes")
     base_dir = model_dir_for(run_dir, base)
     info = read_model_info(base_dir)
-    config = config if config is not None else validate_config(info["config"], str(base_dir / "model.json"))
+    config = config if config is not None else trained_config(base_dir)
     store = store if isinstance(store, StudyStore) else StudyStore.open(store if store is not None else info["store"])
     train = [str(s) for s in info["train_subjects"]]
     for m in sorted(set(minutes) - {0}):  # every data size must fit before anything is fitted
@@ -741,12 +841,16 @@ def evaluate_adaptation(run_dir: str | Path, *, subject: str, minutes: list[floa
                 "fsc": summarize(np.nanmean([fsc_per_timepoint(mine, x, mask) for x in trained.values()], axis=0)),
                 "isc": float(isc({**trained, subject: mine}, mask)[subject]),
                 "decoding": inter_subject_decoding(trained, mine, classes, stimuli, mask)}
+        retrieval, why = brain_retrieval(run_dir, [folder], scorers, ev, device_, store, front_end=front)
+        if why:
+            not_computed["retrieval"] = "; ".join(why)
         settings.append(AdaptationSetting(
             role=role, method=method, minutes=m, model=name, minutes_used=record.get("minutes_used"),
             windows=len(record["windows"]) if record else None, fit_seconds=record.get("fit_seconds"),
             alignment=alignment, video={k: summarize(v) for k, v in scores.items()}, scores=scores,
             brain_signal={k: {f: v[f] for f in ("matched", "mismatched", "difference", "p")}
-                          for k, v in signal.items()}, not_computed=not_computed))
+                          for k, v in signal.items()}, retrieval=retrieval[0]["top"] if retrieval else {},
+            not_computed=not_computed))
     return AdaptationTable(run_dir=str(run_dir), subject=subject, base=base, train_subjects=train, labels=labels_name,
                            settings=settings, config=config.to_dict(), skipped=skipped)
 

@@ -177,7 +177,7 @@ def _cmd_train_blurry(args: argparse.Namespace) -> int:
     if args.generator:
         config.cotrain.generator = args.generator
     path = fit_blurry(config, Path(args.store), args.out, encoder_dir=args.encoder, progress=not args.quiet)
-    print(f"blurry decoder (ridge from fMRI features to the generator's VAE latents) saved to {path}")
+    print(f"blurry decoder ({config.blurry.kind} from fMRI features to the generator's VAE latents) saved to {path}")
     return 0
 
 
@@ -215,8 +215,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
                       "generator's text tokens", _cmd_train_lea)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
-    q = _train_parser(stages, "blurry", "the low-level decoder: ridge from fMRI features (blurry.features) to the "
-                      "generator's VAE latents of the window's frames (RUN/blurry/model)", _cmd_train_blurry)
+    q = _train_parser(stages, "blurry", "the low-level decoder: ridge or a small conv net (blurry.kind) from fMRI "
+                      "features (blurry.features) to the generator's VAE latents of the window's frames "
+                      "(RUN/blurry/model)", _cmd_train_blurry)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
     q.add_argument("--encoder", default=None,
                    help="the fMRI encoder folder it reads (default: RUN/cotrain-glfa/model/encoder for "
@@ -298,9 +299,16 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
 def _cmd_adapt(args: argparse.Namespace) -> int:
     import json
 
-    from glfa.adapt import adapt_model
+    from glfa.adapt import adapt_model, trained_config
+    from glfa.generate import model_dir_for
 
     config = _config(args) if args.config else None
+    if args.denoising_weight is not None:
+        if not args.denoising_weight >= 0:
+            raise ConfigError(f"expected a weight >= 0, got {args.denoising_weight}", field="--denoising-weight")
+        config = config if config is not None else trained_config(model_dir_for(Path(args.run), args.base))
+        config = config.model_copy(update={"adapt": config.adapt.model_copy(
+            update={"denoising_weight": args.denoising_weight})})
     out = adapt_model(Path(args.run), subject=args.subject, minutes=args.minutes, method=args.method, name=args.name,
                       base=args.base, config=config, store=args.store, progress=not args.quiet)
     record = json.loads((out / "model.json").read_text())["adaptation"]
@@ -323,6 +331,9 @@ def _register_adapt(sub: argparse._SubParsersAction) -> None:
                    help="glfa: the subject's own GLFA layer (default); linear: per-parcel ridge into the trained "
                         "subjects' mean response; full: glfa plus the token projector")
     p.add_argument("--name", default=None, help="the new method's name (default: adapt-METHOD-SUBJECT-MINUTESmin)")
+    p.add_argument("--denoising-weight", type=float, default=None,
+                   help="glfa/full: add this weight x the denoising loss through the frozen encoder and UNet to "
+                        "L_GLFA (default: the config's adapt.denoising_weight, 0)")
     p.add_argument("--base", default="glfa", help="the trained method to start from (default: glfa)")
     p.add_argument("--store", default=None, help="study store (default: the one the model was trained on)")
     p.add_argument("-c", "--config", help="YAML config whose 'adapt' section is used (default: the trained one)")

@@ -253,13 +253,34 @@ class LeaConfig(_Strict):
 
 
 class BlurryConfig(LeaConfig):
-    """The low-level decoder (``glfa train blurry``): ridge, with LEA's settings, from fMRI features to the
-    generator's VAE latents of the window's stored frames."""
+    """The low-level decoder (``glfa train blurry``): from fMRI features to the generator's VAE latents of the
+    window's stored frames, by ridge (with LEA's settings) or by a small convolutional network."""
 
+    kind: Literal["ridge", "conv"] = Field(
+        "ridge", description="ridge: cross-validated ridge (alphas, cv_folds); conv: a small convolutional network "
+        "from the pooled aligned images (features: aligned) trained with MSE (conv_* settings)")
     features: Literal["aligned", "latent"] = Field(
         "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
         "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
     pool: int = Field(16, gt=0, description="side of the pooled aligned images")
+    conv_channels: int = Field(32, gt=0, description="conv: channels of the coarse map and of every hidden "
+                               "convolution")
+    conv_grid: int = Field(8, gt=0, description="conv: side of the coarse map the linear readout fills")
+    conv_steps: int = Field(2000, gt=0, description="conv: AdamW steps")
+    conv_batch_size: int = Field(32, gt=0, description="conv: samples (subject x window) per step")
+    conv_learning_rate: float = Field(1e-3, gt=0)
+    conv_weight_decay: float = Field(1e-4, ge=0)
+    conv_validation: float = Field(0.1, ge=0, lt=1, description="conv: share of the training stimuli held out to "
+                                   "keep the network of the lowest validation MSE (0: every sample trains, the last "
+                                   "step is kept)")
+    conv_eval_every: int = Field(50, gt=0, description="conv: steps between validation measurements")
+    seed: int = Field(0, description="conv: initial weights and batches")
+
+    @model_validator(mode="after")
+    def _conv_reads_images(self) -> BlurryConfig:
+        if self.kind == "conv" and self.features != "aligned":
+            raise ValueError("kind 'conv' reads images: it needs features 'aligned'")
+        return self
 
 
 class DemoGeneratorConfig(_Strict):
@@ -333,8 +354,10 @@ class AdaptConfig(_Strict):
     """Adapting a trained cross-subject model to a new subject from a few minutes of data (``glfa adapt``).
 
     ``glfa``/``full``: the subject's own copy of the trained GLFA layer, fitted with L_GLFA against
-    the trained subjects' aligned responses (lambda from ``model.glfa``); ``full`` then fine-tunes the
-    token projector. ``linear``: cross-validated ridge per parcel (``model.glfa.parcel_size``).
+    the trained subjects' aligned responses (lambda from ``model.glfa``), optionally plus
+    ``denoising_weight`` x the stage-2 denoising loss through the frozen rest of the decoder; ``full``
+    then fine-tunes the token projector. ``linear``: cross-validated ridge per parcel
+    (``model.glfa.parcel_size``).
     """
 
     steps: int = Field(100, gt=0, description="AdamW steps fitting the subject's GLFA layer (the cost does not "
@@ -343,6 +366,11 @@ class AdaptConfig(_Strict):
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="pulls the layer toward the identity, not toward the trained "
                                 "layer; off by default")
+    denoising_weight: float = Field(0.0, ge=0, description="glfa/full: weight of the denoising loss added to L_GLFA "
+                                    "at every step: the subject's windows through its layer, the frozen encoder and "
+                                    "the frozen UNet, on the windows' VAE latents (0: L_GLFA alone)")
+    denoising_batch_size: int = Field(2, gt=0, description="glfa/full with denoising_weight > 0: windows per step "
+                                      "of the denoising loss")
     projector_steps: int = Field(100, gt=0, description="full: AdamW steps fine-tuning the token projector")
     projector_batch_size: int = Field(8, gt=0, description="full: windows per step")
     projector_learning_rate: float = Field(1e-4, gt=0)

@@ -236,14 +236,14 @@ class BlurryStart:
     """
 
     def __init__(self, model_dir: Path, generator, generator_path: str, gen: GenerationConfig):
-        from glfa.baselines.blurry import BlurryDecoder
+        from glfa.baselines.blurry import load_blurry_decoder
 
         info = read_model_info(model_dir)
         if info["generator"] != generator_path:
             raise CheckpointError(f"the blurry decoder predicts latents of the generator {info['generator']}, but "
                                   f"the method decodes with {generator_path}", path=model_dir / MODEL_INFO,
                                   field="generator")
-        self.decoder = BlurryDecoder.load(model_dir, generator.device)
+        self.decoder = load_blurry_decoder(model_dir, generator.device)
         self.generator, self.gen = generator, gen
         factor = generator.vae_scale_factor
         self.resampled = self.decoder.shape[1:] != (gen.num_frames, gen.height // factor, gen.width // factor)

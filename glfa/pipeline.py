@@ -184,7 +184,7 @@ class FmriToVideoPipeline:
         info = read_model_info(model_dir)
         if info["kind"] == "blurry":
             raise CheckpointError("a blurry decoder predicts VAE latents and conditions no diffusion: decode them "
-                                  "with glfa.baselines.blurry.BlurryDecoder (glfa generate --method blurry), or "
+                                  "with glfa.baselines.blurry.load_blurry_decoder (glfa generate --method blurry), or "
                                   "start a diffusion method from them (generation.init: blurry)",
                                   path=model_dir / MODEL_INFO, field="kind")
         negative = read_negative_tokens(model_dir)

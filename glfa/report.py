@@ -458,10 +458,13 @@ def gallery_html(task: str, results: list[DecodingResult]) -> str:
 def adaptation_plot(sweep: dict[str, Any]) -> str:
     """The data-efficiency curves of one ``glfa evaluate adaptation`` sweep (its JSON): one panel per metric,
     one line per method over the minutes (0: the zero-shot floor), error bars = std over test time
-    points (fSC) or clips (video metrics), the within-subject ceiling dashed."""
+    points (fSC) or clips (retrieval, video metrics), the within-subject ceiling dashed."""
     plt = _pyplot()
     settings = sweep["settings"]
     panels = [("fSC with trained", lambda s: s["alignment"].get("fsc"))]
+    # a clip's retrieval is a hit or a miss: the std over clips of a rate m is sqrt(m (1 - m))
+    panels += [(f"retrieval top-{top}", lambda s, top=top: _hit_rate(s.get("retrieval", {}).get(top)))
+               for top in dict.fromkeys(t for s in settings for t in s.get("retrieval", {}))]
     panels += [(key, lambda s, key=key: s["video"].get(key))
                for key in dict.fromkeys(k for s in settings for k in s["video"])]
     floor = [s for s in settings if s["role"] == "floor"]
@@ -483,6 +486,14 @@ def adaptation_plot(sweep: dict[str, Any]) -> str:
     fig.supxlabel("minutes of the new subject's training fMRI (0: zero-shot)", fontsize=10)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
+
+
+def _hit_rate(record: dict[str, Any] | None) -> dict[str, float] | None:
+    """A retrieval record's hit rate as ``{"mean", "std"}`` over clips (hits are 0 or 1); None without one."""
+    if not record:
+        return None
+    m = record["matched"]
+    return {"mean": m, "std": math.sqrt(max(m * (1 - m), 0.0))}
 
 
 def adaptation_html(run_dir: Path) -> list[str]:

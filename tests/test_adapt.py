@@ -4,6 +4,7 @@ recovery of planted subject differences on the synthetic study."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,16 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
     assert "on 6 training windows (0.17 of the 0.2 minutes asked)" in capsys.readouterr().out
     assert json.loads((run / "cotrain-mine" / "model" / "model.json").read_text())["adaptation"]["settings"][
         "steps"] == FAST["adapt"]["steps"]
+    # --denoising-weight: 0 is the plain fit bit for bit; 0.5 moves only the subject's GLFA layer away from it
+    weights = {}
+    for w in ("0", "0.5"):
+        assert main([*args, "--minutes", "0.2", "--name", f"mine-{w}", "--denoising-weight", w]) == 0
+        record = json.loads((run / f"cotrain-mine-{w}" / "model" / "model.json").read_text())["adaptation"]
+        assert record["settings"]["denoising_weight"] == float(w)
+        weights[w] = FmriEncoder.from_pretrained(run / f"cotrain-mine-{w}" / "model" / "encoder").state_dict()
+    plain = FmriEncoder.from_pretrained(run / "cotrain-mine" / "model" / "encoder").state_dict()
+    assert all(torch.equal(plain[k], weights["0"][k]) for k in plain)
+    assert {k.split(".")[0] for k in plain if not torch.equal(plain[k], weights["0.5"][k])} == {"glfa"}
     for extra, message in [
         (["--minutes", "1", "--subject", "s1"], "one of the model's training subjects"),
         (["--minutes", "0"], "positive number of minutes"),
@@ -135,12 +146,47 @@ def test_cli_adapt_and_bad_input(run, tmp_path, capsys):
         (["--minutes", "1", "--name", "glfa"], "not the base model's name"),
         (["--minutes", "1", "--name", "blurry"], "or one of ['lea', 'blurry']"),  # RUN/blurry/model would hide it
         (["--minutes", "1", "--name", "within"], "not an adaptation; choose another name"),
+        (["--minutes", "1", "--denoising-weight", "-1"], "--denoising-weight: expected a weight >= 0"),
         (["--minutes", "1", "--store", str(_store_without_shared_stimuli(tmp_path / "store"))],
          "watched none of the training stimuli that the trained subjects"),
     ]:
         assert main([*args, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_denoising_term_trains_the_layer_through_the_frozen_rest(run):
+    """The optional denoising loss of glfa adapt: its gradient reaches the subject's GLFA layer through the frozen
+    encoder and UNet, whose parameters never change; the global RNG is left as it was."""
+    from glfa.adapt import DenoisingTerm, fit_subject_layer, window_frames
+
+    base = run / "cotrain-glfa" / "model"
+    store = StudyStore.open(json.loads((base / "model.json").read_text())["store"])
+    windows, _ = adaptation_windows(store, "s3", ["s1", "s2"], 0.2)
+    term = DenoisingTerm.for_model(base, store, "s3", windows, weight=0.5, batch_size=2, seed=0,
+                                   device=torch.device("cpu"))
+    frozen = {**{f"encoder.{k}": v.clone() for k, v in term.encoder.state_dict().items() if not k.startswith("glfa.")},
+              **{f"unet.{k}": v.clone() for k, v in term.unet.state_dict().items()}}
+    layer = FmriEncoder.from_pretrained(base / "encoder").glfa.requires_grad_(True)
+    rng = torch.get_rng_state()
+    term(layer).backward()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    rest = [p for n, p in term.encoder.named_parameters() if not n.startswith("glfa.")] + list(term.unet.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in rest)
+
+    frames, _ = window_frames(store, ["s3", "s1", "s2"], windows)
+    x = frames.pop("s3")
+    settings = dict(consistency_weight=0.5, steps=5, batch_size=8, learning_rate=0.05, weight_decay=0.0, seed=0,
+                    device=torch.device("cpu"))
+    trained = FmriEncoder.from_pretrained(base / "encoder").glfa
+    plain, plain_losses = fit_subject_layer(trained, x, list(frames.values()), store.mask, **settings)
+    denoised, losses = fit_subject_layer(trained, x, list(frames.values()), store.mask, denoising=term, **settings)
+    assert losses[0] > plain_losses[0]  # the same first batch of frames, plus the denoising loss
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), denoised.state_dict().values()))
+    after = {**{f"encoder.{k}": v for k, v in term.encoder.state_dict().items() if not k.startswith("glfa.")},
+             **{f"unet.{k}": v for k, v in term.unet.state_dict().items()}}
+    assert after.keys() == frozen.keys() and all(torch.equal(after[k], frozen[k]) for k in frozen)
 
 
 def test_parcel_ridge_recovers_a_planted_linear_map():
@@ -277,6 +323,7 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
                                  store_dir=Path(base["store"]))
     info = json.loads((within / "model.json").read_text())
     (within / "model.json").write_text(json.dumps({**info, "train_subjects": ["s3"], "held_out": []}))
+    stage1 = _stage1_encoder(run, store)
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
         **FAST, "device": "cpu", "model": {"preset": "tiny", "glfa": {"parcel_size": 8, "kernel_size": 5}},
@@ -305,6 +352,15 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
         aligned = {s: layer(torch.from_numpy(x)).numpy() for s, x in test.items()}
     expected = np.mean([fsc_per_timepoint(aligned["s3"], aligned[s], store.mask) for s in ("s1", "s2")], axis=0)
     assert data["settings"][0]["alignment"]["fsc"]["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    # retrieval of each setting: the stage-1 encoder reads the subject's fMRI through the setting's own front end
+    clip = B.load_clip(None, "cpu", dim=32)
+    for setting in data["settings"]:
+        expected = _retrieval_by_hand(run, setting["model"], store, stage1, clip)
+        assert set(setting["retrieval"]) == {"1", "5"}, setting["label"]
+        for top, hits in expected.items():
+            assert setting["retrieval"][top]["matched"] == pytest.approx(hits), (setting["label"], top)
+            assert setting["retrieval"][top]["chance"] == pytest.approx(int(top) / n_test)
+    assert "retrieval top-1 (chance)" in printed
     # the report draws the curves (one panel per metric, a line per method, the ceiling dashed)
     from glfa.report import adaptation_html
 
@@ -318,3 +374,41 @@ def test_evaluate_adaptation_sweep(run, tmp_path, capsys):
     assert main([*args, "--minutes", "0,x"]) == 2 and "comma-separated numbers" in capsys.readouterr().err
     assert main([*args, "--methods", "ridge"]) == 2 and "adaptation methods" in capsys.readouterr().err
     assert main([*args, "--minutes", "0.01"]) == 2 and "no whole window" in capsys.readouterr().err
+    # without a stage-1 encoder the sweep still runs and says why retrieval is missing
+    shutil.rmtree(run / "contrastive")
+    assert main([*args, "--minutes", "0.2", "--methods", "glfa"]) == 0
+    setting = json.loads((run / "evaluation" / "adaptation-s3.json").read_text())["settings"][0]
+    assert setting["retrieval"] == {} and "no stage-1 encoder" in setting["not_computed"]["retrieval"]
+
+
+def _stage1_encoder(run: Path, store) -> FmriEncoder:
+    """A tiny stage-1 encoder (no GLFA, as stage 1 trains it) saved as RUN/contrastive/encoder."""
+    from glfa.config import validate_config
+
+    torch.manual_seed(3)
+    encoder = FmriEncoder(validate_config({"model": {"preset": "tiny", "glfa": {"enabled": False}}}).model,
+                          store.image_size, store.fmri_frames).eval()
+    encoder.save_pretrained(run / "contrastive" / "encoder")
+    return encoder
+
+
+def _retrieval_by_hand(run: Path, method: str, store, stage1: FmriEncoder, clip) -> dict[str, float]:
+    """Top-1 and top-5 hit rates of the test windows, computed window by window from the model folder's files:
+    S's frames through its subject map (linear) and its encoder's GLFA layer, then the stage-1 encoder's CLIP
+    head, ranked against the mean cosine with each true clip's frame embeddings."""
+    model = run / f"cotrain-{method}" / "model"
+    layer = FmriEncoder.from_pretrained(model / "encoder").glfa.eval()
+    subject_map = model / "subject_map.safetensors"
+    front = (lambda x: layer(load_subject_map(subject_map)(x))) if subject_map.is_file() else layer
+    folder = run / "generations" / method / "s3-test"
+    windows = {w.index: w for w in store.windows()}
+    items = [windows[item["window"]] for item in json.loads((folder / "index.json").read_text())["items"]]
+    with np.load(folder / "videos.npz") as npz:
+        truth = npz["truth"]
+    with torch.no_grad():
+        fmri = [stage1(front(torch.from_numpy(store.fmri("s3", w)))[None], heads=("clip",))["clip"][0] for w in items]
+    frames = [clip.embed_images(video) for video in truth]
+    similarity = np.array([[float(torch.nn.functional.cosine_similarity(f[None], e).mean()) for e in frames]
+                           for f in fmri])
+    ahead = [int((similarity[i] >= similarity[i, i]).sum()) - 1 for i in range(len(items))]
+    return {str(top): float(np.mean([a < top for a in ahead])) for top in (1, 5)}

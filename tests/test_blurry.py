@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from glfa import backbones as B
-from glfa.baselines.blurry import BlurryDecoder, fit_blurry
+from glfa.baselines.blurry import BlurryDecoder, ConvBlurryDecoder, fit_blurry, load_blurry_decoder
 from glfa.baselines.lea import encoder_latent
 from glfa.cli import main
 from glfa.config import GenerationConfig, validate_config
@@ -250,3 +250,96 @@ def test_pipeline_start_arguments_are_checked_and_seeded(run):
         pipe(fmri, **settings, init_latents=init, init_strength=1.5)
     with pytest.raises(DataError, match="init latents of shape"):
         pipe(fmri, **settings, init_latents=init[:1], init_strength=0.5)
+
+
+# ----------------------------------------------------------------------------- the convolutional kind
+
+CONV = {"kind": "conv", "conv_channels": 16, "conv_batch_size": 16, "conv_learning_rate": 3e-3}
+
+
+def test_the_conv_decoder_fits_planted_latents_better_than_the_mean(tmp_path, monkeypatch):
+    """Latents planted as a low-rank linear map of the pooled flat images (every pixel to every latent pixel, as a
+    flat map relates to the picture): the conv decoder trained on s1 predicts them for a new subject's test windows
+    far better than the training latents' mean does."""
+    generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=32, sample_size=16)
+    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=96))  # 288 training windows
+    config = blurry_config(tmp_path, generator, subjects={"train": ["s1"], "held_out": ["s3"]},
+                           blurry={**CONV, "conv_steps": 600})
+    encoder_dir = tmp_path / "run" / "contrastive" / "encoder"
+    save_encoder(config, store, tmp_path / "run")  # no GLFA: the aligned images are the flat images
+    rng = np.random.default_rng(0)
+    weights = torch.from_numpy(rng.normal(size=(2 * 8 * 8, 3)) @ rng.normal(size=(3, 4 * 4 * 8 * 8)) / 8).float()
+    windows = store.windows("train")
+
+    def planted(fmri):  # [b, n, 16, 16] -> [b, 4, 4, 8, 8]
+        return (torch.nn.functional.avg_pool2d(fmri, 2).flatten(1) @ weights).reshape(len(fmri), 4, 4, 8, 8) + 0.5
+
+    targets = planted(torch.stack([torch.from_numpy(store.fmri("s1", w)) for w in windows]))
+
+    def fake_cache(store_, generator_, *, split, progress):
+        return LatentFeatures(latents=targets.half(), window_indices=[w.index for w in windows], split=split,
+                              key="planted", folder=tmp_path, store_path=store.path)
+
+    monkeypatch.setattr("glfa.data.features.vae_latents", fake_cache)
+    model_dir = fit_blurry(config, store, tmp_path / "run", encoder_dir=encoder_dir, progress=False)
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["decoder"] == "conv" and info["loss_last"] < info["loss_first"] and "alpha" not in info
+    decoder = load_blurry_decoder(model_dir, "cpu")
+    assert isinstance(decoder, ConvBlurryDecoder) and decoder.shape == (4, 4, 8, 8)
+    unseen = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
+    expected = planted(unseen)
+    mean = targets.half().float().mean(0)
+    error = float(((decoder.latents(unseen) - expected) ** 2).mean())
+    baseline = float(((mean - expected) ** 2).mean())
+    assert error < 0.4 * baseline, (error, baseline)
+
+
+def test_conv_decoder_round_trip_and_its_clips(run, tmp_path):
+    """blurry.kind conv: saved in RUN/blurry/model (config, weights), loaded by the same code path as the ridge,
+    its latents decoded as the blurry method's clips and used as the start of a diffusion method."""
+    from glfa.baselines.blurry import ConvLatentDecoder, fit_conv_decoder
+
+    store = run["store"]
+    config = blurry_config(run["root"], run["generator"], blurry={**CONV, "conv_steps": 10})
+    run_dir = tmp_path / "conv-run"
+    shutil.copytree(run["run_dir"] / "cotrain-glfa", run_dir / "cotrain-glfa")
+    model_dir = fit_blurry(config, store, run_dir, progress=False)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["conv", "encoder", "model.json"]
+    decoder = load_blurry_decoder(model_dir, "cpu")
+    fmri = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
+    encoder = FmriEncoder.from_pretrained(run_dir / "cotrain-glfa" / "model" / "encoder").eval()
+    net = ConvLatentDecoder.from_pretrained(model_dir / "conv")
+    with torch.no_grad():
+        by_hand = net(torch.nn.functional.avg_pool2d(encoder.align(fmri), 2))  # 16 -> 8 pixels a side
+    torch.testing.assert_close(decoder.latents(fmri), by_hand, rtol=0, atol=0)
+    # early stopping keeps the network of the lowest validation MSE, measured on the held-out stimulus
+    x, rows = np.random.default_rng(0).normal(size=(12, 2, 8, 8)), np.arange(12) % 6
+    y = torch.randn(6, 4, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    groups = [f"stim{r // 2}" for r in rows]  # 3 stimuli of 2 windows
+    settings = config.blurry.model_copy(update={"conv_steps": 20, "conv_eval_every": 5, "conv_validation": 0.3,
+                                                "conv_learning_rate": 0.05})
+    fitted, losses, validation = fit_conv_decoder(x, y, rows, groups, settings, "cpu")
+    assert len(losses) == 20 and validation["steps"] == [5, 10, 15, 20] and len(validation["stimuli"]) == 1
+    held = [i for i, g in enumerate(groups) if g in validation["stimuli"]]
+    with torch.no_grad():
+        mse = float(((fitted(torch.from_numpy(x[held]).float()) - y[rows[held]]) ** 2).mean())
+    assert mse == pytest.approx(min(validation["mse"]), rel=1e-5)
+    assert validation["best_step"] == validation["steps"][int(np.argmin(validation["mse"]))] < 20  # not the last
+    # save -> load keeps every weight and buffer
+    fitted.save_pretrained(tmp_path / "net")
+    again = ConvLatentDecoder.from_pretrained(tmp_path / "net")
+    assert fitted.config == again.config
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in fitted.state_dict().items())
+    # the blurry method's clips and the blurry start read it like the ridge
+    out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)
+    generator = B.load_video_generator(run["generator"], device="cpu")
+    np.testing.assert_array_equal(_clips(out)[0], generator.decode_latents(decoder.latents(fmri)).numpy())
+    start = generate(run_dir, method="glfa", subject="s3", init="blurry", device="cpu", progress=False,
+                     config=config.generation.model_copy(update={"init_strength": 0.0}))
+    np.testing.assert_array_equal(_clips(start)[0], _clips(out)[0])
+    # bad input: a conv needs images; a folder without its network
+    with pytest.raises(ConfigError, match="blurry: kind 'conv' reads images"):
+        blurry_config(run["root"], run["generator"], blurry={"kind": "conv", "features": "latent"})
+    shutil.rmtree(model_dir / "conv")
+    with pytest.raises(CheckpointError, match="expected the convolutional decoder"):
+        load_blurry_decoder(model_dir)

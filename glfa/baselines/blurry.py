@@ -1,14 +1,20 @@
 """The low-level ("blurry") decoder: fMRI -> the generator's VAE latents of the window's frames.
 
-NeuroClips-style structure from the brain: a linear map from fMRI features to the scaled VAE
+NeuroClips-style structure from the brain: a readout from fMRI features to the scaled VAE
 latents of the window's stored frames (the stage-2 cache, :func:`glfa.data.features.vae_latents`),
-``[c, m, h/s, w/s]`` flattened. The features (``blurry.features``) are the GLFA-aligned flat images
+``[c, m, h/s, w/s]``. The features (``blurry.features``) are the GLFA-aligned flat images
 of the stage-2 GLFA encoder (``RUN/cotrain-glfa/model/encoder``) average-pooled to ``blurry.pool``
 pixels a side (:func:`glfa.baselines.lea.aligned_images`: the coarse retinotopic layout, aligned
 across subjects), or the stage-1 encoder's pooled latent as LEA reads it
-(:func:`glfa.baselines.lea.encoder_latent`, semantic). It is fitted like LEA: every training subject's response to every
-training window (held-out subjects and test windows are never read), :class:`~glfa.baselines.lea.RidgeCV`
-with folds split by stimulus, each window's latents held once and shared by every subject.
+(:func:`glfa.baselines.lea.encoder_latent`, semantic). It is fitted like LEA on every training
+subject's response to every training window (held-out subjects and test windows are never read),
+each window's latents held once and shared by every subject. Two kinds (``blurry.kind``):
+
+- ``ridge``: a linear map from the flattened features to the flattened latents,
+  :class:`~glfa.baselines.lea.RidgeCV` with folds split by stimulus (:class:`BlurryDecoder`);
+- ``conv``: a small network from the pooled aligned images: a linear readout into a coarse map,
+  then convolutions up to the latent grid, trained with MSE, keeping the step of the lowest
+  MSE on held-out training stimuli (:class:`ConvLatentDecoder`, :class:`ConvBlurryDecoder`).
 
 Its predicted latents serve twice:
 
@@ -17,12 +23,14 @@ Its predicted latents serve twice:
 - ``generation.init: blurry`` starts DPM-Solver from them, noised to ``generation.init_strength``,
   for any diffusion method (:meth:`glfa.pipeline.FmriToVideoPipeline.__call__`'s ``init_latents``).
 
-The model folder, ``RUN/blurry/model/``::
+:func:`load_blurry_decoder` loads either kind. The model folder, ``RUN/blurry/model/``::
 
-    model.json         kind "blurry", method "blurry", generator, store, subjects, config, num_frames,
-                       image_size, features, pool, latent_shape, the chosen alpha and the CV errors
+    model.json         kind "blurry", method "blurry", decoder ("ridge" or "conv"), generator, store, subjects,
+                       config, num_frames, image_size, features, pool, latent_shape; ridge: the chosen alpha and
+                       the CV errors; conv: the training losses
     encoder/           the encoder it reads (FmriEncoder.save_pretrained)
-    ridge.safetensors  coef [c*m*h'*w', D], intercept, x_mean [D], alpha [1], latent_shape [4]
+    ridge.safetensors  ridge: coef [c*m*h'*w', D], intercept, x_mean [D], alpha [1], latent_shape [4]
+    conv/              conv: the ConvLatentDecoder (save_pretrained: config.json, model.safetensors)
 """
 
 from __future__ import annotations
@@ -31,11 +39,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
 
-from glfa.baselines.lea import EncoderRidge, RidgeProblem, sample_latents, write_ridge_model
-from glfa.config import GlfaConfig
+from glfa.baselines.lea import (
+    ENCODER_DIR,
+    MODEL_INFO,
+    EncoderRidge,
+    RidgeProblem,
+    aligned_images,
+    read_readout_info,
+    sample_latents,
+    write_ridge_model,
+)
+from glfa.config import BlurryConfig, GlfaConfig
+from glfa.errors import CheckpointError, DataError
 from glfa.runs import BLURRY, RunLayout
 
+CONV_DIR = "conv"
 #: The encoder each kind of features is read from by default: that of the run's decoder of this
 #: method, or (None) the stage-1 encoder.
 DEFAULT_ENCODERS = {"aligned": "glfa", "latent": None}
@@ -52,6 +75,210 @@ class BlurryDecoder(EncoderRidge):
         return self.predict(fmri)
 
 
+class ConvLatentDecoder(nn.Module):
+    """Pooled aligned flat images ``[B, n, p, p]`` -> scaled latents ``[B, c, m, h', w']`` (readout, convolutions).
+
+    The input is standardised with the training samples' mean image (``x_mean`` ``[n, p, p]``) and
+    overall standard deviation (``x_std``). A cortical flat map does not lay the visual field out
+    as the picture is laid out, so the first step is a linear readout of every pooled pixel of the
+    n frames into a coarse ``channels x grid x grid`` map (with GELU); then a 3 x 3 convolution with
+    GELU, a bilinear resize to the latent grid h' x w', a 3 x 3 convolution with GELU and a 3 x 3
+    convolution to the c * m latent planes, plus the training latents' mean (``y_mean``
+    ``[c, m, h', w']``). The last convolution starts at zero, so the untrained network predicts the mean.
+
+    Parameters
+    ----------
+    frames : n, fMRI frames per window.
+    pool : p, side of the pooled images.
+    latent_shape : ``(c, m, h', w')``.
+    channels : width of the coarse map and of the hidden convolutions.
+    grid : side of the coarse map.
+    """
+
+    def __init__(self, *, frames: int, pool: int, latent_shape, channels: int, grid: int):
+        super().__init__()
+        self.frames, self.pool, self.channels, self.grid = int(frames), int(pool), int(channels), int(grid)
+        self.latent_shape = tuple(int(v) for v in latent_shape)
+        c, m, h, w = self.latent_shape
+        self.readout = nn.Sequential(nn.Linear(frames * pool * pool, channels * grid * grid), nn.GELU())
+        self.refine = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
+        self.decode = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(channels, c * m, 3, padding=1))
+        nn.init.zeros_(self.decode[-1].weight)
+        nn.init.zeros_(self.decode[-1].bias)
+        self.register_buffer("x_mean", torch.zeros(frames, pool, pool))
+        self.register_buffer("x_std", torch.ones(()))
+        self.register_buffer("y_mean", torch.zeros(c, m, h, w))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (saved in ``config.json``)."""
+        return {"frames": self.frames, "pool": self.pool, "latent_shape": list(self.latent_shape),
+                "channels": self.channels, "grid": self.grid}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, n, p, p]`` -> ``[B, c, m, h', w']``."""
+        c, _, h, w = self.latent_shape
+        coarse = self.readout(((x - self.x_mean) / self.x_std).flatten(1))  # [b, C * g * g]
+        hidden = self.refine(rearrange(coarse, "b (k g1 g2) -> b k g1 g2", g1=self.grid, g2=self.grid))
+        hidden = nn.functional.interpolate(hidden, size=(h, w), mode="bilinear", align_corners=False)  # [b, C, h, w]
+        return rearrange(self.decode(hidden), "b (c m) h w -> b c m h w", c=c) + self.y_mean
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` atomically."""
+        from glfa.models.serialization import save_model
+
+        return save_model(directory, type(self).__name__, self.config, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> ConvLatentDecoder:
+        """Load a network written by :meth:`save_pretrained`; CheckpointError naming a bad folder."""
+        from glfa.models.serialization import load_state, load_weights, read_config
+
+        meta = read_config(directory, cls.__name__)
+        try:
+            model = cls(**meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid config ({exc.__class__.__name__}: {exc})".splitlines()[0],
+                                  path=Path(directory) / "config.json") from None
+        load_state(model, load_weights(directory, meta), directory)
+        return model.to(map_location)
+
+
+def fit_conv_decoder(x: np.ndarray, y: torch.Tensor, y_rows: np.ndarray, groups, settings: BlurryConfig, device,
+                     progress: bool = False) -> tuple[ConvLatentDecoder, list[float], dict[str, Any]]:
+    """Train a :class:`ConvLatentDecoder` with MSE: sample i's images ``x[i]`` ``[n, p, p]`` -> ``y[y_rows[i]]``.
+
+    ``y`` ``[U, c, m, h', w']`` holds each window's latents once (any float dtype; cast a batch at a
+    time); ``groups`` (``[N]``) names each sample's stimulus. With ``blurry.conv_validation`` > 0
+    that share of the stimuli (at least one, drawn with ``blurry.seed``) is held out, its MSE
+    measured every ``blurry.conv_eval_every`` steps and after the last, and the network of the
+    lowest validation MSE kept (a small network overfits a few hundred samples quickly); with 0
+    every sample trains and the last step is kept. AdamW with ``blurry.conv_*``; the initial
+    weights and the batches come from ``blurry.seed``.
+
+    Returns
+    -------
+    (the network in eval mode on ``device``, the training loss at every step,
+    ``{"stimuli", "steps", "mse", "best_step"}`` of the validation (empty without one))
+    """
+    from glfa.optim import adamw
+
+    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # [N, n, p, p]
+    rows = torch.from_numpy(np.asarray(y_rows, dtype=np.int64))
+    groups = np.asarray(list(groups))
+    names = np.unique(groups)
+    count = max(1, round(settings.conv_validation * len(names))) if settings.conv_validation > 0 else 0
+    held = np.random.default_rng(settings.seed).permutation(names)[:count]
+    if len(held) == len(names):
+        raise DataError(f"blurry.conv_validation holds out all {len(names)} training stimuli; lower it or give more "
+                        "stimuli", field="blurry.conv_validation")
+    val = torch.from_numpy(np.flatnonzero(np.isin(groups, held)))
+    train = torch.from_numpy(np.flatnonzero(~np.isin(groups, held)))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global RNG untouched
+        torch.manual_seed(settings.seed)
+        net = ConvLatentDecoder(frames=xs.shape[1], pool=xs.shape[2], latent_shape=y.shape[1:],
+                                channels=settings.conv_channels, grid=settings.conv_grid)
+    counts = torch.bincount(rows[train], minlength=len(y))  # [U]: every training sample weighs its window's latents
+    total = torch.zeros(y.shape[1:], dtype=torch.float64)
+    for i in torch.nonzero(counts).flatten().tolist():  # a window at a time: no float64 copy of every latent
+        total += int(counts[i]) * y[i].double()
+    net.x_mean.copy_(xs[train].mean(0))
+    net.x_std.fill_(max(float(xs[train].std()), 1e-8))
+    net.y_mean.copy_(total / len(train))
+    net = net.to(device).train()
+
+    def validation_mse() -> float:
+        net.eval()
+        with torch.no_grad():
+            summed = sum(float(nn.functional.mse_loss(net(xs[part].to(device)), y[rows[part]].to(device).float(),
+                                                      reduction="sum")) for part in val.split(256))
+        net.train()
+        return summed / (len(val) * int(np.prod(y.shape[1:])))
+
+    optimizer = adamw(net.parameters(), lr=settings.conv_learning_rate, weight_decay=settings.conv_weight_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history, validation, best = [], {"stimuli": [str(g) for g in held], "steps": [], "mse": []}, None
+    for step in tqdm(range(1, settings.conv_steps + 1), desc="blurry conv", disable=not progress, leave=False):
+        idx = train[torch.randperm(len(train), generator=generator)[:settings.conv_batch_size]]
+        loss = nn.functional.mse_loss(net(xs[idx].to(device)), y[rows[idx]].to(device).float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+        if len(val) and (step % settings.conv_eval_every == 0 or step == settings.conv_steps):
+            validation["steps"].append(step)
+            validation["mse"].append(validation_mse())
+            if best is None or validation["mse"][-1] < min(validation["mse"][:-1]):
+                best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if best is None:
+        return net.eval().requires_grad_(False), history, {}
+    net.load_state_dict(best)
+    validation["best_step"] = validation["steps"][int(np.argmin(validation["mse"]))]
+    return net.eval().requires_grad_(False), history, validation
+
+
+class ConvBlurryDecoder:
+    """fMRI windows -> scaled VAE latents ``[B, c, m, h', w']``: the encoder's pooled aligned images through a
+    :class:`ConvLatentDecoder` (``RUN/blurry/model`` of ``blurry.kind: conv``, written by :func:`fit_blurry`)."""
+
+    kind = "blurry"
+
+    def __init__(self, encoder, net: ConvLatentDecoder):
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.net = net.eval().requires_grad_(False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(c, m, h', w')`` of one prediction."""
+        return self.net.latent_shape
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder and the network live."""
+        return self.net.x_mean.device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None) -> ConvBlurryDecoder:
+        """Load a conv blurry model folder; CheckpointError naming what is missing or does not fit."""
+        from glfa.devices import resolve_device
+        from glfa.models.encoder import FmriEncoder
+
+        model_dir = Path(model_dir)
+        info = read_readout_info(model_dir, cls.kind, {CONV_DIR: "the convolutional decoder"})
+        device = resolve_device(device)
+        encoder = FmriEncoder.from_pretrained(model_dir / ENCODER_DIR, map_location=device)
+        net = ConvLatentDecoder.from_pretrained(model_dir / CONV_DIR, map_location=device)
+        if net.frames != encoder.num_frames or net.pool != info.get("pool"):
+            raise CheckpointError(f"the network reads {net.frames} frames pooled to {net.pool}, the model folder's "
+                                  f"encoder {encoder.num_frames} frames pooled to {info.get('pool')}",
+                                  path=model_dir / CONV_DIR)
+        return cls(encoder, net)
+
+    @torch.no_grad()
+    def latents(self, fmri) -> torch.Tensor:
+        """fMRI ``[B, n, H, W]`` -> float32 scaled latents ``[B, c, m, h', w']`` on :attr:`device`."""
+        fmri = torch.as_tensor(fmri).float().to(self.device)
+        pool = self.net.pool
+        images = aligned_images(self.encoder, fmri, pool).reshape(len(fmri), -1, pool, pool)  # [b, n, p, p]
+        return self.net(images)
+
+
+def load_blurry_decoder(model_dir: str | Path, device: str | torch.device | None = None):
+    """The blurry decoder of ``RUN/blurry/model`` of either kind (model.json's ``decoder``, ridge when absent):
+    a :class:`BlurryDecoder` or a :class:`ConvBlurryDecoder`, both with ``latents(fmri)``, ``shape`` and ``device``."""
+    from glfa.models.serialization import read_json_object
+
+    info_path = Path(model_dir) / MODEL_INFO
+    if not info_path.is_file():
+        raise CheckpointError("missing; expected the model description of a blurry model folder written by "
+                              "`glfa train blurry`", path=info_path)
+    decoder = read_json_object(info_path).get("decoder", "ridge")
+    if decoder not in ("ridge", "conv"):
+        raise CheckpointError(f"decoder is {decoder!r}, expected 'ridge' or 'conv'", path=info_path, field="decoder")
+    return (ConvBlurryDecoder if decoder == "conv" else BlurryDecoder).load(model_dir, device)
+
+
 def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
                encoder_dir: str | Path | None = None, generator: str | Path | None = None, batch_size: int = 16,
                progress: bool = True) -> Path:
@@ -60,7 +287,8 @@ def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
     Parameters
     ----------
     config
-        The experiment config (``subjects``, ``blurry`` (features, pool, alphas, cv_folds), ``device``).
+        The experiment config (``subjects``, ``blurry`` (kind, features, pool, ridge's alphas and
+        cv_folds, conv's settings), ``device``).
     store
         A store folder or an open :class:`~glfa.data.store.StudyStore`.
     run_dir
@@ -77,23 +305,36 @@ def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
         Show progress bars.
     """
     from glfa.data.features import vae_latents
+    from glfa.io import install_dir, write_json_atomic
 
     settings = config.blurry
     problem = RidgeProblem.prepare(config, "blurry", store, run_dir, encoder_dir, generator, predicts="VAE latents",
                                    with_text_encoder=False, default_encoder=DEFAULT_ENCODERS[settings.features])
     cache = vae_latents(problem.store, problem.generator, split="train", progress=progress)  # [N, c, m, h', w']
     latent_shape = tuple(int(v) for v in cache.latents.shape[1:])
-    y = cache.latents.reshape(len(cache.latents), -1).numpy()  # [N, c*m*h'*w'] (float16; fitted in float64)
     rows = {w: i for i, w in enumerate(cache.window_indices)}
     y_rows = np.array([rows[w.index] for _, w in problem.samples])  # every subject's sample of a window shares its row
     x, _ = sample_latents(problem.encoder, problem.store, problem.samples, batch_size, progress, settings.features,
                           settings.pool)
-    ridge = problem.fit(x, y, y_rows)
     read = (f"GLFA-aligned flat images average-pooled to {settings.pool} x {settings.pool}"
             if settings.features == "aligned" else "clip_head input: LayerNorm(mean of the spatiotemporal tokens)")
-    info = {**problem.info("blurry", ridge, "scaled VAE latents of the window's stored frames", read),
-            "features": settings.features, "pool": settings.pool, "latent_shape": list(latent_shape),
-            "target_variance": float(np.var(y.astype(np.float64), axis=0).mean())}
     target = RunLayout(problem.run_dir).model_dir(BLURRY)
-    write_ridge_model(target, info, problem.encoder, ridge, "latent_shape", latent_shape)
+    y = cache.latents.reshape(len(cache.latents), -1).numpy()  # [N, c*m*h'*w'] (float16)
+    shared = {"decoder": settings.kind, "features": settings.features, "pool": settings.pool,
+              "latent_shape": list(latent_shape), "target_variance": float(np.var(y.astype(np.float64), axis=0).mean())}
+    target_text = "scaled VAE latents of the window's stored frames"
+    if settings.kind == "ridge":
+        ridge = problem.fit(x, y, y_rows)  # fitted in float64
+        write_ridge_model(target, {**problem.info("blurry", ridge, target_text, read), **shared}, problem.encoder,
+                          ridge, "latent_shape", latent_shape)
+        return target
+    images = x.reshape(len(x), problem.store.fmri_frames, settings.pool, settings.pool)  # [N, n, p, p]
+    net, losses, validation = fit_conv_decoder(images, cache.latents, y_rows, problem.groups, settings,
+                                               next(problem.encoder.parameters()).device, progress)
+    info = {**problem.info("blurry", None, target_text, read), **shared, "loss_first": losses[0],
+            "loss_last": losses[-1], "validation": validation}
+    with install_dir(target) as tmp:
+        problem.encoder.save_pretrained(tmp / ENCODER_DIR)
+        net.save_pretrained(tmp / CONV_DIR)
+        write_json_atomic(tmp / MODEL_INFO, info)
     return target

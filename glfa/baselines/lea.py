@@ -338,23 +338,27 @@ class RidgeProblem:
         settings = getattr(self.config, self.section)
         return RidgeCV(settings.alphas, cv=settings.cv_folds).fit(x, y, groups=self.groups, y_rows=y_rows)
 
-    def info(self, kind: str, ridge: RidgeCV, target: str,
+    def info(self, kind: str, ridge: RidgeCV | None, target: str,
              latent: str = "the fMRI-PTE [CLS] tokens of the window's frames, concatenated") -> dict[str, Any]:
-        """The ``model.json`` of the fitted readout (the keys every decoder model folder holds, and the fit's)."""
+        """The ``model.json`` of the fitted readout (the keys every decoder model folder holds, and the ridge's
+        penalty and cross-validation errors when it is one)."""
         generator = str(Path(self.generator.path).resolve())
         resolved = self.config.to_dict()
         resolved["cotrain"]["generator"] = generator
-        return {
+        info = {
             "kind": kind, "method": kind, "generator": generator, "store": str(Path(self.store.path).resolve()),
             "store_identity": self.store.identity, "train_subjects": self.train_subjects, "held_out": self.held_out,
             "config": resolved, "num_frames": self.store.fmri_frames, "image_size": self.store.image_size,
             "geometry": self.store.geometry,
             "encoder_source": str(self.encoder_dir.resolve()),
             "latent": latent, "target": target,
-            "samples": len(self.samples), "stimuli": len(set(self.groups)), "alpha": ridge.alpha_,
-            "cv_mse": {f"{a:g}": float(e) for a, e in
-                       zip(np.ravel(getattr(self.config, self.section).alphas), ridge.cv_scores_)},
+            "samples": len(self.samples), "stimuli": len(set(self.groups)),
         }
+        if ridge is not None:
+            info["alpha"] = ridge.alpha_
+            info["cv_mse"] = {f"{a:g}": float(e) for a, e in
+                              zip(np.ravel(getattr(self.config, self.section).alphas), ridge.cv_scores_)}
+        return info
 
 
 def fit_lea(config: GlfaConfig, store, run_dir: str | Path | None = None, *, encoder_dir: str | Path | None = None,
@@ -460,6 +464,23 @@ def write_ridge_model(target: Path, info: dict[str, Any], encoder, ridge: RidgeC
 # ----------------------------------------------------------------------------- decoding
 
 
+def read_readout_info(model_dir: Path, kind: str, weights: dict[str, str]) -> dict[str, Any]:
+    """``model.json`` of a readout model folder of ``kind``, once it and the saved encoder are there, and each
+    of ``weights`` (file or folder name in ``model_dir`` -> what it holds); CheckpointError naming what is not."""
+    from glfa.models.serialization import read_json_object
+
+    info_path = model_dir / MODEL_INFO
+    for path, what in ((info_path, "the model description"), *((model_dir / k, v) for k, v in weights.items()),
+                       (model_dir / ENCODER_DIR / "config.json", "the saved fMRI encoder")):
+        if not path.exists():
+            raise CheckpointError(f"missing; expected {what} of a {kind} model folder written by `glfa train {kind}`",
+                                  path=path)
+    info = read_json_object(info_path)
+    if info.get("kind") != kind:
+        raise CheckpointError(f"kind is {info.get('kind')!r}, expected {kind!r}", path=info_path, field="kind")
+    return info
+
+
 class EncoderRidge:
     """fMRI windows -> a ridge prediction of shape ``shape`` from the saved encoder's latent.
 
@@ -497,19 +518,11 @@ class EncoderRidge:
 
         from glfa.devices import resolve_device
         from glfa.models.encoder import FmriEncoder
-        from glfa.models.serialization import read_json_object
 
         model_dir = Path(model_dir)
-        info_path, ridge_path = model_dir / MODEL_INFO, model_dir / RIDGE
-        for path, what in ((info_path, "the model description"), (ridge_path, "the ridge weights"),
-                           (model_dir / ENCODER_DIR / "config.json", "the saved fMRI encoder")):
-            if not path.is_file():
-                raise CheckpointError(f"missing; expected {what} of a {cls.kind} model folder written by "
-                                      f"`glfa train {cls.kind}`", path=path)
-        info = read_json_object(info_path)
-        kind, features, pool = info.get("kind"), info.get("features", "latent"), info.get("pool")
-        if kind != cls.kind:
-            raise CheckpointError(f"kind is {kind!r}, expected {cls.kind!r}", path=info_path, field="kind")
+        ridge_path = model_dir / RIDGE
+        info = read_readout_info(model_dir, cls.kind, {RIDGE: "the ridge weights"})
+        features, pool = info.get("features", "latent"), info.get("pool")
         try:
             tensors = load_file(ridge_path)
         except (SafetensorError, OSError, ValueError) as exc:

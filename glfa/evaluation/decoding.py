@@ -733,13 +733,19 @@ def method_ttests(results: list[DecodingResult], metrics: list[str]) -> list[dic
 RETRIEVAL_TOPS = (1, 5)
 
 
-def _fmri_embeddings(encoder_dir: Path, store, subject: str, windows: list[int], device) -> np.ndarray:
-    """The stage-1 encoder's CLIP-space embedding of ``subject``'s fMRI of each window: float32 ``[N, D]``."""
+def _fmri_embeddings(encoder_dir: Path, store, subject: str, windows: list[int], device,
+                     front_end=None) -> np.ndarray:
+    """The stage-1 encoder's CLIP-space embedding of ``subject``'s fMRI of each window: float32 ``[N, D]``.
+
+    ``front_end`` (frames ``[N, H, W]`` -> the same) takes the place of the encoder's GLFA layer.
+    """
     import torch
 
     from glfa.models.encoder import FmriEncoder
 
     encoder = FmriEncoder.from_pretrained(encoder_dir, map_location=device).eval()
+    if front_end is not None:
+        encoder.glfa = front_end.to(device).eval()
     by_index = {w.index: w for w in store.windows()}
     missing = [w for w in windows if w not in by_index]
     if missing:
@@ -754,10 +760,12 @@ def _fmri_embeddings(encoder_dir: Path, store, subject: str, windows: list[int],
 
 
 def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Scorers, evaluation, device,
-                    store=None) -> tuple[list[dict[str, Any]], list[str]]:
+                    store=None, front_end=None) -> tuple[list[dict[str, Any]], list[str]]:
     """Brain-to-video retrieval from the stage-1 encoder (``RUN/contrastive/encoder``), per subject and split.
 
-    Each test window's fMRI goes through the encoder's CLIP head; the true clip is ranked among
+    Each test window's fMRI goes through the encoder's CLIP head (after ``front_end`` instead of the
+    encoder's GLFA layer, when given: an adapted subject's way into the common space,
+    :func:`glfa.adapt.subject_front_end`); the true clip is ranked among
     all clips of the generations folder by the mean cosine of that embedding with the clip's
     frame embeddings (stage 1's CLIP, as the encoder was trained against). Top-1 and top-5 hits
     are matched scores with the mismatched baseline of :func:`score_clips` (a partner's clip
@@ -786,7 +794,8 @@ def brain_retrieval(run_dir: Path, folders: list[GenerationsFolder], scorers: Sc
         _, truth = folder.videos()
         clips = scorers.frames(truth)[1]  # [N, f, D]
         fmri = _fmri_embeddings(encoder_dir, opened, folder.subject,
-                                [int(item["window"]) for item in folder.index["items"]], device)  # [N, D]
+                                [int(item["window"]) for item in folder.index["items"]], device,
+                                front_end)  # [N, D]
         if fmri.shape[1] != clips.shape[2]:
             skipped.append(f"{folder.subject}-{folder.split}: the encoder embeds in {fmri.shape[1]} dimensions, "
                            f"the CLIP in {clips.shape[2]}")
