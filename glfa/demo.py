@@ -248,7 +248,7 @@ def step_lea(ctx: DemoContext) -> dict[str, Any]:
 
 
 def step_blurry(ctx: DemoContext) -> dict[str, Any]:
-    """The blurry decoder: ridge from the stage-1 encoder's latent to the generator's VAE latents of the frames."""
+    """The blurry decoder (``blurry.kind``: ridge or conv) from fMRI features to the generator's VAE latents."""
     from glfa.baselines.blurry import fit_blurry
 
     model = RunLayout(ctx.paths["run"]).model_dir(BLURRY)
@@ -258,8 +258,11 @@ def step_blurry(ctx: DemoContext) -> dict[str, Any]:
     if not reused:
         fit_blurry(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
     info = json.loads((model / "model.json").read_text())
-    return {"path": str(model), "reused": reused, "alpha": info["alpha"],
-            "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"]), "target_variance": _round(info["target_variance"])}
+    decoder = info.get("decoder", "ridge")
+    fit = ({"alpha": info["alpha"], "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"])} if decoder == "ridge"
+           else {"validation": info["validation"]})  # blurry.kind: conv
+    return {"path": str(model), "reused": reused, "decoder": decoder, **fit,
+            "target_variance": _round(info["target_variance"])}
 
 
 def step_within(ctx: DemoContext) -> dict[str, Any]:
