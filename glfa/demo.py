@@ -334,11 +334,13 @@ def step_evaluate(ctx: DemoContext) -> dict[str, Any]:
 
     run = RunLayout(ctx.paths["run"])
     saved = run.video_evaluation
-    indexes = [folder / GENERATIONS_INDEX for _, folder in run.generations_folders()]
+    folders = [folder for _, folder in run.generations_folders()]
     settings = ctx.config.evaluation.model_dump(mode="json")
-    reused = _fresh(saved, indexes) and VideoEvaluation.load(saved).config["evaluation"] == settings
+    evaluation = VideoEvaluation.load(saved) if _fresh(saved, [f / GENERATIONS_INDEX for f in folders]) else None
+    # Reused only when it scored every generations folder (`glfa evaluate RUN --methods M` scores some).
+    reused = (evaluation is not None and evaluation.config["evaluation"] == settings
+              and sorted(Path(r.generations).resolve() for r in evaluation.results) == sorted(f.resolve() for f in folders))
     if reused:
-        evaluation = VideoEvaluation.load(saved)
         paths = {"markdown": saved.with_suffix(".md")}
     else:
         evaluation = evaluate_run(run.root, config=ctx.config, progress=ctx.progress)
