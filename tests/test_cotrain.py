@@ -291,6 +291,9 @@ def test_bad_input_is_refused_clearly(setup, tmp_path):
         CotrainStage(wide, store, run_dir=run)
     with pytest.raises(ConfigError, match="method"):
         CotrainStage(setup["config"], store, run_dir=run, method="../x")
+    for name in ("lea", "blurry"):  # RUN/<name>/model would hide RUN/cotrain-<name>/model from glfa generate
+        with pytest.raises(ConfigError, match="would hide"):
+            CotrainStage(setup["config"], store, run_dir=run, method=name)
 
 
 def test_held_out_subjects_are_never_read(setup):

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from glfa.config import GlfaConfig
 from glfa.errors import ConfigError, DataError, StoreError
 from glfa.io import install_dir, write_json_atomic
-from glfa.runs import RunLayout
+from glfa.runs import OWN_FOLDER, RunLayout
 from glfa.training.contrastive import STAGE1_START
 from glfa.training.loop import StepOutput, TrainSettings, main_process_first, process_device
 from glfa.training.pretrain import PTE_START
@@ -292,8 +292,9 @@ class CotrainStage(StudyStage):
 
         self.glfa = config.model.glfa.enabled if glfa is None else bool(glfa)
         self.method = method if method is not None else ("glfa" if self.glfa else "pte-v")
-        if not _METHOD.match(self.method):
-            raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-'",
+        if not _METHOD.match(self.method) or self.method in OWN_FOLDER:
+            raise ConfigError(f"method {self.method!r} names a folder: use letters, digits, '.', '_' or '-', and not "
+                              f"one of {list(OWN_FOLDER)} (RUN/<name>/model would hide RUN/cotrain-<name>/model)",
                               field="method")
         self.name = RunLayout.cotrain_stage(self.method)
         super().__init__(config, store, run_dir=run_dir, init_from=init_from, progress=progress)
