@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +298,22 @@ def write_decoding_store(path: Path, *, subjects: tuple[str, ...] = ("s1", "s2",
         writer.finish(windows, {"tr": 1.0, "fps": 1.0, "fmri_frames": fmri_frames, "video_frames": video_frames,
                                 "config": {}})
     return path
+
+
+@contextmanager
+def recording_fmri_reads(store):
+    """Within the block, ``store.fmri`` also records ``(subject, window split)`` of every read, into the yielded list."""
+    read, original = [], store.fmri
+
+    def recording_fmri(subject, window, out=None):
+        read.append((subject, window.split))
+        return original(subject, window, out=out)
+
+    store.fmri = recording_fmri
+    try:
+        yield read
+    finally:
+        store.fmri = original
 
 
 def kill_after_first_checkpoint(args: list[str], latest: Path, timeout: float = 240.0) -> None:

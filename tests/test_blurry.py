@@ -22,7 +22,7 @@ from glfa.generate import generate, truth_clip
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline
 from tests.fixtures import write_decoding_store
-from tests.fixtures import GENERATION, write_cotrain_model
+from tests.fixtures import GENERATION, recording_fmri_reads, write_cotrain_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,15 +58,8 @@ def run(tmp_path_factory):
     run_dir = root / "runs" / "blurry-test"
     write_cotrain_model(run_dir / "cotrain-glfa" / "model", generator_dir=generator, store_dir=store_dir)
     save_encoder(config, store, run_dir)
-    read, original = [], store.fmri
-
-    def recording_fmri(subject, window, out=None):
-        read.append((subject, window.split))
-        return original(subject, window, out=out)
-
-    store.fmri = recording_fmri
-    model_dir = fit_blurry(config, store, run_dir, progress=False)
-    store.fmri = original
+    with recording_fmri_reads(store) as read:
+        model_dir = fit_blurry(config, store, run_dir, progress=False)
     return {"root": root, "generator": generator, "store": store, "config": config, "run_dir": run_dir,
             "model_dir": model_dir, "read": read}
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.linear_model import Ridge
 
-from fixtures import write_decoding_store
+from fixtures import recording_fmri_reads, write_decoding_store
 from glfa.backbones import load_video_generator, tiny_video_generator
 from glfa.baselines.lea import LeaDecoder, RidgeCV, _group_folds, encoder_latent, fit_lea, window_caption
 from glfa.config import ModelConfig, validate_config
@@ -124,17 +124,8 @@ def fitted(tmp_path_factory):
     run_dir = root / "runs" / "lea-test"
     torch.manual_seed(0)
     FmriEncoder(config.model, store.image_size, store.fmri_frames).save_pretrained(run_dir / "contrastive" / "encoder")
-    read = []
-    original = store.fmri
-
-    def recording_fmri(subject, window, out=None):
-        read.append((subject, window.split))
-        return original(subject, window, out=out)
-
-    store.fmri = recording_fmri
-    with torch.random.fork_rng():
+    with recording_fmri_reads(store) as read, torch.random.fork_rng():
         model_dir = fit_lea(config, store, progress=False)
-    store.fmri = original
     return {"root": root, "store": store, "generator": generator, "config": config, "run_dir": run_dir,
             "model_dir": model_dir, "read": read}
 
