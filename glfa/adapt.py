@@ -51,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from glfa.errors import CheckpointError, ConfigError, DataError, NotFittedError
+from glfa.evaluation.tables import mean_std
 from glfa.runs import GENERATIONS_INDEX, OWN_FOLDER, RunLayout
 
 METHODS = ("glfa", "linear", "full")
@@ -721,7 +722,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _mean_std(summary: dict[str, float] | None) -> str:
-    return "—" if not summary else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    return "—" if not summary else mean_std(summary)
 
 
 def _hits(record: dict[str, float] | None) -> str:
