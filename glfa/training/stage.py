@@ -50,6 +50,10 @@ class Start:
     layout_attr: str
     command: str
 
+    def in_run(self, run_dir: Path) -> Path:
+        """Where the run folder ``run_dir`` keeps it."""
+        return getattr(RunLayout(run_dir), self.layout_attr)
+
 
 def saved_class(folder: Path) -> str | None:
     """The ``class`` of a glfa model folder (None when it has no ``config.json``)."""
@@ -91,7 +95,6 @@ class StudyStage(Stage):
 
     def __init__(self, config: GlfaConfig, store, *, run_dir: str | Path | None = None,
                  init_from: str | Path | None = None, progress: bool = True):
-
         self.config, self.store, self.source, self.progress = config, store, config.source, progress
         self.train_subjects, self.held_out = config.check_subjects(store.subjects)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -108,7 +111,7 @@ class StudyStage(Stage):
             expected = " or ".join(f"{s.saved_class} ({s.what})" for s in self.init_accepts)
             raise ConfigError(f"expected a saved {expected} folder", path=folder, field="init_from")
         for i, start in enumerate(self.init_defaults):
-            folder = getattr(RunLayout(self.run_dir), start.layout_attr)
+            folder = start.in_run(self.run_dir)
             if not folder.is_dir():
                 continue
             if saved_class(folder) != start.saved_class:
@@ -116,12 +119,12 @@ class StudyStage(Stage):
                                   path=folder, field="init_from")
             if i:
                 first = self.init_defaults[0]
-                warnings.warn(f"no {first.what} at {getattr(RunLayout(self.run_dir), first.layout_attr)}: {self.name} starts from the "
+                warnings.warn(f"no {first.what} at {first.in_run(self.run_dir)}: {self.name} starts from the "
                               f"{start.what} at {folder} (run `{first.command}` first for the paper's recipe)",
                               stacklevel=4)
             return folder, start.kind
         if self.init_required:
-            missing = " and no ".join(f"{s.what} ({getattr(RunLayout(self.run_dir), s.layout_attr)})" for s in self.init_defaults)
+            missing = " and no ".join(f"{s.what} ({s.in_run(self.run_dir)})" for s in self.init_defaults)
             commands = "".join(f" (or `{s.command}`)" for s in self.init_defaults[1:])
             raise ConfigError(f"no {missing} to start from; run `{self.init_defaults[0].command}`{commands} first, "
                               "or pass init_from",
