@@ -252,12 +252,12 @@ def step_blurry(ctx: DemoContext) -> dict[str, Any]:
     from glfa.baselines.blurry import fit_blurry
 
     model = RunLayout(ctx.paths["run"]).model_dir(BLURRY)
-    settings = ctx.config.blurry.model_dump(mode="json")
-    reused = (model / "model.json").is_file() and \
-        json.loads((model / "model.json").read_text())["config"]["blurry"] == settings
+    info_path = model / "model.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    reused = info is not None and info["config"]["blurry"] == ctx.config.blurry.model_dump(mode="json")
     if not reused:
         fit_blurry(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
-    info = json.loads((model / "model.json").read_text())
+        info = json.loads(info_path.read_text())
     decoder = info.get("decoder", "ridge")
     fit = ({"alpha": info["alpha"], "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"])} if decoder == "ridge"
            else {"validation": info["validation"]})  # blurry.kind: conv
