@@ -20,7 +20,8 @@ category keep a frame 2-way brain signal of +0.153 as they are and +0.041 after 
 through this VAE trained for 300 steps (17.2 dB on test frames). A VAE that downsamples by 4,
 trained for 1,000 steps, keeps +0.119 (20.4 dB), but a UNet on its 16 x 16 latents, trained for
 400 steps, no longer follows its captions (+0.026 with the true captions), and a step costs it
-twice as much: the demo keeps 8 x 8 latents and trains the VAE longer instead.
+twice as much: the demo keeps 8 x 8 latents and trains the VAE longer instead (1,000 steps in
+configs/demo.yaml: +0.121, 19.3 dB; ``benchmarks/generator_ceiling.py`` measures these ceilings).
 
 Training, all on the store's *training* windows (test windows are only read for the metrics):
 
