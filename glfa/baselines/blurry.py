@@ -56,6 +56,7 @@ from glfa.baselines.lea import (
 )
 from glfa.config import BlurryConfig, GlfaConfig
 from glfa.errors import CheckpointError, DataError
+from glfa.models.serialization import PretrainedMixin
 from glfa.runs import BLURRY, RunLayout
 
 CONV_DIR = "conv"
@@ -75,7 +76,7 @@ class BlurryDecoder(EncoderRidge):
         return self.predict(fmri)
 
 
-class ConvLatentDecoder(nn.Module):
+class ConvLatentDecoder(PretrainedMixin, nn.Module):
     """Pooled aligned flat images ``[B, n, p, p]`` -> scaled latents ``[B, c, m, h', w']`` (readout, convolutions).
 
     The input is standardised with the training samples' mean image (``x_mean`` ``[n, p, p]``) and
@@ -124,25 +125,14 @@ class ConvLatentDecoder(nn.Module):
         hidden = nn.functional.interpolate(hidden, size=(h, w), mode="bilinear", align_corners=False)  # [b, C, h, w]
         return rearrange(self.decode(hidden), "b (c m) h w -> b c m h w", c=c) + self.y_mean
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` atomically."""
-        from glfa.models.serialization import save_model
-
-        return save_model(directory, type(self).__name__, self.config, self.state_dict())
+    def saved_config(self) -> dict[str, Any]:
+        """:attr:`config`, what :meth:`from_saved_config` rebuilds the network from."""
+        return self.config
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> ConvLatentDecoder:
-        """Load a network written by :meth:`save_pretrained`; CheckpointError naming a bad folder."""
-        from glfa.models.serialization import load_state, load_weights, read_config
-
-        meta = read_config(directory, cls.__name__)
-        try:
-            model = cls(**meta["config"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"invalid config ({exc.__class__.__name__}: {exc})".splitlines()[0],
-                                  path=Path(directory) / "config.json") from None
-        load_state(model, load_weights(directory, meta), directory)
-        return model.to(map_location)
+    def from_saved_config(cls, config: dict[str, Any]) -> ConvLatentDecoder:
+        """An untrained network of a :meth:`saved_config`."""
+        return cls(**config)
 
 
 def fit_conv_decoder(x: np.ndarray, y: torch.Tensor, y_rows: np.ndarray, groups, settings: BlurryConfig, device,
