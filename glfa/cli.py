@@ -215,8 +215,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     q = _train_parser(stages, "lea", "the LEA baseline: ridge regression from the stage-1 encoder's latent to the "
                       "generator's text tokens", _cmd_train_lea)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
-    q = _train_parser(stages, "blurry", "the low-level decoder: ridge or a small conv net (blurry.kind) from fMRI "
-                      "features (blurry.features) to the generator's VAE latents of the window's frames "
+    q = _train_parser(stages, "blurry", "the low-level decoder: ridge, a small conv net or retrieval (blurry.kind) "
+                      "from fMRI features (blurry.features) to the generator's VAE latents of the window's frames "
                       "(RUN/blurry/model)", _cmd_train_blurry)
     q.add_argument("--generator", default=None, help="the text-to-video model folder (default: cotrain.generator)")
     q.add_argument("--encoder", default=None,

@@ -254,15 +254,19 @@ class LeaConfig(_Strict):
 
 class BlurryConfig(LeaConfig):
     """The low-level decoder (``glfa train blurry``): from fMRI features to the generator's VAE latents of the
-    window's stored frames, by ridge (with LEA's settings) or by a small convolutional network."""
+    window's stored frames, by ridge (with LEA's settings), by a small convolutional network, or by retrieval
+    of training windows."""
 
-    kind: Literal["ridge", "conv"] = Field(
+    kind: Literal["ridge", "conv", "retrieval"] = Field(
         "ridge", description="ridge: cross-validated ridge (alphas, cv_folds); conv: a small convolutional network "
-        "from the pooled aligned images (features: aligned) trained with MSE (conv_* settings)")
+        "from the pooled aligned images (features: aligned) trained with MSE (conv_* settings); retrieval: ridge to "
+        "the window's CLIP image embedding, then the mean latents of the retrieval_k training windows nearest to it")
     features: Literal["aligned", "latent"] = Field(
         "aligned", description="aligned: the GLFA-aligned flat images of RUN/cotrain-glfa's encoder, average-pooled "
         "to pool x pool (the raw images for an encoder without GLFA); latent: the stage-1 encoder's pooled latent")
     pool: int = Field(16, gt=0, description="side of the pooled aligned images")
+    retrieval_k: int = Field(1, gt=0, description="retrieval: how many nearest training windows' latents are "
+                             "averaged (1: the nearest window's own)")
     conv_channels: int = Field(32, gt=0, description="conv: channels of the coarse map and of every hidden "
                                "convolution")
     conv_grid: int = Field(8, gt=0, description="conv: side of the coarse map the linear readout fills")

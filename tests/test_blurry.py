@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from glfa import backbones as B
-from glfa.baselines.blurry import BlurryDecoder, ConvBlurryDecoder, fit_blurry, load_blurry_decoder
+from glfa.baselines.blurry import (
+    BlurryDecoder, ConvBlurryDecoder, RetrievalBlurryDecoder, fit_blurry, load_blurry_decoder,
+)
 from glfa.baselines.lea import encoder_latent
 from glfa.cli import main
 from glfa.config import GenerationConfig, validate_config
@@ -335,4 +337,97 @@ def test_conv_decoder_round_trip_and_its_clips(run, tmp_path):
         blurry_config(run["root"], run["generator"], blurry={"kind": "conv", "features": "latent"})
     shutil.rmtree(model_dir / "conv")
     with pytest.raises(CheckpointError, match="expected the convolutional decoder"):
+        load_blurry_decoder(model_dir)
+
+
+def test_retrieval_returns_the_latents_of_the_training_windows_nearest_to_the_planted_embedding(tmp_path, monkeypatch):
+    """Window embeddings planted as a linear map of the encoder's latent: the ridge recovers the map, a training
+    window's own fMRI retrieves that window's latents (k = 1), and a new subject's test windows get the mean latents
+    of the k library windows ranked first by a brute-force cosine on the planted embeddings."""
+    generator = B.tiny_video_generator(tmp_path / "generator", cross_attention_dim=32, sample_size=16)
+    store = StudyStore.open(write_decoding_store(tmp_path / "store", train_stimuli=32))  # 96 windows > 64 features
+    config = blurry_config(tmp_path, generator, subjects={"train": ["s1"], "held_out": ["s3"]},
+                           blurry={"alphas": [1e-8, 1e2], "cv_folds": 2, "features": "latent", "kind": "retrieval",
+                                   "retrieval_k": 1})
+    encoder = save_encoder(config, store, tmp_path / "run")
+    windows = store.windows("train")
+    fmri = torch.stack([torch.from_numpy(store.fmri("s1", w)) for w in windows])
+    width = encoder_latent(encoder, fmri[:1]).shape[1]
+    weights = torch.from_numpy(np.random.default_rng(0).normal(size=(width, 12))).float()
+
+    def planted(fmri):  # [b, n, H, W] -> [b, 12]
+        return encoder_latent(encoder, fmri) @ weights
+
+    embeddings = planted(fmri)
+    latents = torch.randn(len(windows), 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def fake_cache(store_, generator_, *, split, progress):
+        return LatentFeatures(latents=latents, window_indices=[w.index for w in windows], split=split, key="planted",
+                              folder=tmp_path, store_path=store.path)
+
+    monkeypatch.setattr("glfa.data.features.vae_latents", fake_cache)
+    monkeypatch.setattr("glfa.data.features.clip_features", lambda *args, **kwargs: None)
+    monkeypatch.setattr("glfa.baselines.blurry.window_embeddings",
+                        lambda store_, features, ws: embeddings[[windows.index(w) for w in ws]].double().numpy())
+    model_dir = fit_blurry(config, store, tmp_path / "run", progress=False)
+    info = json.loads((model_dir / "model.json").read_text())
+    assert (info["decoder"], info["retrieval_k"], info["library_windows"], info["alpha"]) == ("retrieval", 1, 96, 1e-8)
+    decoder = load_blurry_decoder(model_dir, "cpu")
+    assert isinstance(decoder, RetrievalBlurryDecoder) and decoder.shape == (4, 4, 8, 8)
+    torch.testing.assert_close(decoder.latents(fmri), latents)  # each window finds itself
+    decoder.k = 3
+    unseen = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
+    query, library = planted(unseen).numpy(), embeddings.numpy()
+    cosine = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
+        library / np.linalg.norm(library, axis=1, keepdims=True)).T
+    expected = torch.stack([latents[np.argsort(-row)[:3]].mean(0) for row in cosine])
+    torch.testing.assert_close(decoder.latents(unseen), expected)
+
+
+def test_retrieval_decoder_round_trip_and_its_clips(run, tmp_path):
+    """blurry.kind retrieval on the stand-in study: the library holds every training window's CLIP embedding (the
+    mean of its frames', as stage 1 caches them) and latents; the blurry clips and the blurry start read it."""
+    store = run["store"]
+    clip = B.tiny_clip(tmp_path / "clip", dim=32, image_size=16)
+    config = blurry_config(run["root"], run["generator"], blurry={"kind": "retrieval", "retrieval_k": 2},
+                           contrastive={"clip_model": str(clip)})
+    run_dir = tmp_path / "retrieval-run"
+    shutil.copytree(run["run_dir"] / "cotrain-glfa", run_dir / "cotrain-glfa")
+    model_dir = fit_blurry(config, store, run_dir, progress=False)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["encoder", "library.safetensors", "model.json",
+                                                          "ridge.safetensors"]
+    library = load_file(model_dir / "library.safetensors")
+    generator = B.load_video_generator(run["generator"], device="cpu")
+    cache = vae_latents(store, generator, split="train", progress=False)
+    torch.testing.assert_close(library["latents"], cache.latents.float())
+    features = B.load_clip(clip, "cpu")
+    by_index = {w.index: w for w in store.windows("train")}
+    frames = [store.frames(by_index[i]) for i in cache.window_indices]  # [m, h, w, 3] each
+    by_hand = torch.stack([features.embed_images(f).float().mean(0) for f in frames])
+    torch.testing.assert_close(library["embeddings"], torch.nn.functional.normalize(by_hand, dim=-1),
+                               atol=2e-3, rtol=0)  # the cache keeps float16
+    # the latents: the mean of the library rows nearest (cosine) to the ridge's prediction from the aligned images
+    decoder = load_blurry_decoder(model_dir, "cpu")
+    fmri = torch.stack([torch.from_numpy(store.fmri("s3", w)) for w in store.windows("test")])
+    ridge = load_file(model_dir / "ridge.safetensors")
+    encoder = FmriEncoder.from_pretrained(run_dir / "cotrain-glfa" / "model" / "encoder").eval()
+    with torch.no_grad():
+        x = torch.nn.functional.avg_pool2d(encoder.align(fmri), 2).reshape(len(fmri), -1)
+    query = torch.nn.functional.normalize((x - ridge["x_mean"]) @ ridge["coef"].T + ridge["intercept"], dim=-1)
+    nearest = (query @ library["embeddings"].T).argsort(dim=1, descending=True)[:, :2]
+    torch.testing.assert_close(decoder.latents(fmri), library["latents"][nearest].mean(1))
+    out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)
+    np.testing.assert_array_equal(_clips(out)[0], generator.decode_latents(decoder.latents(fmri)).numpy())
+    start = generate(run_dir, method="glfa", subject="s3", init="blurry", device="cpu", progress=False,
+                     config=config.generation.model_copy(update={"init_strength": 0.0}))
+    np.testing.assert_array_equal(_clips(start)[0], _clips(out)[0])
+    # bad input: k must be positive; a folder without its library, or with a bad k
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        blurry_config(run["root"], run["generator"], blurry={"kind": "retrieval", "retrieval_k": 0})
+    info = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**info, "retrieval_k": 0}))
+    with pytest.raises(CheckpointError, match="retrieval_k is 0"):
+        load_blurry_decoder(model_dir)
+    (model_dir / "library.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="expected the training windows' embeddings and latents"):
         load_blurry_decoder(model_dir)

@@ -14,7 +14,15 @@ each window's latents held once and shared by every subject. Two kinds (``blurry
   :class:`~glfa.baselines.lea.RidgeCV` with folds split by stimulus (:class:`BlurryDecoder`);
 - ``conv``: a small network from the pooled aligned images: a linear readout into a coarse map,
   then convolutions up to the latent grid, trained with MSE, keeping the step of the lowest
-  MSE on held-out training stimuli (:class:`ConvLatentDecoder`, :class:`ConvBlurryDecoder`).
+  MSE on held-out training stimuli (:class:`ConvLatentDecoder`, :class:`ConvBlurryDecoder`);
+- ``retrieval``: a ridge from the features to the window's CLIP image embedding (stage 1's CLIP,
+  the mean of its frames' embeddings), then the mean latents of the ``blurry.retrieval_k``
+  training windows whose embeddings are closest to the prediction (cosine)
+  (:class:`RetrievalBlurryDecoder`). Nishimoto et al. (2011) reconstructed movies the same way,
+  averaging the prior clips that best explain the response; MindEye retrieves by CLIP embedding.
+  A ridge to the latents themselves predicts their average over what the fMRI cannot tell apart,
+  a grey blur on which an image classifier recognises little; the retrieved latents are real
+  training frames' latents of what the fMRI reads, so their decoded frames keep the detail.
 
 Its predicted latents serve twice:
 
@@ -29,7 +37,10 @@ Its predicted latents serve twice:
                        config, num_frames, image_size, features, pool, latent_shape; ridge: the chosen alpha and
                        the CV errors; conv: the training losses
     encoder/           the encoder it reads (FmriEncoder.save_pretrained)
-    ridge.safetensors  ridge: coef [c*m*h'*w', D], intercept, x_mean [D], alpha [1], latent_shape [4]
+    ridge.safetensors  ridge: coef [c*m*h'*w', D], intercept, x_mean [D], alpha [1], latent_shape [4];
+                       retrieval: the same to the CLIP width E, with embedding_shape [1] instead
+    library.safetensors  retrieval: embeddings [N, E] (unit rows) and latents [N, c, m, h', w'] of the N training
+                       windows
     conv/              conv: the ConvLatentDecoder (save_pretrained: config.json, model.safetensors)
 """
 
@@ -60,6 +71,9 @@ from glfa.models.serialization import PretrainedMixin
 from glfa.runs import BLURRY, RunLayout
 
 CONV_DIR = "conv"
+LIBRARY = "library.safetensors"
+#: The blurry decoder classes by model.json's ``decoder``.
+DECODERS = ("ridge", "conv", "retrieval")
 #: The encoder each kind of features is read from by default: that of the run's decoder of this
 #: method, or (None) the stage-1 encoder.
 DEFAULT_ENCODERS = {"aligned": "glfa", "latent": None}
@@ -254,9 +268,88 @@ class ConvBlurryDecoder:
         return self.net(images)
 
 
+class EmbeddingReadout(EncoderRidge):
+    """fMRI windows -> the ridge prediction of the window's CLIP image embedding ``[B, E]`` (a retrieval model's)."""
+
+    kind = "blurry"
+    shape_key = "embedding_shape"
+
+
+class RetrievalBlurryDecoder:
+    """fMRI windows -> scaled VAE latents ``[B, c, m, h', w']``: the mean latents of the ``k`` training windows whose
+    CLIP image embeddings are closest (cosine) to the ridge-predicted one (``blurry.kind: retrieval``).
+
+    Parameters
+    ----------
+    readout : EmbeddingReadout
+    embeddings : ``[N, E]`` unit rows, the training windows' CLIP image embeddings.
+    latents : ``[N, c, m, h', w']`` their scaled VAE latents.
+    k : int
+        How many of the nearest are averaged (at most N).
+    """
+
+    kind = "blurry"
+
+    def __init__(self, readout: EmbeddingReadout, embeddings: torch.Tensor, latents: torch.Tensor, k: int):
+        self.readout = readout
+        self.embeddings, self.library_latents = embeddings, latents
+        self.k = min(int(k), len(embeddings))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(c, m, h', w')`` of one prediction."""
+        return tuple(int(v) for v in self.library_latents.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder, the ridge and the library live."""
+        return self.readout.device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None) -> RetrievalBlurryDecoder:
+        """Load a retrieval blurry model folder; CheckpointError naming what is missing or does not fit."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        model_dir = Path(model_dir)
+        info = read_readout_info(model_dir, cls.kind, {LIBRARY: "the training windows' embeddings and latents"})
+        readout = EmbeddingReadout.load(model_dir, device)
+        path = model_dir / LIBRARY
+        try:
+            library = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt safetensors ({exc.__class__.__name__}: {exc})", path=path) from None
+        embeddings, latents = library.get("embeddings"), library.get("latents")
+        if embeddings is None or latents is None:
+            raise CheckpointError(f"holds {sorted(library)}; expected embeddings and latents", path=path)
+        if embeddings.shape != (len(latents), *readout.shape) or latents.dim() != 5:
+            raise CheckpointError(f"embeddings {list(embeddings.shape)} and latents {list(latents.shape)} do not fit "
+                                  f"{len(latents)} windows of predictions of width {readout.shape}", path=path)
+        k = info.get("retrieval_k")
+        if not isinstance(k, int) or k < 1:
+            raise CheckpointError(f"retrieval_k is {k!r}, expected a positive integer", path=model_dir / MODEL_INFO,
+                                  field="retrieval_k")
+        return cls(readout, embeddings.float().to(readout.device), latents.float().to(readout.device), k)
+
+    @torch.no_grad()
+    def latents(self, fmri) -> torch.Tensor:
+        """fMRI ``[B, n, H, W]`` -> float32 scaled latents ``[B, c, m, h', w']`` on :attr:`device`."""
+        query = torch.nn.functional.normalize(self.readout.predict(fmri), dim=-1)  # [b, E]
+        nearest = (query @ self.embeddings.T).topk(self.k, dim=-1).indices  # [b, k]
+        return self.library_latents[nearest].mean(dim=1)
+
+
+def window_embeddings(store, features, windows) -> np.ndarray:
+    """``[N, E]`` float64: the mean CLIP image embedding (view 0) of each window's stored frames."""
+    image = features.image[:, 0].float().numpy()  # [F, E]
+    rows = np.array([store.frame_index(w) for w in windows])[:, None] + np.arange(store.video_frames)  # [N, m]
+    return image[rows].mean(axis=1).astype(np.float64)
+
+
 def load_blurry_decoder(model_dir: str | Path, device: str | torch.device | None = None):
-    """The blurry decoder of ``RUN/blurry/model`` of either kind (model.json's ``decoder``, ridge when absent):
-    a :class:`BlurryDecoder` or a :class:`ConvBlurryDecoder`, both with ``latents(fmri)``, ``shape`` and ``device``."""
+    """The blurry decoder of ``RUN/blurry/model`` of any kind (model.json's ``decoder``, ridge when absent):
+    a :class:`BlurryDecoder`, :class:`ConvBlurryDecoder` or :class:`RetrievalBlurryDecoder`, each with
+    ``latents(fmri)``, ``shape`` and ``device``."""
     from glfa.models.serialization import read_json_object
 
     info_path = Path(model_dir) / MODEL_INFO
@@ -264,9 +357,11 @@ def load_blurry_decoder(model_dir: str | Path, device: str | torch.device | None
         raise CheckpointError("missing; expected the model description of a blurry model folder written by "
                               "`glfa train blurry`", path=info_path)
     decoder = read_json_object(info_path).get("decoder", "ridge")
-    if decoder not in ("ridge", "conv"):
-        raise CheckpointError(f"decoder is {decoder!r}, expected 'ridge' or 'conv'", path=info_path, field="decoder")
-    return (ConvBlurryDecoder if decoder == "conv" else BlurryDecoder).load(model_dir, device)
+    if decoder not in DECODERS:
+        raise CheckpointError(f"decoder is {decoder!r}, expected one of {list(DECODERS)}", path=info_path,
+                              field="decoder")
+    classes = {"ridge": BlurryDecoder, "conv": ConvBlurryDecoder, "retrieval": RetrievalBlurryDecoder}
+    return classes[decoder].load(model_dir, device)
 
 
 def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
@@ -317,6 +412,21 @@ def fit_blurry(config: GlfaConfig, store, run_dir: str | Path | None = None, *,
         ridge = problem.fit(x, y, y_rows)  # fitted in float64
         write_ridge_model(target, {**problem.info("blurry", ridge, target_text, read), **shared}, problem.encoder,
                           ridge, "latent_shape", latent_shape)
+        return target
+    if settings.kind == "retrieval":
+        from glfa.data.features import clip_features
+
+        features = clip_features(problem.store, config.contrastive.clip_model, config=config, progress=progress)
+        by_index = {w.index: w for w in problem.store.windows("train")}
+        embeddings = window_embeddings(problem.store, features, [by_index[i] for i in cache.window_indices])
+        ridge = problem.fit(x, embeddings, y_rows)
+        library = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)  # retrieval ranks by cosine
+        info = {**problem.info("blurry", ridge, "the CLIP image embedding of the window's stored frames (mean, "
+                               f"unit norm; contrastive.clip_model), then the mean latents of the {settings.retrieval_k} "
+                               "nearest training windows", read), **shared,
+                "retrieval_k": settings.retrieval_k, "library_windows": len(embeddings)}
+        write_ridge_model(target, info, problem.encoder, ridge, "embedding_shape", (embeddings.shape[1],),
+                          extra={LIBRARY: {"embeddings": library, "latents": cache.latents.numpy()}})
         return target
     images = x.reshape(len(x), problem.store.fmri_frames, settings.pool, settings.pool)  # [N, n, p, p]
     net, losses, validation = fit_conv_decoder(images, cache.latents, y_rows, problem.groups, settings,
