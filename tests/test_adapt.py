@@ -14,6 +14,7 @@ import torch
 from glfa import backbones as B
 from glfa.adapt import ParcelLinearMap, adapt_model, adaptation_windows, load_subject_map
 from glfa.data.store import StudyStore
+from glfa.data.synthetic.stimuli import CATEGORIES
 from glfa.errors import DataError
 from glfa.models.encoder import FmriEncoder
 from glfa.pipeline import FmriToVideoPipeline
@@ -300,7 +301,8 @@ def test_alignment_judged_by_decoding(synthetic_store, tmp_path, capsys):
         assert glfa["accuracy"] > glfa["mismatched"] + 0.3 and glfa["chance"] == 0.25
         assert smooth["fsc_held"] > glfa["fsc_held"] and smooth["accuracy"] < glfa["accuracy"], held
     partial = tmp_path / "partial.json"
-    partial.write_text(json.dumps({"cat_test01": "cat"}))
+    first = CATEGORIES[0].name
+    partial.write_text(json.dumps({f"{first}_test01": first}))
     assert main(["evaluate", "alignment", str(synthetic_store), "-c", str(config), "-o", str(out), "--labels",
                  str(partial), "--quiet"]) == 2
     assert "--labels: the labels name 3 of the measured stimuli nowhere" in capsys.readouterr().err

@@ -165,7 +165,7 @@ def test_category_is_decodable_within_but_less_across_subjects(small):
         across.append((RidgeClassifier(alpha=1e3).fit(ox, oy).predict(x[test]) == y[test]).mean())
     chance = 1 / SMALL["n_categories"]
     assert min(within) > chance + 0.35, within
-    assert np.mean(across) < np.mean(within) - 0.15, (within, across)
+    assert np.mean(across) < np.mean(within) - 0.1, (within, across)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
