@@ -18,8 +18,9 @@ in the repository links to it); ``--quick`` applies :data:`QUICK` on top of it. 
 8. ``lea``: the LEA baseline (ridge regression to the generator's caption tokens);
 9. ``within``: the within-subject baseline, stages 1 and 2 on the held-out subject's own
    training windows;
-10. ``blurry``: the low-level decoder (ridge from GLFA-aligned flat images, pooled, to the generator's
-    VAE latents, ``RUN/blurry/model``);
+10. ``blurry``: the low-level decoder (``blurry.kind: retrieval``: GLFA-aligned flat images, pooled, to
+    the window's CLIP image embedding by ridge, then the generator's VAE latents of the nearest training
+    window, ``RUN/blurry/model``);
 11. ``generate``: every test window of the held-out subject decoded by each method, by the blurry
     decoder alone, and by GLFA started from the blurry latents (``glfa+blurry``);
 12. ``adapt``: the held-out subject adapted at two data sizes, decoded and scored, with the
@@ -248,7 +249,7 @@ def step_lea(ctx: DemoContext) -> dict[str, Any]:
 
 
 def step_blurry(ctx: DemoContext) -> dict[str, Any]:
-    """The blurry decoder (``blurry.kind``: ridge or conv) from fMRI features to the generator's VAE latents."""
+    """The blurry decoder (``blurry.kind``: ridge, conv or retrieval) from fMRI features to the generator's VAE latents."""
     from glfa.baselines.blurry import fit_blurry
 
     model = RunLayout(ctx.paths["run"]).model_dir(BLURRY)
@@ -259,8 +260,10 @@ def step_blurry(ctx: DemoContext) -> dict[str, Any]:
         fit_blurry(ctx.config, ctx.paths["store"], ctx.paths["run"], progress=ctx.progress)
         info = json.loads(info_path.read_text())
     decoder = info.get("decoder", "ridge")
-    fit = ({"alpha": info["alpha"], "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"])} if decoder == "ridge"
-           else {"validation": info["validation"]})  # blurry.kind: conv
+    fit = ({"validation": info["validation"]} if decoder == "conv"
+           else {"alpha": info["alpha"], "cv_mse": _round(info["cv_mse"][f"{info['alpha']:g}"])})  # ridge, retrieval
+    if decoder == "retrieval":
+        fit["retrieval_k"] = info["retrieval_k"]
     return {"path": str(model), "reused": reused, "decoder": decoder, **fit,
             "target_variance": _round(info["target_variance"])}
 

@@ -19,7 +19,7 @@ def test_demo_config_is_shipped_and_valid():
     path = demo_config_path()
     assert path.is_file() and path.parent.name == "configs" and path.parent.parent.name == "glfa"
     config = load_config(path)
-    assert config.simulation.n_categories >= 12 and config.data.layout == "generic"
+    assert config.simulation.n_categories >= 8 and config.data.layout == "generic"
     quick = demo_config(quick=True)
     assert quick.simulation.n_subjects == QUICK["simulation"]["n_subjects"] == 3  # leave-one-out needs 3
     assert quick.simulation.n_categories < config.simulation.n_categories
@@ -87,7 +87,8 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
     assert "simulate" in printed and "prepare" in printed and str(out / "summary.json") in printed
     # What a broken step would change, however little the tiny models decode: GLFA aligns the simulated
     # subjects (held-out ISC well above the unaligned one), every method decodes every test window into its
-    # own non-blank clip of the generation's size, and the methods' models differ.
+    # own non-blank clip of the generation's size (the retrieval decoder's windows that retrieve the same training
+    # window share its clip), and the methods' models differ.
     assert all(align["held_out_isc_glfa"][s] > align["held_out_isc_identity"][s] + 0.1 for s in ("01", "02", "03"))
     gen = on_disk["config"]["generation"]
     decoded = {}
@@ -96,7 +97,8 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
             clips = decoded[method] = videos["decoded"]
         assert clips.dtype == np.uint8 and clips.shape == (prep["windows_test"], gen["num_frames"], gen["height"],
                                                            gen["width"], 3), method
-        assert clips.std() > 5 and len({clip.tobytes() for clip in clips}) == len(clips), method
+        distinct = len({clip.tobytes() for clip in clips})
+        assert clips.std() > 5 and (distinct == len(clips) or (method == "blurry/03" and distinct > 1)), method
     for a, b in (("glfa", "pte-v"), ("glfa", "glfa+blurry"), ("glfa", "within-03"), ("lea", "blurry")):
         assert not np.array_equal(decoded[f"{a}/03"], decoded[f"{b}/03"]), (a, b)
     outputs = [*run.glob("**/*.safetensors"), *run.glob("generations/**/videos.npz"), run / "evaluation" / "video.json"]
