@@ -28,11 +28,12 @@ import torch
 def main() -> None:
     """Fit every kind, score them, print the table."""
     from glfa.backbones import load_video_generator
-    from glfa.baselines.blurry import BLURRY_DIR, fit_blurry, load_blurry_decoder
+    from glfa.baselines.blurry import fit_blurry, load_blurry_decoder
     from glfa.config import validate_config
     from glfa.data.features import vae_latents
     from glfa.data.store import StudyStore
     from glfa.metrics.video import ssim_scores
+    from glfa.runs import BLURRY, RunLayout
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run with RUN/blurry/model (e.g. the demo's)")
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args()
 
-    info = json.loads((args.run / BLURRY_DIR / "model.json").read_text())
+    info = json.loads((RunLayout(args.run).model_dir(BLURRY) / "model.json").read_text())
     store = StudyStore.open(args.store or info["store"])
     subject = args.subject or info["held_out"][0]
     generator = load_video_generator(info["generator"], device=args.device, with_text_encoder=False)
