@@ -15,13 +15,16 @@ frozen text encoder of width ``cross_attention_dim``); its VAE and UNet are repl
 VAE downsamples by 8, as zeroscope's) so that training fits in minutes on two CPU cores.
 
 The VAE bounds what any decoder can show: the frame classifier of the N-way metrics needs detail
-that a small, briefly trained VAE loses. On the demo's held-out subject, real frames of the right
-category keep a frame 2-way brain signal of +0.153 as they are and +0.041 after a round trip
-through this VAE trained for 300 steps (17.2 dB on test frames). A VAE that downsamples by 4,
-trained for 1,000 steps, keeps +0.119 (20.4 dB), but a UNet on its 16 x 16 latents, trained for
-400 steps, no longer follows its captions (+0.026 with the true captions), and a step costs it
-twice as much: the demo keeps 8 x 8 latents and trains the VAE longer instead (1,000 steps in
-configs/demo.yaml: +0.121, 19.3 dB; ``benchmarks/generator_ceiling.py`` measures these ceilings).
+that a small, briefly trained VAE loses. On the former 12-photograph demo study, real frames of the right
+category kept a frame 2-way brain signal of +0.153 as they were and +0.041 after a round trip through
+this VAE trained for 300 steps (17.2 dB on test frames). A VAE that downsamples by 4, trained for 1,000
+steps, kept +0.119 (20.4 dB), but a UNet on its 16 x 16 latents, trained for 400 steps, no longer
+followed its captions (+0.026 with the true captions), and a step costs it twice as much: the demo keeps
+8 x 8 latents and trains the VAE longer instead (1,000 steps in configs/demo.yaml: +0.121, 19.3 dB). On
+the demo's 8-photograph study, real frames of the right photograph keep +0.155 through the VAE and
+the UNet given the true captions reaches +0.022
+(``benchmarks/generator_ceiling.py`` measures these ceilings): the demo's clips get their photograph
+from the retrieval decoder's start (glfa.baselines.blurry), not from this UNet.
 
 Training, all on the store's *training* windows (test windows are only read for the metrics):
 
