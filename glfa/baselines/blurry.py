@@ -39,8 +39,8 @@ Its predicted latents serve twice:
     encoder/           the encoder it reads (FmriEncoder.save_pretrained)
     ridge.safetensors  ridge: coef [c*m*h'*w', D], intercept, x_mean [D], alpha [1], latent_shape [4];
                        retrieval: the same to the CLIP width E, with embedding_shape [1] instead
-    library.safetensors  retrieval: embeddings [N, E] (unit rows) and latents [N, c, m, h', w'] of the N training
-                       windows
+    library.safetensors  retrieval: embeddings [N, E] (unit rows) and latents [N, c, m, h', w'] (float16, as
+                       the latent cache keeps them) of the N training windows
     conv/              conv: the ConvLatentDecoder (save_pretrained: config.json, model.safetensors)
 """
 

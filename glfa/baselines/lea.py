@@ -441,7 +441,8 @@ def write_ridge_model(target: Path, info: dict[str, Any], encoder, ridge: RidgeC
 
     ``target`` receives ``model.json`` (``info``), ``encoder/``, ``ridge.safetensors`` (coef,
     intercept, x_mean, alpha and ``shape_key`` = ``shape``, the shape of one prediction) and one
-    safetensors file per ``extra`` entry (file name -> arrays), all written into a temporary
+    safetensors file per ``extra`` entry (file name -> arrays; float16 arrays stay float16, others are
+    stored as float32), all written into a temporary
     folder beside ``target`` that is then moved into place.
     """
     from safetensors.torch import save_file
@@ -455,8 +456,8 @@ def write_ridge_model(target: Path, info: dict[str, Any], encoder, ridge: RidgeC
     with install_dir(target) as tmp:
         encoder.save_pretrained(tmp / ENCODER_DIR)
         for name, tensors in (extra or {}).items():
-            save_file({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()},
-                      str(tmp / name))
+            kept = {k: v if v.dtype == np.float16 else v.astype(np.float32) for k, v in tensors.items()}
+            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kept.items()}, str(tmp / name))
         save_file(weights, str(tmp / RIDGE))
         write_json_atomic(tmp / MODEL_INFO, info)
 
