@@ -170,9 +170,7 @@ class WindowData:
         self.videos = np.stack([store.frames(w) for w in windows]) if windows else np.zeros(shape, np.uint8)
         # [N, m, h, w, 3]
         self.captions = [store.captions(w)[store.video_frames // 2] for w in windows]
-        starts = np.array([store.frame_index(w) for w in windows])
-        rows = starts[:, None] + np.arange(store.video_frames)[None]  # [N, m]: rows of the store's frame table
-        _, first = np.unique(rows.ravel(), return_index=True)
+        _, first = np.unique(store.frame_rows(windows).ravel(), return_index=True)
         self.frames = self.videos.reshape(-1, *self.videos.shape[2:])[np.sort(first)]  # [distinct, h, w, 3]
 
     def digest(self) -> str:

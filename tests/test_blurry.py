@@ -153,6 +153,16 @@ def _clips(folder):
         return npz["decoded"], npz["truth"]
 
 
+def assert_blurry_clips_and_start_read(decoder, run_dir, config, fmri, generator):
+    """The run's blurry clips of s3 are ``decoder``'s latents decoded by the VAE, and GLFA started from them at
+    strength 0 gives those clips."""
+    out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)
+    np.testing.assert_array_equal(_clips(out)[0], generator.decode_latents(decoder.latents(fmri)).numpy())
+    start = generate(run_dir, method="glfa", subject="s3", init="blurry", device="cpu", progress=False,
+                     config=config.generation.model_copy(update={"init_strength": 0.0}))
+    np.testing.assert_array_equal(_clips(start)[0], _clips(out)[0])
+
+
 def test_blurry_method_clips_are_the_decoded_predicted_latents(run):
     out = generate(run["run_dir"], method="blurry", subject="s3", config=run["config"], device="cpu",
                    progress=False)
@@ -326,12 +336,8 @@ def test_conv_decoder_round_trip_and_its_clips(run, tmp_path):
     assert fitted.config == again.config
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in fitted.state_dict().items())
     # the blurry method's clips and the blurry start read it like the ridge
-    out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)
-    generator = B.load_video_generator(run["generator"], device="cpu")
-    np.testing.assert_array_equal(_clips(out)[0], generator.decode_latents(decoder.latents(fmri)).numpy())
-    start = generate(run_dir, method="glfa", subject="s3", init="blurry", device="cpu", progress=False,
-                     config=config.generation.model_copy(update={"init_strength": 0.0}))
-    np.testing.assert_array_equal(_clips(start)[0], _clips(out)[0])
+    assert_blurry_clips_and_start_read(decoder, run_dir, config, fmri,
+                                       B.load_video_generator(run["generator"], device="cpu"))
     # bad input: a conv needs images; a folder without its network
     with pytest.raises(ConfigError, match="blurry: kind 'conv' reads images"):
         blurry_config(run["root"], run["generator"], blurry={"kind": "conv", "features": "latent"})
@@ -417,11 +423,7 @@ def test_retrieval_decoder_round_trip_and_its_clips(run, tmp_path):
     query = torch.nn.functional.normalize((x - ridge["x_mean"]) @ ridge["coef"].T + ridge["intercept"], dim=-1)
     nearest = (query @ library["embeddings"].T).argsort(dim=1, descending=True)[:, :2]
     torch.testing.assert_close(decoder.latents(fmri), library["latents"][nearest].float().mean(1))
-    out = generate(run_dir, method="blurry", subject="s3", config=config, device="cpu", progress=False)
-    np.testing.assert_array_equal(_clips(out)[0], generator.decode_latents(decoder.latents(fmri)).numpy())
-    start = generate(run_dir, method="glfa", subject="s3", init="blurry", device="cpu", progress=False,
-                     config=config.generation.model_copy(update={"init_strength": 0.0}))
-    np.testing.assert_array_equal(_clips(start)[0], _clips(out)[0])
+    assert_blurry_clips_and_start_read(decoder, run_dir, config, fmri, generator)
     # bad input: k must be positive; a folder without its library, or with a bad k
     with pytest.raises(ConfigError, match="retrieval_k"):
         blurry_config(run["root"], run["generator"], blurry={"kind": "retrieval", "retrieval_k": 0})

@@ -72,8 +72,6 @@ from glfa.runs import BLURRY, RunLayout
 
 CONV_DIR = "conv"
 LIBRARY = "library.safetensors"
-#: The blurry decoder classes by model.json's ``decoder``.
-DECODERS = ("ridge", "conv", "retrieval")
 #: The encoder each kind of features is read from by default: that of the run's decoder of this
 #: method, or (None) the stage-1 encoder.
 DEFAULT_ENCODERS = {"aligned": "glfa", "latent": None}
@@ -342,8 +340,7 @@ class RetrievalBlurryDecoder:
 def window_embeddings(store, features, windows) -> np.ndarray:
     """``[N, E]`` float64: the mean CLIP image embedding (view 0) of each window's stored frames."""
     image = features.image[:, 0].float().numpy()  # [F, E]
-    rows = np.array([store.frame_index(w) for w in windows])[:, None] + np.arange(store.video_frames)  # [N, m]
-    return image[rows].mean(axis=1).astype(np.float64)
+    return image[store.frame_rows(windows)].mean(axis=1).astype(np.float64)  # [N, m, E] -> [N, E]
 
 
 def load_blurry_decoder(model_dir: str | Path, device: str | torch.device | None = None):
@@ -357,10 +354,10 @@ def load_blurry_decoder(model_dir: str | Path, device: str | torch.device | None
         raise CheckpointError("missing; expected the model description of a blurry model folder written by "
                               "`glfa train blurry`", path=info_path)
     decoder = read_json_object(info_path).get("decoder", "ridge")
-    if decoder not in DECODERS:
-        raise CheckpointError(f"decoder is {decoder!r}, expected one of {list(DECODERS)}", path=info_path,
-                              field="decoder")
     classes = {"ridge": BlurryDecoder, "conv": ConvBlurryDecoder, "retrieval": RetrievalBlurryDecoder}
+    if decoder not in classes:
+        raise CheckpointError(f"decoder is {decoder!r}, expected one of {list(classes)}", path=info_path,
+                              field="decoder")
     return classes[decoder].load(model_dir, device)
 
 

@@ -592,6 +592,11 @@ class StudyStore:
         """Position of the window's first video frame in the store's frame table (``video/frames``)."""
         return int(self._stimulus(window.stimulus_id)["video_start"] + window.video_start)
 
+    def frame_rows(self, windows: list[Window]) -> np.ndarray:
+        """``[N, m]`` int: the rows of the store's frame table that each window's video frames occupy."""
+        starts = np.array([self.frame_index(w) for w in windows], dtype=np.int64).reshape(-1, 1)
+        return starts + np.arange(self.video_frames)
+
     @property
     def num_video_frames(self) -> int:
         """Rows of the store's frame table: every stored frame of every stimulus."""
